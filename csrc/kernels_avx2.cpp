@@ -1,0 +1,155 @@
+// AVX2 + FMA + F16C kernels. This translation unit is compiled with -mavx2 -mfma -mf16c and is
+// only entered after a runtime CPU check (see kernels.cpp). Keep it free of standard-library
+// templates so no AVX2-compiled inline function can be shared with the portable code.
+#include <immintrin.h>
+
+#include "spice/kernels.hpp"
+
+namespace spice {
+namespace kern {
+namespace {
+
+template <DType D>
+inline __m256d ld4(const char* p, int64_t j);
+template <>
+inline __m256d ld4<DType::F32>(const char* p, int64_t j) {
+  return _mm256_cvtps_pd(_mm_loadu_ps(reinterpret_cast<const float*>(p) + j));
+}
+template <>
+inline __m256d ld4<DType::F64>(const char* p, int64_t j) {
+  return _mm256_loadu_pd(reinterpret_cast<const double*>(p) + j);
+}
+template <>
+inline __m256d ld4<DType::F16>(const char* p, int64_t j) {
+  const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(
+      reinterpret_cast<const uint16_t*>(p) + j));
+  return _mm256_cvtps_pd(_mm_cvtph_ps(h));
+}
+template <>
+inline __m256d ld4<DType::BF16>(const char* p, int64_t j) {
+  const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(
+      reinterpret_cast<const uint16_t*>(p) + j));
+  const __m128i w = _mm_unpacklo_epi16(_mm_setzero_si128(), h);
+  return _mm256_cvtps_pd(_mm_castsi128_ps(w));
+}
+
+template <DType D>
+inline double ld1(const char* p, int64_t j);
+template <>
+inline double ld1<DType::F32>(const char* p, int64_t j) {
+  return reinterpret_cast<const float*>(p)[j];
+}
+template <>
+inline double ld1<DType::F64>(const char* p, int64_t j) {
+  return reinterpret_cast<const double*>(p)[j];
+}
+template <>
+inline double ld1<DType::F16>(const char* p, int64_t j) {
+  return _cvtsh_ss(reinterpret_cast<const uint16_t*>(p)[j]);
+}
+template <>
+inline double ld1<DType::BF16>(const char* p, int64_t j) {
+  return bf16_to_float(reinterpret_cast<const uint16_t*>(p)[j]);
+}
+
+inline double hsum(__m256d a) {
+  alignas(32) double l[4];
+  _mm256_store_pd(l, a);
+  return (l[0] + l[1]) + (l[2] + l[3]);
+}
+
+// R rows x V vectors, one 4-lane accumulator per dot (the canonical order).
+template <DType D, int R, int V>
+inline void micro(const char* const* rows, const double* const* vecs, int64_t d, double* out,
+                  int ldo) {
+  __m256d acc[R][V];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm256_setzero_pd();
+  const int64_t d4 = d & ~int64_t(3);
+  for (int64_t j = 0; j < d4; j += 4) {
+    __m256d w[V];
+    for (int v = 0; v < V; ++v) w[v] = _mm256_loadu_pd(vecs[v] + j);
+    for (int r = 0; r < R; ++r) {
+      const __m256d g = ld4<D>(rows[r], j);
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm256_fmadd_pd(g, w[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) {
+      double s = hsum(acc[r][v]);
+      for (int64_t j = d4; j < d; ++j) s = __builtin_fma(ld1<D>(rows[r], j), vecs[v][j], s);
+      out[r * ldo + v] = s;
+    }
+}
+
+template <DType D>
+void dots_t(const char* const* rows, int R, const double* const* vecs, int V, int64_t d,
+            double* out) {
+  int r = 0;
+  for (; r + 4 <= R; r += 4) {
+    int v = 0;
+    for (; v + 2 <= V; v += 2) micro<D, 4, 2>(rows + r, vecs + v, d, out + r * V + v, V);
+    if (v < V) micro<D, 4, 1>(rows + r, vecs + v, d, out + r * V + v, V);
+  }
+  for (; r < R; ++r) {
+    int v = 0;
+    for (; v + 4 <= V; v += 4) micro<D, 1, 4>(rows + r, vecs + v, d, out + r * V + v, V);
+    for (; v < V; ++v) micro<D, 1, 1>(rows + r, vecs + v, d, out + r * V + v, V);
+  }
+}
+
+template <DType D>
+inline double sq1(const char* row, const double* w, int64_t d) {
+  __m256d acc = _mm256_setzero_pd();
+  const int64_t d4 = d & ~int64_t(3);
+  if (w) {
+    for (int64_t j = 0; j < d4; j += 4) {
+      const __m256d g = ld4<D>(row, j);
+      acc = _mm256_fmadd_pd(_mm256_mul_pd(g, g), _mm256_loadu_pd(w + j), acc);
+    }
+  } else {
+    for (int64_t j = 0; j < d4; j += 4) {
+      const __m256d g = ld4<D>(row, j);
+      acc = _mm256_fmadd_pd(g, g, acc);
+    }
+  }
+  double s = hsum(acc);
+  for (int64_t j = d4; j < d; ++j) {
+    const double x = ld1<D>(row, j);
+    s = w ? __builtin_fma(x * x, w[j], s) : __builtin_fma(x, x, s);
+  }
+  return s;
+}
+
+template <DType D>
+void sqdots_t(const char* const* rows, int R, const double* vec, int64_t d, double* out) {
+  for (int r = 0; r < R; ++r) out[r] = sq1<D>(rows[r], vec, d);
+}
+
+void dots(DType dt, const char* const* rows, int R, const double* const* vecs, int V, int64_t d,
+          double* out) {
+  switch (dt) {
+    case DType::F32: return dots_t<DType::F32>(rows, R, vecs, V, d, out);
+    case DType::F64: return dots_t<DType::F64>(rows, R, vecs, V, d, out);
+    case DType::F16: return dots_t<DType::F16>(rows, R, vecs, V, d, out);
+    case DType::BF16: return dots_t<DType::BF16>(rows, R, vecs, V, d, out);
+  }
+}
+
+void sqdots(DType dt, const char* const* rows, int R, const double* vec, int64_t d, double* out) {
+  switch (dt) {
+    case DType::F32: return sqdots_t<DType::F32>(rows, R, vec, d, out);
+    case DType::F64: return sqdots_t<DType::F64>(rows, R, vec, d, out);
+    case DType::F16: return sqdots_t<DType::F16>(rows, R, vec, d, out);
+    case DType::BF16: return sqdots_t<DType::BF16>(rows, R, vec, d, out);
+  }
+}
+
+const Table kAvx2{&dots, &sqdots, "avx2-fma"};
+
+}  // namespace
+
+const Table* avx2_table() { return &kAvx2; }
+
+}  // namespace kern
+}  // namespace spice

@@ -1,0 +1,599 @@
+// Greedy maximisation of log det(I + alpha * sum_{s in S} g_s g_s^T) - lambda * Conflict,
+// in the feature-space (Sherman-Morrison) form: no n x n kernel, one scalar q_i per candidate.
+//
+// Naive, lazy and stochastic greedy share one refresh routine (catch q_i up to the current step
+// with the missing w_s rows, recompute the conflict dot), so their arithmetic is bit-identical
+// and naive == lazy pick for pick, ties to the lowest index.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <queue>
+#include <stdexcept>
+
+#include "spice/core.hpp"
+#include "spice/kernels.hpp"
+#include "spice/rng.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace spice {
+namespace {
+
+constexpr double kRelTiny = 1e-10;  // q_i <= kRelTiny * ||g_i||^2: g_i lies in span(S)
+constexpr double kEta = 1e-8;       // cosine denominator guard (as in the paper)
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+enum : uint8_t { kAlive = 0, kPicked = 1, kDead = 2 };
+
+int resolve_threads(int t) {
+#ifdef _OPENMP
+  return t > 0 ? t : omp_get_max_threads();
+#else
+  (void)t;
+  return 1;
+#endif
+}
+
+struct Best {
+  double score = kNegInf;
+  int64_t idx = std::numeric_limits<int64_t>::max();
+  bool better_than(const Best& o) const {
+    return score > o.score || (score == o.score && idx < o.idx);
+  }
+};
+
+class Engine {
+ public:
+  Engine(const MatrixView& G, const Options& opt, const ProgressHook& hook, double hook_dt)
+      : G_(G), opt_(opt), K_(kern::table()), hook_(hook), hook_dt_(hook_dt),
+        n_(G.n), d_(G.d), nt_(resolve_threads(opt.threads)) {}
+
+  Result run();
+
+ private:
+  // --- shared state ---
+  const MatrixView& G_;
+  const Options& opt_;
+  const kern::Table& K_;
+  const ProgressHook& hook_;
+  double hook_dt_;
+  int64_t n_, d_;
+  int nt_;
+  std::vector<double> norm2_, base_, q_, delta_, score_, conf_, align_;
+  std::vector<int64_t> tq_;     // step at which q_i is current
+  std::vector<uint8_t> state_;
+  std::vector<double> W_;       // t rows of length d: M_t^{-1} = I - sum_s w_s w_s^T
+  std::vector<double> ssum_;    // sum of picked rows
+  double snorm_ = 0.0;
+  int64_t t_ = 0;
+  Result res_;
+  std::chrono::steady_clock::time_point t0_, last_hook_;
+
+  const char* row(int64_t i) const { return G_.row(i); }
+  bool lambda_on() const { return opt_.lambda > 0.0; }
+
+  void init_norms();
+  void refresh(const int64_t* cand, int64_t m, bool need_conflict);
+  void conflict_of(int64_t i, double a);
+  Best argmax(const int64_t* cand, int64_t m) const;
+  bool check_stop_before_pick(const Best& b);
+  void add_pick(int64_t j);
+  bool tick();
+  void finish_bound();
+
+  void run_naive();
+  void run_lazy();
+  void run_stochastic();
+  void run_diag_compat();
+  void run_topk_compat();
+};
+
+void Engine::init_norms() {
+  norm2_.assign(n_, 0.0);
+  row_norms2(G_, norm2_.data(), nt_);
+  base_.resize(n_);
+  q_ = norm2_;
+  state_.assign(n_, kAlive);
+  tq_.assign(n_, 0);
+  delta_.assign(n_, 0.0);
+  score_.assign(n_, kNegInf);
+  conf_.assign(n_, 0.0);
+  align_.assign(n_, 0.0);
+  for (int64_t i = 0; i < n_; ++i) {
+    base_[i] = std::log1p(opt_.alpha * norm2_[i]);
+    if (!(norm2_[i] > 0.0) || !(base_[i] > 0.0)) state_[i] = kDead;
+    delta_[i] = base_[i];
+  }
+  ssum_.assign(d_, 0.0);
+}
+
+void Engine::conflict_of(int64_t i, double a) {
+  if (t_ == 0) {
+    align_[i] = 0.0;
+    conf_[i] = 0.0;
+    return;
+  }
+  const double t = static_cast<double>(t_);
+  const double al = (a / t) / (std::sqrt(norm2_[i]) * (snorm_ / t) + kEta);
+  align_[i] = al;
+  conf_[i] = al < 0.0 ? -al : 0.0;
+}
+
+// Bring q_i from step tq_i to t_ for each candidate; recompute Delta_i, conflict and score.
+void Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict) {
+  constexpr int R = 4;    // rows per tile
+  constexpr int VB = 32;  // w rows per kernel call
+  const int64_t ntiles = (m + R - 1) / R;
+  const bool conflict = need_conflict && t_ > 0;
+  const int64_t d = d_;
+  const double alpha = opt_.alpha, lambda = opt_.lambda;
+#pragma omp parallel for num_threads(nt_) schedule(dynamic, 4) if (ntiles > 8)
+  for (int64_t tile = 0; tile < ntiles; ++tile) {
+    const int64_t b = tile * R;
+    const int rcount = static_cast<int>(std::min<int64_t>(R, m - b));
+    const char* rows[R];
+    int64_t lo = t_;
+    for (int r = 0; r < rcount; ++r) {
+      rows[r] = row(cand[b + r]);
+      lo = std::min(lo, tq_[cand[b + r]]);
+    }
+    double buf[R * VB];
+    const double* vecs[VB];
+    for (int64_t s0 = lo; s0 < t_; s0 += VB) {
+      const int V = static_cast<int>(std::min<int64_t>(VB, t_ - s0));
+      for (int v = 0; v < V; ++v) vecs[v] = W_.data() + (s0 + v) * d;
+      K_.dots(G_.dtype, rows, rcount, vecs, V, d, buf);
+      for (int r = 0; r < rcount; ++r) {
+        const int64_t i = cand[b + r];
+        double q = q_[i];
+        for (int v = 0; v < V; ++v) {
+          if (s0 + v < tq_[i]) continue;
+          const double x = buf[r * V + v];
+          q = q - x * x;
+          if (q < 0.0) q = 0.0;
+        }
+        q_[i] = q;
+      }
+    }
+    double a[R] = {0, 0, 0, 0};
+    if (conflict) {
+      const double* sv = ssum_.data();
+      K_.dots(G_.dtype, rows, rcount, &sv, 1, d, a);
+    }
+    for (int r = 0; r < rcount; ++r) {
+      const int64_t i = cand[b + r];
+      tq_[i] = t_;
+      const double q = q_[i];
+      if (!(q > kRelTiny * norm2_[i])) {
+        state_[i] = kDead;
+        delta_[i] = 0.0;
+        score_[i] = kNegInf;
+        continue;
+      }
+      const double dl = std::log1p(alpha * q);
+      delta_[i] = dl;
+      if (!(dl > 0.0)) {
+        state_[i] = kDead;
+        score_[i] = kNegInf;
+        continue;
+      }
+      if (conflict) {
+        conflict_of(i, a[r]);
+      } else {
+        align_[i] = 0.0;
+        conf_[i] = 0.0;
+      }
+      score_[i] = dl - lambda * conf_[i];
+    }
+  }
+  res_.evaluations += m;
+}
+
+Best Engine::argmax(const int64_t* cand, int64_t m) const {
+  Best best;
+#pragma omp parallel num_threads(nt_) if (m > 16384)
+  {
+    Best local;
+#pragma omp for schedule(static) nowait
+    for (int64_t c = 0; c < m; ++c) {
+      const int64_t i = cand[c];
+      if (state_[i] != kAlive) continue;
+      Best b{score_[i], i};
+      if (b.better_than(local)) local = b;
+    }
+#pragma omp critical
+    if (local.better_than(best)) best = local;
+  }
+  return best;
+}
+
+// True when the run must stop instead of taking b.
+bool Engine::check_stop_before_pick(const Best& b) {
+  if (b.idx == std::numeric_limits<int64_t>::max() || !(b.score > kNegInf)) {
+    res_.stop = StopReason::Exhausted;
+    return true;
+  }
+  if (opt_.omega > 0.0 && t_ >= 1 && delta_[b.idx] <= opt_.omega * res_.gains[0]) {
+    res_.stop = StopReason::EarlyStop;
+    return true;
+  }
+  return false;
+}
+
+// Record pick j (its delta_/align_/conf_/score_ are current) and extend M^{-1}.
+void Engine::add_pick(int64_t j) {
+  res_.indices.push_back(j);
+  res_.gains.push_back(delta_[j]);
+  res_.base.push_back(base_[j]);
+  res_.align.push_back(align_[j]);
+  res_.conflict.push_back(conf_[j]);
+  res_.scores.push_back(score_[j]);
+  res_.objective_sum += delta_[j];
+  state_[j] = kPicked;
+
+  const int64_t d = d_, t = t_;
+  std::vector<double> g(d);
+  kern::widen_row(G_.dtype, row(j), d, g.data());
+  if (opt_.objective == Objective::LogDet) {
+    // c_s = <g_j, w_s>, u = g_j - sum_s c_s w_s, w_t = u * sqrt(alpha / (1 + alpha q_j)).
+    std::vector<double> c(t);
+    const char* rj = row(j);
+    constexpr int64_t CH = 64;
+    const int64_t nch = (t + CH - 1) / CH;
+#pragma omp parallel for num_threads(nt_) schedule(static) if (t * d > (1 << 18))
+    for (int64_t ch = 0; ch < nch; ++ch) {
+      const int64_t s0 = ch * CH, V = std::min<int64_t>(CH, t - s0);
+      const double* vecs[CH];
+      for (int64_t v = 0; v < V; ++v) vecs[v] = W_.data() + (s0 + v) * d;
+      K_.dots(G_.dtype, &rj, 1, vecs, static_cast<int>(V), d, c.data() + s0);
+    }
+    const double scale = std::sqrt(opt_.alpha / (1.0 + opt_.alpha * q_[j]));
+    W_.resize(static_cast<size_t>(t + 1) * d);
+    double* w = W_.data() + t * d;
+    constexpr int64_t CB = 256;
+    const int64_t ncb = (d + CB - 1) / CB;
+#pragma omp parallel for num_threads(nt_) schedule(static) if (t * d > (1 << 18))
+    for (int64_t cb = 0; cb < ncb; ++cb) {
+      const int64_t j0 = cb * CB, j1 = std::min(d, j0 + CB);
+      double u[CB];
+      for (int64_t x = j0; x < j1; ++x) u[x - j0] = g[x];
+      for (int64_t s = 0; s < t; ++s) {
+        const double cs = c[s];
+        const double* ws = W_.data() + s * d;
+        for (int64_t x = j0; x < j1; ++x) u[x - j0] -= cs * ws[x];
+      }
+      for (int64_t x = j0; x < j1; ++x) w[x] = u[x - j0] * scale;
+    }
+  }
+  double sn = 0.0;
+  for (int64_t x = 0; x < d; ++x) {
+    ssum_[x] += g[x];
+    sn += ssum_[x] * ssum_[x];
+  }
+  snorm_ = std::sqrt(sn);
+  ++t_;
+}
+
+// Progress hook, rate limited; false = cancelled.
+bool Engine::tick() {
+  if (!hook_) return true;
+  const auto now = std::chrono::steady_clock::now();
+  if (std::chrono::duration<double>(now - last_hook_).count() < hook_dt_ && t_ < opt_.k)
+    return true;
+  last_hook_ = now;
+  Progress p;
+  p.picks = t_;
+  p.budget = opt_.k;
+  p.evaluations = res_.evaluations;
+  p.elapsed_s = std::chrono::duration<double>(now - t0_).count();
+  if (!hook_(p)) {
+    res_.stop = StopReason::Cancelled;
+    return false;
+  }
+  return true;
+}
+
+// Minoux: for any |S*| = |S|, F(S*) <= F(S) + sum of the |S| largest Delta_x(S), x not in S.
+// q_x only decreases, so log1p(alpha * q_x) at any earlier step is a valid (looser) term.
+void Engine::finish_bound() {
+  const int64_t m = static_cast<int64_t>(res_.indices.size());
+  std::vector<double> vals;
+  vals.reserve(n_);
+  for (int64_t i = 0; i < n_; ++i)
+    if (state_[i] != kPicked) vals.push_back(std::log1p(opt_.alpha * q_[i]));
+  const int64_t take = std::min<int64_t>(m, static_cast<int64_t>(vals.size()));
+  if (take > 0) {
+    std::nth_element(vals.begin(), vals.begin() + (take - 1), vals.end(), std::greater<double>());
+    double extra = 0.0;
+    std::vector<double> top(vals.begin(), vals.begin() + take);
+    std::sort(top.begin(), top.end(), std::greater<double>());
+    for (double v : top) extra += v;
+    res_.opt_upper_bound = res_.objective_sum + extra;
+  } else {
+    res_.opt_upper_bound = res_.objective_sum;
+  }
+}
+
+void Engine::run_naive() {
+  std::vector<int64_t> alive;
+  alive.reserve(n_);
+  for (int64_t i = 0; i < n_; ++i)
+    if (state_[i] == kAlive) alive.push_back(i);
+  while (t_ < opt_.k) {
+    refresh(alive.data(), static_cast<int64_t>(alive.size()), lambda_on());
+    const Best b = argmax(alive.data(), static_cast<int64_t>(alive.size()));
+    if (check_stop_before_pick(b)) break;
+    if (!lambda_on() && t_ > 0) {  // conflict is reported for the pick even when lambda = 0
+      double a;
+      const char* rj = row(b.idx);
+      const double* sv = ssum_.data();
+      K_.dots(G_.dtype, &rj, 1, &sv, 1, d_, &a);
+      conflict_of(b.idx, a);
+    }
+    add_pick(b.idx);
+    alive.erase(std::remove_if(alive.begin(), alive.end(),
+                               [&](int64_t i) { return state_[i] != kAlive; }),
+                alive.end());
+    if (!tick()) return;
+  }
+  // Tighten the certificate: exact Delta_x(S) for every remaining candidate.
+  if (!alive.empty() && res_.stop != StopReason::Cancelled) {
+    refresh(alive.data(), static_cast<int64_t>(alive.size()), false);
+    res_.evaluations -= static_cast<int64_t>(alive.size());  // not a selection step
+  }
+}
+
+void Engine::run_lazy() {
+  struct Entry {
+    double key;
+    int64_t idx;
+  };
+  auto worse = [](const Entry& a, const Entry& b) {  // heap top = largest key, lowest index
+    return a.key < b.key || (a.key == b.key && a.idx > b.idx);
+  };
+  std::vector<Entry> store;
+  store.reserve(n_);
+  for (int64_t i = 0; i < n_; ++i)
+    if (state_[i] == kAlive) store.push_back({base_[i], i});
+  std::priority_queue<Entry, std::vector<Entry>, decltype(worse)> heap(worse, std::move(store));
+
+  int64_t B = opt_.batch > 0 ? opt_.batch : 16;
+  std::vector<int64_t> batch, refreshed;
+  while (t_ < opt_.k) {
+    Best best;
+    refreshed.clear();
+    for (;;) {
+      batch.clear();
+      while (!heap.empty() && static_cast<int64_t>(batch.size()) < B) {
+        const Entry& top = heap.top();
+        if (!(top.key > best.score || (top.key == best.score && top.idx < best.idx))) break;
+        batch.push_back(top.idx);
+        heap.pop();
+      }
+      if (batch.empty()) break;
+      // Tiles work best when rows in a tile need the same w rows: sort by staleness.
+      std::sort(batch.begin(), batch.end(),
+                [&](int64_t a, int64_t b) { return tq_[a] < tq_[b] || (tq_[a] == tq_[b] && a < b); });
+      refresh(batch.data(), static_cast<int64_t>(batch.size()), lambda_on());
+      for (int64_t i : batch) {
+        if (state_[i] != kAlive) continue;
+        refreshed.push_back(i);
+        Best b{score_[i], i};
+        if (b.better_than(best)) best = b;
+      }
+    }
+    if (opt_.batch <= 0)
+      B = std::max<int64_t>(16, std::min<int64_t>(4096, static_cast<int64_t>(refreshed.size())));
+    if (check_stop_before_pick(best)) {
+      for (int64_t i : refreshed) heap.push({delta_[i], i});
+      break;
+    }
+    if (!lambda_on() && t_ > 0) {
+      double a;
+      const char* rj = row(best.idx);
+      const double* sv = ssum_.data();
+      K_.dots(G_.dtype, &rj, 1, &sv, 1, d_, &a);
+      conflict_of(best.idx, a);
+    }
+    add_pick(best.idx);
+    for (int64_t i : refreshed)
+      if (i != best.idx) heap.push({delta_[i], i});
+    if (!tick()) return;
+  }
+}
+
+void Engine::run_stochastic() {
+  std::vector<int64_t> remaining;
+  remaining.reserve(n_);
+  for (int64_t i = 0; i < n_; ++i)
+    if (state_[i] == kAlive) remaining.push_back(i);
+  const double eps = opt_.stochastic_eps;
+  const double kk = static_cast<double>(std::max<int64_t>(1, opt_.k));
+  const int64_t sample =
+      std::max<int64_t>(1, static_cast<int64_t>(std::ceil((n_ / kk) * std::log(1.0 / eps))));
+  SplitMix64 rng(opt_.seed);
+  std::vector<int64_t> cand;
+  while (t_ < opt_.k) {
+    const int64_t r = static_cast<int64_t>(remaining.size());
+    const int64_t m = std::min(sample, r);
+    for (int64_t a = 0; a < m; ++a) {  // partial Fisher-Yates
+      const int64_t b = a + static_cast<int64_t>(rng.below(static_cast<uint64_t>(r - a)));
+      std::swap(remaining[a], remaining[b]);
+    }
+    cand.assign(remaining.begin(), remaining.begin() + m);
+    std::sort(cand.begin(), cand.end(),
+              [&](int64_t a, int64_t b) { return tq_[a] < tq_[b] || (tq_[a] == tq_[b] && a < b); });
+    refresh(cand.data(), m, lambda_on());
+    Best best = argmax(cand.data(), m);
+    if (!(best.score > kNegInf) && m < r) {  // sample all dead: look at everything left
+      cand.assign(remaining.begin(), remaining.end());
+      refresh(cand.data(), r, lambda_on());
+      best = argmax(cand.data(), r);
+    }
+    if (check_stop_before_pick(best)) break;
+    if (!lambda_on() && t_ > 0) {
+      double a;
+      const char* rj = row(best.idx);
+      const double* sv = ssum_.data();
+      K_.dots(G_.dtype, &rj, 1, &sv, 1, d_, &a);
+      conflict_of(best.idx, a);
+    }
+    add_pick(best.idx);
+    remaining.erase(std::remove_if(remaining.begin(), remaining.end(),
+                                   [&](int64_t i) { return state_[i] != kAlive; }),
+                    remaining.end());
+    if (!tick()) return;
+  }
+}
+
+// The authors' released "diag Fisher" greedy (math.md section 6): not the log-det objective.
+void Engine::run_diag_compat() {
+  std::vector<double> den(d_, 1.0), inv(d_, 1.0), g(d_);
+  std::vector<int64_t> alive;
+  for (int64_t i = 0; i < n_; ++i)
+    if (state_[i] == kAlive) alive.push_back(i);
+  const double alpha = opt_.alpha, lambda = opt_.lambda;
+  while (t_ < opt_.k) {
+    const int64_t m = static_cast<int64_t>(alive.size());
+    const bool conflict = t_ > 0;
+#pragma omp parallel for num_threads(nt_) schedule(static) if (m > 256)
+    for (int64_t c = 0; c < m; ++c) {
+      const int64_t i = alive[c];
+      const char* ri = row(i);
+      double s;
+      K_.sqdots(G_.dtype, &ri, 1, inv.data(), d_, &s);
+      const double dl = std::log1p(alpha * s);
+      delta_[i] = dl;
+      double a = 0.0;
+      if (conflict) {
+        const double* sv = ssum_.data();
+        K_.dots(G_.dtype, &ri, 1, &sv, 1, d_, &a);
+      }
+      conflict_of(i, a);
+      score_[i] = dl > 0.0 ? dl - lambda * conf_[i] : kNegInf;
+    }
+    res_.evaluations += m;
+    const Best b = argmax(alive.data(), m);
+    if (check_stop_before_pick(b)) break;
+    const int64_t j = b.idx;
+    add_pick(j);
+    kern::widen_row(G_.dtype, row(j), d_, g.data());
+    for (int64_t x = 0; x < d_; ++x) {
+      const double v = std::fabs(g[x]) * g[x];
+      den[x] += alpha * v * v;
+      inv[x] = 1.0 / den[x];
+    }
+    alive.erase(std::remove(alive.begin(), alive.end(), j), alive.end());
+    if (!tick()) return;
+  }
+}
+
+// The authors' default: rank by base = log(1 + alpha ||g||^2), optionally cut at omega * max.
+void Engine::run_topk_compat() {
+  std::vector<int64_t> order;
+  for (int64_t i = 0; i < n_; ++i)
+    if (state_[i] == kAlive) order.push_back(i);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return base_[a] > base_[b]; });
+  res_.evaluations = static_cast<int64_t>(order.size());
+  size_t pos = 0;
+  while (t_ < opt_.k) {
+    if (pos >= order.size()) {
+      res_.stop = StopReason::Exhausted;
+      break;
+    }
+    const int64_t j = order[pos++];
+    if (opt_.omega > 0.0 && t_ >= 1 && base_[j] <= opt_.omega * res_.gains[0]) {
+      res_.stop = StopReason::EarlyStop;
+      break;
+    }
+    double a = 0.0;
+    if (t_ > 0) {
+      const char* rj = row(j);
+      const double* sv = ssum_.data();
+      K_.dots(G_.dtype, &rj, 1, &sv, 1, d_, &a);
+    }
+    conflict_of(j, a);
+    delta_[j] = base_[j];
+    score_[j] = base_[j];
+    add_pick(j);
+    if (!tick()) return;
+  }
+}
+
+Result Engine::run() {
+  t0_ = last_hook_ = std::chrono::steady_clock::now();
+  init_norms();
+  res_.stop = StopReason::Budget;
+  const size_t cap = static_cast<size_t>(std::max<int64_t>(0, opt_.k));
+  res_.indices.reserve(cap);
+  if (opt_.objective == Objective::LogDet) {
+    W_.reserve(std::min<size_t>(cap, static_cast<size_t>(n_)) * static_cast<size_t>(d_));
+    switch (opt_.method) {
+      case Method::Naive: run_naive(); break;
+      case Method::Lazy: run_lazy(); break;
+      case Method::Stochastic: run_stochastic(); break;
+    }
+    finish_bound();
+  } else if (opt_.objective == Objective::DiagCompat) {
+    run_diag_compat();
+    res_.opt_upper_bound = std::numeric_limits<double>::quiet_NaN();
+  } else {
+    run_topk_compat();
+    res_.opt_upper_bound = std::numeric_limits<double>::quiet_NaN();
+  }
+  if (hook_ && res_.stop != StopReason::Cancelled) {
+    last_hook_ = std::chrono::steady_clock::time_point{};
+    Progress p;
+    p.picks = t_;
+    p.budget = opt_.k;
+    p.evaluations = res_.evaluations;
+    p.elapsed_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    if (!hook_(p)) res_.stop = StopReason::Cancelled;
+  }
+  return std::move(res_);
+}
+
+}  // namespace
+
+void row_norms2(const MatrixView& G, double* out, int threads) {
+  const kern::Table& K = kern::table();
+  const int nt = resolve_threads(threads);
+  const int64_t n = G.n;
+  constexpr int64_t CH = 256;
+  const int64_t nch = (n + CH - 1) / CH;
+#pragma omp parallel for num_threads(nt) schedule(static) if (n * G.d > (1 << 16))
+  for (int64_t c = 0; c < nch; ++c) {
+    const int64_t i1 = std::min(n, (c + 1) * CH);
+    for (int64_t i = c * CH; i < i1; ++i) {
+      const char* r = G.row(i);
+      K.sqdots(G.dtype, &r, 1, nullptr, G.d, out + i);
+    }
+  }
+}
+
+Result select(const MatrixView& G, const Options& opt, const ProgressHook& hook,
+              double hook_interval_s) {
+  if (G.n < 0 || G.d <= 0 || (G.n > 0 && G.data == nullptr))
+    throw std::invalid_argument("G must be a non-empty n x d matrix");
+  if (G.row_stride < G.d) throw std::invalid_argument("row stride smaller than d");
+  if (opt.k < 0 || opt.k > G.n) throw std::invalid_argument("k must be in [0, n]");
+  if (!(opt.alpha > 0.0) || !std::isfinite(opt.alpha))
+    throw std::invalid_argument("alpha must be a finite number > 0");
+  if (!(opt.lambda >= 0.0) || !std::isfinite(opt.lambda))
+    throw std::invalid_argument("conflict penalty must be a finite number >= 0");
+  if (opt.omega != 0.0 && !(opt.omega > 0.0 && opt.omega < 1.0))
+    throw std::invalid_argument("early_stop must be in (0, 1)");
+  if (!(opt.stochastic_eps > 0.0 && opt.stochastic_eps < 1.0))
+    throw std::invalid_argument("stochastic_eps must be in (0, 1)");
+  Engine e(G, opt, hook, hook_interval_s);
+  return e.run();
+}
+
+}  // namespace spice

@@ -1,0 +1,82 @@
+// spice core: exact penalised log-det greedy selection over gradient features.
+// Pure C++17: no Python headers. See docs in README.md and shared math notes.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace spice {
+
+// Element type of the feature matrix G. Rows are read and widened to double in registers.
+enum class DType : int { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };
+
+// A read-only view of an n x d row-major matrix; rows may be strided (row_stride in elements),
+// elements inside a row are contiguous.
+struct MatrixView {
+  const void* data = nullptr;
+  int64_t n = 0;
+  int64_t d = 0;
+  int64_t row_stride = 0;  // elements between consecutive rows
+  DType dtype = DType::F32;
+
+  size_t elem_size() const {
+    return (dtype == DType::F64) ? 8 : (dtype == DType::F32 ? 4 : 2);
+  }
+  const char* row(int64_t i) const {
+    return static_cast<const char*>(data) + static_cast<size_t>(i) * row_stride * elem_size();
+  }
+};
+
+enum class Method : int { Naive = 0, Lazy = 1, Stochastic = 2 };
+enum class Objective : int { LogDet = 0, DiagCompat = 1, TopKCompat = 2 };
+enum class StopReason : int { Budget = 0, EarlyStop = 1, Exhausted = 2, Cancelled = 3 };
+
+struct Options {
+  int64_t k = 0;                 // budget (number of picks), 0 <= k <= n
+  double alpha = 1.0;            // Fisher scale, > 0
+  double lambda = 0.0;           // conflict penalty weight, >= 0
+  double omega = 0.0;            // SPICE+ early stop ratio in (0,1); <= 0 disables
+  Method method = Method::Lazy;
+  Objective objective = Objective::LogDet;
+  uint64_t seed = 0;             // stochastic greedy sampling
+  double stochastic_eps = 0.01;  // stochastic greedy sample size parameter
+  int threads = 0;               // 0 = OpenMP default
+  int64_t batch = 0;             // lazy refresh batch size; 0 = adaptive
+};
+
+// What a progress hook sees; returning false from the hook cancels the run.
+struct Progress {
+  int64_t picks = 0;
+  int64_t budget = 0;
+  int64_t evaluations = 0;
+  double elapsed_s = 0.0;
+};
+using ProgressHook = std::function<bool(const Progress&)>;
+
+struct Result {
+  std::vector<int64_t> indices;  // pick order
+  std::vector<double> gains;     // Delta_t at pick time (information gain)
+  std::vector<double> base;      // log(1 + alpha ||g||^2) of each pick
+  std::vector<double> align;     // cosine to the mean of earlier picks (0 for the first)
+  std::vector<double> conflict;  // max(0, -align)
+  std::vector<double> scores;    // gains - lambda * conflict (objective's own gain for compat)
+  double objective_sum = 0.0;    // sum of gains (= log det for the exact objective)
+  double opt_upper_bound = 0.0;  // Minoux bound on max log det over sets of |indices| rows
+  StopReason stop = StopReason::Budget;
+  int64_t evaluations = 0;       // candidate score refreshes performed
+};
+
+// Runs the greedy selection. Throws std::invalid_argument on bad options.
+Result select(const MatrixView& G, const Options& opt, const ProgressHook& hook = nullptr,
+              double hook_interval_s = 0.25);
+
+// Squared row norms in float64 (canonical accumulation order), parallel.
+void row_norms2(const MatrixView& G, double* out, int threads = 0);
+
+// Which kernel family runs on this CPU ("avx2-fma" or "generic").
+std::string kernel_isa();
+
+}  // namespace spice

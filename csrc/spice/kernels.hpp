@@ -1,0 +1,48 @@
+// Row kernels: dot products of feature rows (any DType) with float64 vectors.
+//
+// Every dot product is computed in one canonical order, whatever kernel or tile size computes it:
+// four float64 lanes, lane l accumulating the products j = l (mod 4) for j < d - d % 4 (fused
+// multiply-add on the AVX2 path), reduced as (l0 + l1) + (l2 + l3), then the tail j >= d - d % 4
+// added in order. This makes naive, lazy and stochastic greedy see bit-identical numbers, so they
+// pick identical sequences (ties to the lowest index) and results do not depend on thread count.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core.hpp"
+
+namespace spice {
+namespace kern {
+
+struct Table {
+  // out[r * V + v] = <row r, vec v>, r < R, v < V.
+  void (*dots)(DType dt, const char* const* rows, int R, const double* const* vecs, int V,
+               int64_t d, double* out);
+  // out[r] = sum_j row_r[j]^2 * vec[j]  (vec == nullptr: plain squared norm).
+  void (*sqdots)(DType dt, const char* const* rows, int R, const double* vec, int64_t d,
+                 double* out);
+  const char* isa;
+};
+
+// The kernel table chosen once for this CPU.
+const Table& table();
+
+// Widen one row to float64 (exact); out has d entries.
+void widen_row(DType dt, const char* row, int64_t d, double* out);
+
+// Generic (portable) and AVX2 implementations; the latter exists only on x86-64 builds.
+const Table& generic_table();
+const Table* avx2_table();  // nullptr when not compiled in
+
+// IEEE half and bfloat16 to float.
+float half_to_float(uint16_t h);
+inline float bf16_to_float(uint16_t b) {
+  uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  __builtin_memcpy(&f, &u, 4);
+  return f;
+}
+
+}  // namespace kern
+}  // namespace spice
