@@ -109,6 +109,7 @@ py::dict py_select(const py::array& G, int dtype_code, int64_t k, double alpha, 
   out["opt_upper_bound"] = res.opt_upper_bound;
   out["stop_reason"] = stop_name(res.stop);
   out["evaluations"] = res.evaluations;
+  out["bad_row"] = res.bad_row;
   return out;
 }
 

@@ -106,6 +106,7 @@ void Engine::init_norms() {
   align_.assign(n_, 0.0);
   for (int64_t i = 0; i < n_; ++i) {
     base_[i] = std::log1p(opt_.alpha * norm2_[i]);
+    if (!std::isfinite(base_[i]) && res_.bad_row < 0) res_.bad_row = i;
     if (!(norm2_[i] > 0.0) || !(base_[i] > 0.0)) state_[i] = kDead;
     delta_[i] = base_[i];
   }
@@ -530,6 +531,7 @@ Result Engine::run() {
   t0_ = last_hook_ = std::chrono::steady_clock::now();
   init_norms();
   res_.stop = StopReason::Budget;
+  if (res_.bad_row >= 0) return std::move(res_);
   const size_t cap = static_cast<size_t>(std::max<int64_t>(0, opt_.k));
   res_.indices.reserve(cap);
   if (opt_.objective == Objective::LogDet) {

@@ -67,6 +67,8 @@ struct Result {
   double opt_upper_bound = 0.0;  // Minoux bound on max log det over sets of |indices| rows
   StopReason stop = StopReason::Budget;
   int64_t evaluations = 0;       // candidate score refreshes performed
+  int64_t bad_row = -1;          // first row with a non-finite squared norm or base gain; the
+                                 // run does nothing else when this is >= 0
 };
 
 // Runs the greedy selection. Throws std::invalid_argument on bad options.

@@ -1,0 +1,34 @@
+"""spice: choose which examples to fine-tune a large language model on.
+
+The selector (numpy only)::
+
+    import spice
+    sel = spice.select(G, 0.1)          # G: (n, d) per-sample gradient features
+    sel.indices, sel.gains, sel.logdet, sel.stop_reason
+
+Gradient features from Hugging Face models live in :mod:`spice.features` (extra ``[hf]``).
+"""
+
+from __future__ import annotations
+
+from . import _core
+from .analysis import Curvature, curvature, logdet
+from .selection import Selection, resolve_k, select
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Curvature",
+    "Selection",
+    "__version__",
+    "curvature",
+    "kernel_isa",
+    "logdet",
+    "resolve_k",
+    "select",
+]
+
+
+def kernel_isa() -> str:
+    """Which compiled kernel family runs on this CPU: ``"avx2-fma"`` or ``"generic"``."""
+    return str(_core.kernel_isa())

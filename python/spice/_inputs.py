@@ -1,0 +1,133 @@
+"""Turning what users pass as gradient features into an (n, d) array the core can read in place.
+
+Accepted without a copy: numpy arrays and ``np.memmap`` of float32, float64, float16 or bfloat16
+(``ml_dtypes.bfloat16``) whose rows are contiguous (any row stride), and CPU torch tensors of the
+same dtypes (via DLPack / ``.numpy()``). Anything else exposing ``__array__`` or ``__dlpack__`` is
+converted with ``np.asarray`` and, if it is not one of those dtypes, cast to float32 (a copy).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+# dtype codes shared with csrc/spice/core.hpp (enum DType)
+F32, F64, F16, BF16 = 0, 1, 2, 3
+
+
+def _bf16_dtype() -> np.dtype | None:
+    try:
+        import ml_dtypes  # type: ignore[import-not-found]
+
+        return np.dtype(ml_dtypes.bfloat16)
+    except Exception:
+        return None
+
+
+def _from_torch(x: Any) -> tuple[np.ndarray, int] | None:
+    mod = type(x).__module__
+    if not mod.startswith("torch"):
+        return None
+    import torch  # only reached when a torch tensor was passed
+
+    if not isinstance(x, torch.Tensor):
+        return None
+    if x.device.type != "cpu":
+        raise TypeError(
+            f"G is a torch tensor on {x.device}; the CPU selector needs a CPU tensor "
+            "(the GPU backend is spice.select(..., device='cuda') when available)"
+        )
+    if x.requires_grad:
+        x = x.detach()
+    if x.dtype == torch.bfloat16:
+        return x.view(torch.int16).numpy().view(np.uint16), BF16
+    return x.numpy(), -1
+
+
+def as_features(G: Any, *, name: str = "G", bf16: bool = False) -> tuple[np.ndarray, int]:
+    """Return ``(array, dtype_code)`` for the core, copying only when unavoidable.
+
+    Parameters
+    ----------
+    G : array-like, shape (n, d)
+        Gradient features, one row per example.
+    bf16 : bool
+        Treat a ``uint16`` array as raw bfloat16 bit patterns.
+
+    Raises
+    ------
+    TypeError
+        For non-numeric dtypes or objects that are not arrays.
+    ValueError
+        For arrays that are not 2-D or are empty.
+    """
+    code = -1
+    t = _from_torch(G)
+    if t is not None:
+        arr, code = t
+    elif isinstance(G, np.ndarray):
+        arr = G
+    elif hasattr(G, "__array__") or hasattr(G, "__array_interface__"):
+        arr = np.asarray(G)
+    elif hasattr(G, "__dlpack__"):
+        arr = np.from_dlpack(G)
+    else:
+        raise TypeError(
+            f"{name} must be a 2-D numeric array (numpy, np.memmap or a CPU torch tensor), "
+            f"got {type(G).__name__}"
+        )
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n examples x d features), got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape}); need n >= 1 and d >= 1")
+    if code < 0:
+        dt = arr.dtype
+        bf = _bf16_dtype()
+        if dt == np.float32:
+            code = F32
+        elif dt == np.float64:
+            code = F64
+        elif dt == np.float16:
+            code = F16
+        elif bf is not None and dt == bf:
+            arr, code = arr.view(np.uint16), BF16
+        elif dt == np.uint16 and bf16:
+            code = BF16
+        elif dt.kind in "iub":
+            if dt.kind == "b":
+                raise TypeError(f"{name} has boolean dtype; gradient features must be floating")
+            arr, code = arr.astype(np.float32), F32
+        elif dt.kind == "f":  # float128 and friends
+            arr, code = arr.astype(np.float64), F64
+        else:
+            raise TypeError(
+                f"{name} has non-numeric dtype {dt}; expected float32, float64, float16 or bfloat16"
+            )
+    itemsize = arr.dtype.itemsize
+    if arr.shape[1] > 1 and arr.strides[1] != itemsize or (
+        arr.shape[0] > 1 and (arr.strides[0] <= 0 or arr.strides[0] % itemsize)
+    ):
+        arr = np.ascontiguousarray(arr)
+    return arr, code
+
+
+def row_as_float64(arr: np.ndarray, code: int, rows: Any) -> np.ndarray:
+    """Rows of a feature array widened to float64 (bfloat16 bit patterns decoded)."""
+    sub = arr[rows]
+    if code == BF16:
+        return (sub.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    return np.asarray(sub, dtype=np.float64)
+
+
+def describe_bad_row(arr: np.ndarray, code: int, row: int, alpha: float) -> str:
+    """The error message for a row the core refused (non-finite entry or overflow)."""
+    vals = row_as_float64(arr, code, row)
+    nonfinite = np.flatnonzero(~np.isfinite(vals))
+    if nonfinite.size:
+        j = int(nonfinite[0])
+        return f"G contains NaN or Inf: first bad row {row} (column {j} is {vals[j]})"
+    return (
+        f"row {row} of G is too large: alpha * ||g||^2 overflows float64 (alpha = {alpha}); "
+        "rescale the features (e.g. divide by their largest absolute value) or lower alpha"
+    )

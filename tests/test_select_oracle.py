@@ -1,0 +1,182 @@
+"""The core against brute-force oracles: picks, gains, log-det, certificates."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import spice
+from spice.reference import greedy_reference
+
+from select_data import clustered, gaussian
+
+SETTINGS = settings(max_examples=25, deadline=None)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**31), n=st.integers(2, 40), d=st.integers(1, 12),
+       lam=st.sampled_from([0.0, 0.1, 0.5, 2.0]),
+       omega=st.sampled_from([None, 0.3, 0.6]),
+       alpha=st.sampled_from([0.1, 1.0, 5.0]),
+       method=st.sampled_from(["naive", "lazy"]))
+def test_matches_reference_greedy(seed, n, d, lam, omega, alpha, method):
+    G = gaussian(seed, n, d)
+    k = min(n, 1 + seed % n)
+    sel = spice.select(G, k, alpha=alpha, conflict_penalty=lam, early_stop=omega, method=method)
+    ref = greedy_reference(G, k, alpha=alpha, lam=lam, omega=omega)
+    np.testing.assert_array_equal(sel.indices, ref["indices"])
+    assert sel.stop_reason == ref["stop_reason"]
+    np.testing.assert_allclose(sel.gains, ref["gains"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(sel.conflict, ref["conflict"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(sel.scores, ref["scores"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(sel.epsilon, ref["gains"] - ref["base"], rtol=1e-8, atol=1e-12)
+    assert sel.logdet == pytest.approx(ref["logdet"], rel=1e-9, abs=1e-12)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**31), lam=st.sampled_from([0.0, 0.3]))
+def test_matches_slogdet_brute_force(seed, lam):
+    G = gaussian(seed, 14, 5)
+    sel = spice.select(G, 6, alpha=0.7, conflict_penalty=lam, method="lazy")
+    ref = greedy_reference(G, 6, alpha=0.7, lam=lam, gain="slogdet")
+    np.testing.assert_array_equal(sel.indices, ref["indices"])
+    np.testing.assert_allclose(sel.gains, ref["gains"], rtol=1e-8, atol=1e-10)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**31), lam=st.sampled_from([0.0, 0.1, 1.0]),
+       omega=st.sampled_from([None, 0.2, 0.5]))
+def test_naive_equals_lazy_on_clustered_data(seed, lam, omega):
+    G = clustered(seed, 300, 16)
+    a = spice.select(G, 60, conflict_penalty=lam, early_stop=omega, method="naive")
+    b = spice.select(G, 60, conflict_penalty=lam, early_stop=omega, method="lazy")
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_array_equal(a.gains, b.gains)  # bit-identical arithmetic
+    np.testing.assert_array_equal(a.scores, b.scores)
+    assert a.stop_reason == b.stop_reason
+    assert b.evaluations <= a.evaluations
+
+
+def test_lazy_batch_size_does_not_change_picks():
+    G = clustered(3, 400, 24)
+    from spice import _core
+
+    runs = [_core.select(G, 0, 80, 1.0, 0.1, 0.0, 1, 0, 0, 0.01, 0, batch, None, 1.0)
+            for batch in (1, 3, 64, 0)]
+    for r in runs[1:]:
+        np.testing.assert_array_equal(r["indices"], runs[0]["indices"])
+        np.testing.assert_array_equal(r["gains"], runs[0]["gains"])
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**31), n=st.integers(2, 30), d=st.integers(1, 10))
+def test_logdet_equals_slogdet(seed, n, d):
+    G = gaussian(seed, n, d)
+    sel = spice.select(G, n // 2 + 1, alpha=1.3)
+    S = sel.indices
+    expect = np.linalg.slogdet(np.eye(len(S)) + 1.3 * G[S].astype(np.float64)
+                               @ G[S].astype(np.float64).T)[1]
+    assert sel.logdet == pytest.approx(expect, rel=1e-9, abs=1e-12)
+    assert spice.logdet(G, S, 1.3) == pytest.approx(expect, rel=1e-9, abs=1e-12)
+    assert sel.logdet == pytest.approx(float(np.sum(sel.gains)), rel=1e-12)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**31), n=st.integers(2, 60), d=st.integers(1, 16))
+def test_fisher_gains_decrease_and_eps_nonpositive(seed, n, d):
+    G = gaussian(seed, n, d)
+    sel = spice.select(G, n, conflict_penalty=0.0)
+    assert np.all(np.diff(sel.gains) <= 1e-12)
+    assert np.all(sel.epsilon <= 1e-12)
+    assert np.all(sel.gains > 0)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31), n=st.integers(4, 12), d=st.integers(2, 6),
+       alpha=st.sampled_from([0.2, 1.0, 4.0]))
+def test_approximation_guarantees_against_brute_force_opt(seed, n, d, alpha):
+    G = gaussian(seed, n, d).astype(np.float64)
+    k = min(4, n - 1)
+    sel = spice.select(G, k, alpha=alpha, conflict_penalty=0.0, method="naive")
+    opt = max(np.linalg.slogdet(np.eye(k) + alpha * G[list(S)] @ G[list(S)].T)[1]
+              for S in itertools.combinations(range(n), k))
+    assert sel.logdet >= (1 - 1 / math.e) * opt - 1e-9
+    c = spice.curvature(G, alpha)
+    assert sel.logdet >= c.factor * opt - 1e-9
+    assert opt <= sel.opt_upper_bound + 1e-9
+    lazy = spice.select(G, k, alpha=alpha, conflict_penalty=0.0, method="lazy")
+    assert opt <= lazy.opt_upper_bound + 1e-9
+    assert 0 < lazy.certified_ratio <= 1 + 1e-12
+
+
+def test_curvature_matches_leave_one_out_brute_force():
+    G = gaussian(5, 9, 4).astype(np.float64)
+    alpha = 0.8
+    full = np.linalg.slogdet(np.eye(4) + alpha * G.T @ G)[1]
+    ratios = []
+    for x in range(9):
+        rest = np.delete(G, x, axis=0)
+        loo = full - np.linalg.slogdet(np.eye(4) + alpha * rest.T @ rest)[1]
+        ratios.append(loo / np.log1p(alpha * G[x] @ G[x]))
+    c = spice.curvature(G, alpha)
+    assert c.c == pytest.approx(1 - min(ratios), rel=1e-9)
+    assert c.argmin == int(np.argmin(ratios))
+    assert c.factor == pytest.approx((1 - math.exp(-c.c)) / c.c, rel=1e-12)
+
+
+def _dpp_map_chen(L: np.ndarray, k: int) -> list[int]:
+    """Fast greedy MAP inference for DPPs (Chen, Zhang, Zhou, NeurIPS 2018), explicit kernel."""
+    n = L.shape[0]
+    cis = np.zeros((k, n))
+    di2 = np.diag(L).copy()
+    j = int(np.argmax(di2))
+    out = [j]
+    while len(out) < k:
+        t = len(out) - 1
+        eis = (L[j, :] - cis[:t, j] @ cis[:t, :]) / math.sqrt(di2[j])
+        cis[t, :] = eis
+        di2 -= eis**2
+        di2[out] = -np.inf
+        j = int(np.argmax(di2))
+        out.append(j)
+    return out
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**31), n=st.integers(3, 50), d=st.integers(2, 20))
+def test_fisher_greedy_is_dpp_map(seed, n, d):
+    G = gaussian(seed, n, d).astype(np.float64)
+    k = min(n, d, 10)
+    L = np.eye(n) + 0.5 * G @ G.T.copy()
+    sel = spice.select(G, k, alpha=0.5, conflict_penalty=0.0)
+    assert sel.indices.tolist() == _dpp_map_chen(L, k)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**31), rows=st.lists(st.integers(0, 29), min_size=1, max_size=10))
+def test_sign_flip_is_invisible_without_penalty(seed, rows):
+    G = gaussian(seed, 30, 8)
+    H = G.copy()
+    H[rows] *= -1
+    a = spice.select(G, 12, conflict_penalty=0.0)
+    b = spice.select(H, 12, conflict_penalty=0.0)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_allclose(a.gains, b.gains, rtol=1e-12)
+
+
+def test_penalty_changes_picks_on_conflicting_data():
+    # Row 1 carries more information than row 2 but points against row 0 (cos = -0.51).
+    G = np.zeros((4, 3), np.float32)
+    G[0] = [3, 0, 0]
+    G[1] = [-1.5, 2.5, 0]
+    G[2] = [0.3, 2.3, 0]
+    G[3] = [0, 0, 0.5]
+    plain = spice.select(G, 2, conflict_penalty=0.0)
+    pen = spice.select(G, 2, conflict_penalty=1.0)
+    assert plain.indices.tolist() == [0, 1]
+    assert plain.conflict[1] == pytest.approx(1.5 / np.hypot(1.5, 2.5), rel=1e-6)
+    assert pen.indices.tolist() == [0, 2]
+    assert pen.scores[1] == pytest.approx(pen.gains[1])
