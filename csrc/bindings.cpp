@@ -61,7 +61,8 @@ const char* stop_name(spice::StopReason s) {
 
 py::dict py_select(const py::array& G, int dtype_code, int64_t k, double alpha, double lam,
                 double omega, int method, int objective, uint64_t seed, double stochastic_eps,
-                int threads, int64_t batch, const py::object& progress, double interval_s) {
+                int threads, int64_t batch, const py::object& progress, double interval_s,
+                   int64_t chunk) {
   spice::MatrixView view = view_of(G, dtype_code);
   spice::Options opt;
   opt.k = k;
@@ -76,6 +77,7 @@ py::dict py_select(const py::array& G, int dtype_code, int64_t k, double alpha, 
   opt.stochastic_eps = stochastic_eps;
   opt.threads = threads;
   opt.batch = batch;
+  opt.chunk = chunk;
 
   // The hook runs on the calling thread between greedy steps: it takes the GIL, lets Python
   // handle Ctrl-C, and calls the user's progress callable.
@@ -110,6 +112,7 @@ py::dict py_select(const py::array& G, int dtype_code, int64_t k, double alpha, 
   out["stop_reason"] = stop_name(res.stop);
   out["evaluations"] = res.evaluations;
   out["bad_row"] = res.bad_row;
+  out["dot_products"] = res.dot_products;
   return out;
 }
 
@@ -131,7 +134,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("select", &py_select, py::arg("G"), py::arg("dtype_code"), py::arg("k"), py::arg("alpha"),
         py::arg("lam"), py::arg("omega"), py::arg("method"), py::arg("objective"),
         py::arg("seed"), py::arg("stochastic_eps"), py::arg("threads"), py::arg("batch"),
-        py::arg("progress"), py::arg("interval_s"));
+        py::arg("progress"), py::arg("interval_s"), py::arg("chunk") = 0);
   m.def("row_norms2", &py_row_norms2, py::arg("G"), py::arg("dtype_code"), py::arg("threads") = 0);
   m.def("kernel_isa", &spice::kernel_isa);
 #ifdef _OPENMP

@@ -71,6 +71,7 @@ class Engine {
   std::vector<double> ssum_;    // sum of picked rows
   double snorm_ = 0.0;
   int64_t t_ = 0;
+  int64_t dots_ = 0;  // catch-up dot products (row . w_s) performed
   Result res_;
   std::chrono::steady_clock::time_point t0_, last_hook_;
 
@@ -78,7 +79,8 @@ class Engine {
   bool lambda_on() const { return opt_.lambda > 0.0; }
 
   void init_norms();
-  void refresh(const int64_t* cand, int64_t m, bool need_conflict);
+  void refresh(const int64_t* cand, int64_t m, bool need_conflict,
+               int64_t max_rows = std::numeric_limits<int64_t>::max());
   void conflict_of(int64_t i, double a);
   Best argmax(const int64_t* cand, int64_t m) const;
   bool check_stop_before_pick(const Best& b);
@@ -125,8 +127,10 @@ void Engine::conflict_of(int64_t i, double a) {
   conf_[i] = al < 0.0 ? -al : 0.0;
 }
 
-// Bring q_i from step tq_i to t_ for each candidate; recompute Delta_i, conflict and score.
-void Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict) {
+// Bring q_i from step tq_i towards t_ (at most max_rows w rows per candidate) for each candidate.
+// Candidates that reach t_ get Delta_i, conflict and score; the others get Delta_i from their
+// partly updated q_i, which is still an upper bound on every later Delta_i (q only decreases).
+void Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t max_rows) {
   constexpr int R = 4;    // rows per tile
   constexpr int VB = 32;  // w rows per kernel call
   const int64_t ntiles = (m + R - 1) / R;
@@ -138,22 +142,27 @@ void Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict) {
     const int64_t b = tile * R;
     const int rcount = static_cast<int>(std::min<int64_t>(R, m - b));
     const char* rows[R];
-    int64_t lo = t_;
+    int64_t end[R];
+    int64_t lo = t_, hi = 0;
     for (int r = 0; r < rcount; ++r) {
-      rows[r] = row(cand[b + r]);
-      lo = std::min(lo, tq_[cand[b + r]]);
+      const int64_t i = cand[b + r];
+      rows[r] = row(i);
+      lo = std::min(lo, tq_[i]);
+      end[r] = t_ - tq_[i] > max_rows ? tq_[i] + max_rows : t_;
+      hi = std::max(hi, end[r]);
     }
     double buf[R * VB];
     const double* vecs[VB];
-    for (int64_t s0 = lo; s0 < t_; s0 += VB) {
-      const int V = static_cast<int>(std::min<int64_t>(VB, t_ - s0));
+    int64_t applied = 0;
+    for (int64_t s0 = lo; s0 < hi; s0 += VB) {
+      const int V = static_cast<int>(std::min<int64_t>(VB, hi - s0));
       for (int v = 0; v < V; ++v) vecs[v] = W_.data() + (s0 + v) * d;
       K_.dots(G_.dtype, rows, rcount, vecs, V, d, buf);
       for (int r = 0; r < rcount; ++r) {
         const int64_t i = cand[b + r];
         double q = q_[i];
         for (int v = 0; v < V; ++v) {
-          if (s0 + v < tq_[i]) continue;
+          if (s0 + v < tq_[i] || s0 + v >= end[r]) continue;
           const double x = buf[r * V + v];
           q = q - x * x;
           if (q < 0.0) q = 0.0;
@@ -161,14 +170,25 @@ void Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict) {
         q_[i] = q;
       }
     }
+    bool all_current = true;
+    for (int r = 0; r < rcount; ++r) {
+      applied += end[r] - tq_[cand[b + r]];
+      all_current = all_current && end[r] == t_;
+    }
     double a[R] = {0, 0, 0, 0};
-    if (conflict) {
+    if (conflict && all_current) {
       const double* sv = ssum_.data();
       K_.dots(G_.dtype, rows, rcount, &sv, 1, d, a);
+    } else if (conflict) {
+      const double* sv = ssum_.data();
+      for (int r = 0; r < rcount; ++r)
+        if (end[r] == t_) K_.dots(G_.dtype, rows + r, 1, &sv, 1, d, a + r);
     }
+#pragma omp atomic
+    dots_ += applied;
     for (int r = 0; r < rcount; ++r) {
       const int64_t i = cand[b + r];
-      tq_[i] = t_;
+      tq_[i] = end[r];
       const double q = q_[i];
       if (!(q > kRelTiny * norm2_[i])) {
         state_[i] = kDead;
@@ -180,6 +200,10 @@ void Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict) {
       delta_[i] = dl;
       if (!(dl > 0.0)) {
         state_[i] = kDead;
+        score_[i] = kNegInf;
+        continue;
+      }
+      if (end[r] < t_) {  // partial: Delta is an upper bound, no score yet
         score_[i] = kNegInf;
         continue;
       }
@@ -364,6 +388,9 @@ void Engine::run_lazy() {
   std::priority_queue<Entry, std::vector<Entry>, decltype(worse)> heap(worse, std::move(store));
 
   int64_t B = opt_.batch > 0 ? opt_.batch : 16;
+  // Catch-up rows per refresh: a stale candidate whose bound falls below the best score after
+  // part of its catch-up is left there, so late steps do not pay for full catch-ups of losers.
+  const int64_t chunk = opt_.chunk > 0 ? opt_.chunk : 256;
   std::vector<int64_t> batch, refreshed;
   while (t_ < opt_.k) {
     Best best;
@@ -380,9 +407,13 @@ void Engine::run_lazy() {
       // Tiles work best when rows in a tile need the same w rows: sort by staleness.
       std::sort(batch.begin(), batch.end(),
                 [&](int64_t a, int64_t b) { return tq_[a] < tq_[b] || (tq_[a] == tq_[b] && a < b); });
-      refresh(batch.data(), static_cast<int64_t>(batch.size()), lambda_on());
+      refresh(batch.data(), static_cast<int64_t>(batch.size()), lambda_on(), chunk);
       for (int64_t i : batch) {
         if (state_[i] != kAlive) continue;
+        if (tq_[i] < t_) {  // partly caught up: back in the queue with a tighter bound
+          heap.push({delta_[i], i});
+          continue;
+        }
         refreshed.push_back(i);
         Best b{score_[i], i};
         if (b.better_than(best)) best = b;
@@ -559,6 +590,7 @@ Result Engine::run() {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
     if (!hook_(p)) res_.stop = StopReason::Cancelled;
   }
+  res_.dot_products = dots_;
   return std::move(res_);
 }
 

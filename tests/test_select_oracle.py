@@ -60,12 +60,12 @@ def test_naive_equals_lazy_on_clustered_data(seed, lam, omega):
     assert b.evaluations <= a.evaluations
 
 
-def test_lazy_batch_size_does_not_change_picks():
+def test_lazy_batch_and_chunk_sizes_do_not_change_picks():
     G = clustered(3, 400, 24)
     from spice import _core
 
-    runs = [_core.select(G, 0, 80, 1.0, 0.1, 0.0, 1, 0, 0, 0.01, 0, batch, None, 1.0)
-            for batch in (1, 3, 64, 0)]
+    runs = [_core.select(G, 0, 80, 1.0, 0.1, 0.0, 1, 0, 0, 0.01, 0, batch, None, 1.0, chunk)
+            for batch, chunk in ((1, 0), (3, 1), (64, 7), (0, 0), (0, 10**9))]
     for r in runs[1:]:
         np.testing.assert_array_equal(r["indices"], runs[0]["indices"])
         np.testing.assert_array_equal(r["gains"], runs[0]["gains"])

@@ -45,6 +45,7 @@ struct Options {
   double stochastic_eps = 0.01;  // stochastic greedy sample size parameter
   int threads = 0;               // 0 = OpenMP default
   int64_t batch = 0;             // lazy refresh batch size; 0 = adaptive
+  int64_t chunk = 0;             // lazy catch-up rows per refresh; 0 = default (256)
 };
 
 // What a progress hook sees; returning false from the hook cancels the run.
@@ -67,6 +68,7 @@ struct Result {
   double opt_upper_bound = 0.0;  // Minoux bound on max log det over sets of |indices| rows
   StopReason stop = StopReason::Budget;
   int64_t evaluations = 0;       // candidate score refreshes performed
+  int64_t dot_products = 0;      // catch-up dot products g_i . w_s performed
   int64_t bad_row = -1;          // first row with a non-finite squared norm or base gain; the
                                  // run does nothing else when this is >= 0
 };

@@ -48,7 +48,10 @@ class Selection:
     certified_ratio : float
         ``logdet / opt_upper_bound``: the selection is at least this fraction of optimal.
     evaluations : int
-        Candidate score refreshes performed (naive: every live candidate at every step).
+        Candidate refreshes performed (naive: every live candidate at every step; lazy: the
+        queue's pops, a stale candidate being caught up at most 256 steps per pop).
+    dot_products : int
+        Catch-up dot products g_i·w_s performed (naive: about n·k; what laziness saves).
     """
 
     indices: np.ndarray
@@ -68,6 +71,7 @@ class Selection:
     k: int
     params: dict = field(default_factory=dict)
     elapsed_s: float = 0.0
+    dot_products: int = 0
 
     def __len__(self) -> int:
         return int(self.indices.size)
@@ -81,7 +85,8 @@ class Selection:
         for name in ("logdet", "opt_upper_bound", "certified_ratio"):
             v = float(getattr(self, name))
             out[name] = v if math.isfinite(v) else None
-        out.update(stop_reason=self.stop_reason, evaluations=self.evaluations, n=self.n,
+        out.update(stop_reason=self.stop_reason, evaluations=self.evaluations,
+                   dot_products=self.dot_products, n=self.n,
                    k=self.k, params=dict(self.params), elapsed_s=self.elapsed_s)
         return out
 
@@ -235,7 +240,7 @@ def select(
 
     t0 = time.perf_counter()
     raw = _core.select(arr, code, kk, a, lam, omega, METHODS[method], OBJECTIVES[objective],
-                       int(seed) & 0xFFFFFFFFFFFFFFFF, seps, nthreads, 0, cb, 0.2)
+                       int(seed) & 0xFFFFFFFFFFFFFFFF, seps, nthreads, 0, cb, 0.2, 0)
     elapsed = time.perf_counter() - t0
     if raw["bad_row"] >= 0:
         raise ValueError(describe_bad_row(arr, code, int(raw["bad_row"]), a))
@@ -262,4 +267,5 @@ def select(
         conflict=conflict, penalty=lam * conflict, scores=raw["scores"], logdet=ld,
         stop_reason=str(raw["stop_reason"]), opt_upper_bound=ub, certified_ratio=ratio,
         evaluations=int(raw["evaluations"]), n=n, k=kk, params=params, elapsed_s=elapsed,
+        dot_products=int(raw["dot_products"]),
     )
