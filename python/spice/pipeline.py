@@ -1,0 +1,181 @@
+"""The offline job: gradient features of a proxy model, then selection, then outputs.
+
+Used by the ``spice`` command line; each step is also usable from Python.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .outputs import (
+    dataset_info_entry,
+    record_format,
+    write_json,
+    write_scores,
+    write_subset,
+)
+from .selection import Selection, select
+
+__all__ = ["PipelineError", "load_model", "check_store_matches", "select_to_dir", "versions"]
+
+
+class PipelineError(RuntimeError):
+    """A user-facing failure of the job (bad path, mismatched store, existing output)."""
+
+
+def versions() -> dict[str, str]:
+    """Library versions recorded in every selection.json."""
+    out = {"spice": __version__, "numpy": np.__version__, "python": platform.python_version()}
+    for mod in ("torch", "transformers", "peft"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:
+            pass
+    return out
+
+
+def load_model(spec: str, gguf_file: str | None = None) -> tuple[Any, Any, str]:
+    """Load a causal LM and its tokenizer: a local directory, a Hugging Face id from the offline
+    cache, or a GGUF file inside a directory (``gguf_file``). Returns (model, tokenizer, model_id).
+    """
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as e:
+        raise PipelineError("model loading needs the hf extra: pip install 'spice-select[hf]'") \
+            from e
+    p = Path(spec)
+    kw: dict[str, Any] = {}
+    if gguf_file:
+        if not p.is_dir():
+            raise PipelineError(f"--gguf-file needs --model to be the directory holding it: {spec}")
+        if not (p / gguf_file).is_file():
+            raise PipelineError(f"no GGUF file {gguf_file!r} in {spec}")
+        kw["gguf_file"] = gguf_file
+    elif not p.exists() and (spec.startswith((".", "/", "~")) or spec.count("/") > 1):
+        raise PipelineError(f"model path {spec} does not exist")
+    try:
+        tok = AutoTokenizer.from_pretrained(spec, local_files_only=True, **kw)
+        model = AutoModelForCausalLM.from_pretrained(spec, local_files_only=True, **kw)
+    except (OSError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PipelineError(f"cannot load model {spec!r}: {msg}") from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.eval()
+    model_id = f"{spec}::{gguf_file}" if gguf_file else spec
+    return model, tok, model_id
+
+
+def check_store_matches(store: Any, data: str | os.PathLike) -> dict:
+    """Refuse a feature store that was not made from ``data`` (row count and fingerprint)."""
+    from .features.records import data_fingerprint
+
+    want = store.config.get("data", {})
+    fp = data_fingerprint(data)
+    if want.get("sha256") and want["sha256"] != fp["sha256"]:
+        raise PipelineError(
+            f"feature store {store.path} was made from other data (fingerprint "
+            f"{want['sha256'][:12]}…, {data} is {fp['sha256'][:12]}…)"
+        )
+    rows = len(store)
+    if want.get("records") is not None and int(want["records"]) != rows:
+        raise PipelineError(f"feature store {store.path} has {rows} rows, its data had "
+                            f"{want['records']}")
+    return fp
+
+
+def prepare_out_dir(out: str | os.PathLike, overwrite: bool, marker: str) -> Path:
+    """Create ``out``; refuse one that already holds ``marker`` unless ``overwrite``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PipelineError(f"output path {out} exists and is not a directory")
+    if (out / marker).exists():
+        if not overwrite:
+            raise PipelineError(f"{out} already holds a result ({marker}); pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def select_to_dir(
+    store: Any,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    k: int | float,
+    *,
+    alpha: float = 1.0,
+    conflict_penalty: float = 0.1,
+    early_stop: float | None = None,
+    method: str = "lazy",
+    objective: str = "logdet",
+    seed: int = 0,
+    overwrite: bool = False,
+    extra_config: dict | None = None,
+) -> Selection:
+    """Select from ``store`` (a :class:`spice.FeatureStore`) and write the run directory ``out``:
+    ``subset.<ext>`` (the chosen records in pick order, in the data's own format),
+    ``selection.json``, ``scores.csv``, ``dataset_info.json`` and ``timing.json``.
+
+    Everything except ``timing.json`` is identical when rerun with the same inputs and seed.
+    """
+    from . import _core
+    from ._inputs import as_features
+
+    out = prepare_out_dir(out, overwrite, "selection.json")
+    fp = check_store_matches(store, data)
+    sel = select(store, k, alpha=alpha, conflict_penalty=conflict_penalty,
+                 early_stop=early_stop, method=method, objective=objective, seed=seed)
+    data = Path(data)
+    ext = ".jsonl" if data.suffix.lower() in (".jsonl", ".ndjson") else data.suffix.lower()
+    subset_name = f"subset{ext}"
+    # A stale selection.json would claim the new files; remove it first, write it last.
+    (out / "selection.json").unlink(missing_ok=True)
+    write_subset(data, sel.indices, out / subset_name)
+    arr, code = as_features(store)
+    base = np.log1p(sel.params["alpha"] * _core.row_norms2(arr, code, 0))
+    write_scores(out / "scores.csv", store.ids, base, sel.indices, sel.gains, sel.conflict)
+    first = _first_record(out / subset_name) if len(sel) else None
+    fmt = record_format(first) if first is not None else "alpaca"
+    write_json(out / "dataset_info.json", dataset_info_entry("spice_subset", subset_name, fmt,
+                                                             first))
+    body = sel.to_dict()
+    timing = {"elapsed_s": body.pop("elapsed_s"), "picks_per_s":
+              len(sel) / sel.elapsed_s if sel.elapsed_s > 0 else None}
+    body["config"] = {
+        "features": str(Path(store.path).resolve()),
+        "features_config": store.config,
+        "data": str(data.resolve()),
+        "data_fingerprint": fp,
+        "subset": subset_name,
+        **(extra_config or {}),
+    }
+    body["versions"] = versions()
+    write_json(out / "timing.json", timing)
+    write_json(out / "selection.json", body)
+    return sel
+
+
+def _first_record(path: Path) -> dict | None:
+    import json
+
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).slice(0, 1).to_pylist()
+        return rows[0] if rows else None
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        arr = json.loads(text)
+        return arr[0] if arr else None
+    line = text.split("\n", 1)[0]
+    return json.loads(line) if line.strip() else None
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    shutil.rmtree(path, ignore_errors=True)
