@@ -1,0 +1,614 @@
+"""The extraction driver: records -> batched per-sample projected gradients -> a FeatureStore."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..store import FeatureStore, StoreError, StoreMismatchError, StoreWriter, merge_stores
+from ..store import config_mismatch_message as _mismatch
+from .hooks import GradientCollector, batch_features
+from .projection import LayerSpec, derive_seed, make_projector
+from .records import (
+    ALPACA_PROMPT,
+    ALPACA_PROMPT_WITH_INPUT,
+    Record,
+    TokenizedRecord,
+    data_fingerprint,
+    load_records,
+    tokenize_record,
+)
+
+__all__ = ["extract", "LoraSpec", "DEFAULT_TARGETS", "prepared_model", "describe_tokenizer"]
+
+log = logging.getLogger("spice.features")
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """LoRA adapters to add (with peft) and take gradients with respect to; the base stays frozen.
+
+    Attributes:
+        r: adapter rank.
+        alpha: LoRA alpha (scaling alpha / r).
+        target_modules: module name suffixes to adapt (peft's ``target_modules``).
+        init: "default" (peft's: A random, B = 0; a fresh adapter, so A's gradient is exactly zero
+            and only B's gradient is featurised) or "random" (B random too; both featurised).
+        seed: seed of the adapter initialisation (deterministic across processes and machines).
+    """
+
+    r: int = 8
+    alpha: float = 16.0
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    init: str = "default"
+    seed: int = 0
+
+    def describe(self) -> dict:
+        d = asdict(self)
+        d["target_modules"] = list(self.target_modules)
+        return d
+
+
+# ----------------------------------------------------------------------------------------------
+# model preparation
+
+
+def _is_peft(model: nn.Module) -> bool:
+    return hasattr(model, "peft_config") and any(
+        hasattr(m, "lora_A") and isinstance(m.lora_A, nn.ModuleDict) for m in model.modules()
+    )
+
+
+def _lora_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    out = []
+    for name, m in model.named_modules():
+        if hasattr(m, "lora_A") and isinstance(m.lora_A, nn.ModuleDict):
+            active = getattr(m, "active_adapters", None) or list(m.lora_A.keys())
+            for ad in active:
+                if ad in m.lora_A and isinstance(m.lora_A[ad], nn.Linear):
+                    out.append((f"{name}.lora_A.{ad}", m.lora_A[ad]))
+                    out.append((f"{name}.lora_B.{ad}", m.lora_B[ad]))
+    return out
+
+
+def _match_linear(model: nn.Module, targets: Sequence[str]) -> list[tuple[str, nn.Module]]:
+    targets = list(targets)
+    out = []
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.Linear):
+            continue
+        if any(name == t or name.endswith("." + t) for t in targets):
+            out.append((name, m))
+    return out
+
+
+def _uniform_(w: torch.Tensor, bound: float, seed: int) -> None:
+    g = torch.Generator(device="cpu").manual_seed(seed % (2**63))
+    vals = (torch.rand(w.shape, generator=g, dtype=torch.float32) * 2 - 1) * bound
+    with torch.no_grad():
+        w.copy_(vals.to(dtype=w.dtype, device=w.device))
+
+
+def param_fingerprint(model: nn.Module, samples: int = 4096) -> str:
+    """sha256 over every parameter's name, shape, dtype and up to ``samples`` evenly spaced values
+    (a cheap identity of the weights: different checkpoints differ here)."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(f"{name}|{tuple(p.shape)}|{p.dtype}\n".encode())
+        flat = p.detach().reshape(-1)
+        if flat.numel() > samples:
+            idx = torch.linspace(0, flat.numel() - 1, samples, device=flat.device).long()
+            flat = flat[idx]
+        h.update(flat.to(torch.float32).cpu().numpy().astype("<f4").tobytes())
+    return h.hexdigest()
+
+
+@contextmanager
+def prepared_model(
+    model: nn.Module,
+    lora: LoraSpec | None,
+    target_modules: Sequence[str] | None = None,
+) -> Iterator[tuple[nn.Module, list[tuple[str, nn.Module]], dict]]:
+    """Yield (model to run, featurised (name, nn.Linear) modules, description) and undo everything
+    afterwards: added LoRA adapters are removed, ``requires_grad`` and train/eval mode restored.
+
+    A model that already carries peft LoRA adapters is used as is (its active adapters).
+    """
+    training = model.training
+    params = list(model.parameters())
+    saved_rg = [p.requires_grad for p in params]
+    peft_model = None
+    run: nn.Module = model
+    handles: list[Any] = []
+    grad_weights: list[nn.Parameter] = []
+    try:
+        if _is_peft(model):
+            modules = _lora_modules(model)
+            desc: dict = {"kind": "existing_lora"}
+            cfg = getattr(model, "peft_config", {})
+            desc["peft_config"] = {
+                k: {kk: str(vv) for kk, vv in sorted(v.to_dict().items())} for k, v in cfg.items()
+            }
+        elif lora is not None:
+            if lora.init not in ("default", "random"):
+                raise ValueError(f"LoraSpec.init must be 'default' or 'random', got {lora.init!r}")
+            try:
+                from peft import LoraConfig, get_peft_model
+            except ImportError as e:  # pragma: no cover
+                raise ImportError("LoRA features need peft (pip install 'spice-select[hf]')") from e
+            if not _match_linear(model, lora.target_modules):
+                raise ValueError(
+                    f"none of the LoRA target modules {list(lora.target_modules)} is an nn.Linear "
+                    "in this model; pass LoraSpec(target_modules=...) or lora=None with "
+                    "target_modules=..."
+                )
+            cfg = LoraConfig(
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=0.0,
+                target_modules=list(lora.target_modules),
+                bias="none",
+            )
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(lora.seed)
+                peft_model = get_peft_model(model, cfg)
+            run = peft_model
+            modules = _lora_modules(peft_model)
+            for name, m in modules:
+                kind = "A" if ".lora_A." in name else "B"
+                if kind == "A" or lora.init == "random":
+                    fan_in = m.weight.shape[1]
+                    bound = 1.0 / math.sqrt(fan_in)
+                    _uniform_(m.weight, bound, derive_seed(lora.seed, "lora", name))
+                else:
+                    with torch.no_grad():
+                        m.weight.zero_()
+            desc = {"kind": "lora", **lora.describe()}
+        else:
+            targets = DEFAULT_TARGETS if target_modules is None else tuple(target_modules)
+            modules = _match_linear(model, targets)
+            if not modules:
+                raise ValueError(
+                    f"no nn.Linear module matches target_modules={list(targets)}; name them "
+                    "(suffixes of module names such as 'q_proj')"
+                )
+            desc = {"kind": "modules", "target_modules": list(targets)}
+        if not modules:
+            raise ValueError("found no layers to take gradients of")
+        if desc["kind"] != "modules":
+            b_zero = all(
+                float(m.weight.detach().abs().max()) == 0.0 for n, m in modules if ".lora_B." in n
+            )
+            if b_zero:  # fresh adapter: dL/dA = B^T (...) = 0 exactly, so drop A's zero columns
+                modules = [(n, m) for n, m in modules if ".lora_B." in n]
+                desc["featurised"] = "lora_B only (B = 0, so the gradient of A is zero)"
+            else:
+                desc["featurised"] = "lora_A and lora_B"
+        for p in run.parameters():
+            p.requires_grad_(False)
+        run.eval()
+        emb = None
+        get_emb = getattr(run, "get_input_embeddings", None)
+        if callable(get_emb):
+            try:
+                emb = get_emb()
+            except (NotImplementedError, AttributeError):
+                emb = None
+        if isinstance(emb, nn.Module):
+
+            def _req(mod: nn.Module, inp: tuple, out: torch.Tensor) -> torch.Tensor:
+                return out.requires_grad_(True) if torch.is_grad_enabled() else out
+
+            handles.append(emb.register_forward_hook(_req))
+        else:  # no embedding to start the backward from: let the featurised weights require grad
+            grad_weights = [m.weight for _, m in modules]
+            for w in grad_weights:
+                w.requires_grad_(True)
+        desc["layers"] = len(modules)
+        yield run, modules, desc
+    finally:
+        for h in handles:
+            h.remove()
+        for w in grad_weights:
+            w.grad = None
+        if peft_model is not None:
+            peft_model.unload()
+        for p, rg in zip(params, saved_rg):
+            p.requires_grad_(rg)
+        model.train(training)
+
+
+def describe_tokenizer(tokenizer: Any) -> dict:
+    """Identity of a tokenizer: class, vocabulary size, sha256 of its definition and template."""
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode("utf-8"))
+    else:
+        vocab = tokenizer.get_vocab()
+        for k in sorted(vocab):
+            h.update(f"{k}\t{vocab[k]}\n".encode())
+    tmpl = getattr(tokenizer, "chat_template", None) or ""
+    if isinstance(tmpl, dict):
+        tmpl = repr(sorted(tmpl.items()))
+    return {
+        "class": type(tokenizer).__name__,
+        "name_or_path": str(getattr(tokenizer, "name_or_path", "") or ""),
+        "vocab_size": len(tokenizer),
+        "sha256": h.hexdigest(),
+        "chat_template_sha256": hashlib.sha256(tmpl.encode("utf-8")).hexdigest() if tmpl else None,
+        "bos_token": getattr(tokenizer, "bos_token", None),
+        "eos_token": getattr(tokenizer, "eos_token", None),
+    }
+
+
+def _library_version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        return version("spice-select")
+    except (ImportError, PackageNotFoundError):
+        import spice
+
+        return str(getattr(spice, "__version__", "unknown"))
+
+
+def _resolve_shard(shard: tuple[int, int] | str) -> tuple[int, int]:
+    if shard == "auto":
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    i, n = shard  # type: ignore[misc]
+    return int(i), int(n)
+
+
+def _fmt_time(s: float) -> str:
+    s = int(round(s))
+    if s >= 3600:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m{s % 60:02d}s"
+    return f"{s // 60}m{s % 60:02d}s"
+
+
+def _say(progress: bool, msg: str) -> None:
+    log.info(msg)
+    if progress:
+        print(f"spice.features: {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# the driver
+
+DataArg = Union[str, "os.PathLike[str]", Sequence[dict], Sequence[Record], Any]
+
+
+def extract(
+    model: nn.Module,
+    tokenizer: Any,
+    data: DataArg,
+    out: str | os.PathLike[str],
+    *,
+    dim: int = 8192,
+    projection: str = "factorized",
+    lora: LoraSpec | None = LoraSpec(),  # noqa: B008 (frozen dataclass)
+    target_modules: Sequence[str] | None = None,
+    loss_on: str = "response",
+    max_length: int = 512,
+    batch_size: int = 8,
+    max_batch_tokens: int | None = None,
+    normalize: str = "none",
+    dtype: str = "float16",
+    shard: tuple[int, int] | str = (0, 1),
+    seed: int = 0,
+    shard_rows: int = 4096,
+    resume: bool = True,
+    progress: bool = True,
+    dense_cache_bytes: int = 1 << 30,
+) -> FeatureStore:
+    """Write per-sample projected loss-gradient features of ``data`` on ``model`` to a store.
+
+    One batched forward and backward per batch; per-sample gradients are projected inside module
+    hooks (math.md §7), so no per-sample full gradient of a large layer and no parameters×d matrix
+    is ever formed.
+
+    Args:
+        model: a Hugging Face causal LM, or any ``nn.Module`` mapping input_ids (B, T) (and
+            ``attention_mask``) to logits (B, T, V). Left unchanged on return.
+        tokenizer: its tokenizer (a fast tokenizer is best: response tokens are found by offsets).
+        data: path to JSONL/JSON/Parquet, a ``datasets.Dataset``, or a list of dicts/Records.
+        out: store directory. With ``shard=(i, N)``, N > 1, the part goes to
+            ``out/parts/part-iiii-of-NNNN``; under an initialised ``torch.distributed`` group of N
+            ranks the parts are merged into ``out`` at the end.
+        dim: feature dimension d (factorized uses at most the gradient's size).
+        projection: "factorized" (per-layer Kronecker), "dense" (seeded Rademacher blocks), "none".
+        lora: adapters to add and differentiate (default r=8 on q,k,v,o,up,down,gate); ``None``:
+            differentiate the model's own linear layers named by ``target_modules``.
+        target_modules: with ``lora=None``, module-name suffixes of the nn.Linear layers to use.
+        loss_on: "response" (mean CE over response tokens) or "all" (every token but the first).
+        max_length: truncate sequences to this many tokens.
+        batch_size: samples per forward/backward (sorted by length within a chunk).
+        max_batch_tokens: optional cap on batch_size × longest sequence of a batch.
+        normalize: "none" or "unit" (each row scaled to unit L2 norm; zero rows stay zero).
+        dtype: "float16" or "float32" storage.
+        shard: (i, N) for process i of N, or "auto" (torch.distributed / RANK, WORLD_SIZE).
+        seed: projection seed.
+        shard_rows: rows per chunk, the unit of atomic writes and of resuming.
+        resume: keep complete chunks of a matching unfinished store (a finished one is returned).
+        progress: tqdm bar (examples/s, tokens/s, ETA) and a token count + time estimate.
+        dense_cache_bytes: memory allowed for cached dense projection blocks.
+
+    Returns:
+        The finished store (or this process's part when N > 1 without a process group).
+
+    Raises:
+        StoreMismatchError: ``out`` holds a store made with another configuration.
+        RecordError: malformed data (the message names file and line).
+    """
+    if normalize not in ("none", "unit"):
+        raise ValueError(f"normalize must be 'none' or 'unit', got {normalize!r}")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    part = _resolve_shard(shard)
+    out_root = Path(out)
+    store_dir = out_root
+    if part[1] > 1:
+        store_dir = out_root / "parts" / f"part-{part[0]:04d}-of-{part[1]:04d}"
+
+    if isinstance(data, Sequence) and data and isinstance(data[0], Record):
+        records = list(data)  # type: ignore[arg-type]
+        fp = data_fingerprint(records, records)
+    else:
+        records = load_records(data)
+        fp = data_fingerprint(data, records)
+    seen: set[str] = set()
+    dups = [r.id for r in records if r.id in seen or seen.add(r.id)]  # type: ignore[func-returns-value]
+    if dups:
+        log.warning("%d duplicate record ids (first: %s)", len(dups), dups[:5])
+
+    with prepared_model(model, lora, target_modules) as (run, modules, lora_desc):
+        layers = [LayerSpec(n, m.in_features, m.out_features) for n, m in modules]
+        kw = {"cache_bytes": dense_cache_bytes} if projection == "dense" else {}
+        projector = make_projector(projection, layers, dim, seed, **kw)
+        cfg_model = getattr(model, "config", None)
+        config = {
+            "model": {
+                "class": type(model).__name__,
+                "name_or_path": str(getattr(cfg_model, "_name_or_path", "") or ""),
+                "params_sha256": param_fingerprint(run),
+            },
+            "tokenizer": describe_tokenizer(tokenizer),
+            "gradients": lora_desc,
+            "layers": [[ly.name, ly.d_out, ly.d_in] for ly in layers],
+            "projection": projector.describe(),
+            "loss_on": loss_on,
+            "max_length": int(max_length),
+            "normalize": normalize,
+            "templates": {"alpaca": ALPACA_PROMPT, "alpaca_input": ALPACA_PROMPT_WITH_INPUT},
+            "data": {**fp, "records": len(records)},
+        }
+        p0 = next(iter(run.parameters()), None)
+        device = p0.device if p0 is not None else torch.device("cpu")
+        extra = {
+            "library": {"name": "spice-select", "version": _library_version()},
+            "compute": {
+                "device_type": device.type,
+                "param_dtype": str(p0.dtype) if p0 is not None else None,
+                "torch": torch.__version__.split("+")[0],
+            },
+        }
+        if part[1] > 1 and (out_root / "manifest.json").exists():
+            merged = FeatureStore.open(out_root)
+            msg = _mismatch(out_root, merged.manifest["config"], json_norm(config))
+            if msg:
+                raise StoreMismatchError(msg)
+            return merged
+        writer = StoreWriter(
+            store_dir,
+            config,
+            total_rows=len(records),
+            dim=projector.dim,
+            dtype=dtype,
+            shard_rows=shard_rows,
+            part=part,
+            extra=extra,
+            resume=resume,
+        )
+        if writer.prepare():
+            _say(progress, f"{store_dir} is already complete")
+            return _maybe_merge(out_root, part, FeatureStore.open(store_dir), progress)
+        done = writer.completed_chunks()
+        todo = [c for c in writer.chunks if c not in done]
+        if done:
+            _say(progress, f"resuming {store_dir}: {len(done)} of {len(writer.chunks)} chunks done")
+        _run_chunks(
+            run, tokenizer, records, writer, todo, projector, modules,
+            loss_on=loss_on, max_length=max_length, batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens, normalize=normalize, dtype=dtype,
+            device=device, progress=progress,
+        )  # fmt: skip
+        store = writer.finalize()
+    empty = store.index.flagged("empty_response")
+    if len(empty):
+        ids = [store.index.ids[i] for i in empty[:10]]
+        log.warning(
+            "%d record(s) have no response tokens after truncation (max_length=%d); they got a "
+            "zero feature and the flag 'empty_response'. First ids: %s",
+            len(empty),
+            max_length,
+            ids,
+        )
+        if progress:
+            print(
+                f"spice.features: {len(empty)} record(s) with an empty response (zero feature, "
+                f"flagged 'empty_response'); first ids: {ids}",
+                file=sys.stderr,
+            )
+    return _maybe_merge(out_root, part, store, progress)
+
+
+def json_norm(obj: Any) -> Any:
+    """Round-trip through JSON (tuples become lists, ...)."""
+    return json.loads(json.dumps(obj))
+
+
+def _maybe_merge(
+    out_root: Path, part: tuple[int, int], store: FeatureStore, progress: bool
+) -> FeatureStore:
+    dist = torch.distributed
+    if part[1] == 1 or not (dist.is_available() and dist.is_initialized()):
+        return store
+    if dist.get_world_size() != part[1]:
+        return store
+    dist.barrier()
+    if dist.get_rank() == 0 and not (out_root / "manifest.json").exists():
+        merge_stores(out_root)
+        _say(progress, f"merged {part[1]} parts into {out_root}")
+    dist.barrier()
+    return FeatureStore.open(out_root)
+
+
+def _batches(
+    lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None
+) -> list[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    out: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        longest = lengths[cur[0]] if cur else lengths[i]
+        too_many = len(cur) >= batch_size or (
+            max_batch_tokens is not None and cur and (len(cur) + 1) * longest > max_batch_tokens
+        )
+        if too_many:
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _run_chunks(
+    run: nn.Module,
+    tokenizer: Any,
+    records: Sequence[Record],
+    writer: StoreWriter,
+    todo: Sequence[int],
+    projector: Any,
+    modules: Sequence[tuple[str, nn.Module]],
+    *,
+    loss_on: str,
+    max_length: int,
+    batch_size: int,
+    max_batch_tokens: int | None,
+    normalize: str,
+    dtype: str,
+    device: torch.device,
+    progress: bool,
+) -> None:
+    toks: dict[int, TokenizedRecord] = {}
+    for c in todo:
+        a, b = writer.chunk_rows(c)
+        for r in range(a, b):
+            toks[r] = tokenize_record(records[r], tokenizer, max_length=max_length, loss_on=loss_on)
+    n_rec = len(toks)
+    n_tok = sum(len(t.input_ids) for t in toks.values())
+    n_loss = sum(t.n_loss_tokens for t in toks.values())
+    _say(
+        progress,
+        f"{n_rec} records to featurise in {len(todo)} chunk(s): {n_tok} tokens ({n_loss} in the "
+        f"loss), d={projector.dim} {projector.kind}, {len(modules)} layers, on {device.type}",
+    )
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    if pad_id is None:
+        pad_id = getattr(tokenizer, "eos_token_id", None) or 0
+    bar = None
+    if progress and n_rec:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_rec, unit="ex", desc="spice features", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    tok_done = 0
+    first = True
+    collector = GradientCollector(modules, projector)
+    with collector.attached():
+        for c in todo:
+            a, b = writer.chunk_rows(c)
+            rows = list(range(a, b))
+            feats = np.zeros((b - a, projector.dim), dtype=np.float32)
+            index = []
+            losses = np.full(b - a, np.nan)
+            lengths = [len(toks[r].input_ids) for r in rows]
+            for batch in _batches(lengths, batch_size, max_batch_tokens):
+                T = max(lengths[i] for i in batch)
+                ids = torch.full((len(batch), T), int(pad_id), dtype=torch.long)
+                am = torch.zeros((len(batch), T), dtype=torch.long)
+                lm = torch.zeros((len(batch), T), dtype=torch.bool)
+                for k, i in enumerate(batch):
+                    t = toks[rows[i]]
+                    n = len(t.input_ids)
+                    ids[k, :n] = torch.from_numpy(t.input_ids)
+                    am[k, :n] = 1
+                    lm[k, :n] = torch.from_numpy(t.loss_mask)
+                f, loss, counts = batch_features(
+                    run, collector, ids.to(device), am.to(device), lm.to(device)
+                )
+                f = f.cpu().numpy()
+                loss = loss.cpu().numpy()
+                for k, i in enumerate(batch):
+                    feats[i] = f[k]
+                    if int(counts[k]) > 0:
+                        losses[i] = float(loss[k])
+                ntok = int(am.sum())
+                tok_done += ntok
+                if bar is not None:
+                    el = time.perf_counter() - t0
+                    bar.update(len(batch))
+                    bar.set_postfix_str(f"{tok_done / max(el, 1e-9):.0f} tok/s", refresh=False)
+                if first and progress and n_tok > ntok:
+                    el = time.perf_counter() - t0
+                    est = el * n_tok / max(ntok, 1)
+                    _say(progress, f"first batch took {el:.2f}s; estimated total {_fmt_time(est)}")
+                first = False
+            if normalize == "unit":
+                norms = np.linalg.norm(feats, axis=1, keepdims=True)
+                np.divide(feats, norms, out=feats, where=norms > 0)
+            if dtype == "float16":
+                big = float(np.abs(feats).max()) if feats.size else 0.0
+                if not math.isfinite(big) or big > 65504.0:
+                    raise StoreError(
+                        f"chunk {c}: feature values up to {big:g} do not fit float16; use "
+                        "dtype='float32' or normalize='unit'"
+                    )
+            elif not np.isfinite(feats).all():
+                raise StoreError(f"chunk {c}: non-finite feature values (NaN/inf gradients)")
+            for k, r in enumerate(rows):
+                t = toks[r]
+                index.append(
+                    {
+                        "row": r,
+                        "id": records[r].id,
+                        "tokens": len(t.input_ids),
+                        "loss_tokens": t.n_loss_tokens,
+                        "loss": None if not np.isfinite(losses[k]) else float(losses[k]),
+                        "flags": t.flags,
+                    }
+                )
+            writer.write_chunk(c, feats, index)
+    if bar is not None:
+        bar.close()
