@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from spice.features import LoraSpec, extract, load_records, make_projector, tokenize_record
 from spice.features.extract import prepared_model
 from spice.features.hooks import GradientCollector, batch_features

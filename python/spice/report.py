@@ -115,7 +115,9 @@ def make_report(run_dir: str | os.PathLike) -> dict[str, Path]:
     plt.close(fig)
 
     m = picks.size
-    elapsed = float(sel.get("elapsed_s") or 0.0)
+    timing_path = run / "timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
+    elapsed = float(timing.get("elapsed_s") or sel.get("elapsed_s") or 0.0)
     ratio = sel.get("certified_ratio")
     ub = sel.get("opt_upper_bound")
     lines = [
