@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from spice.features import LoraSpec, extract, make_projector, tokenize_record
-from spice.features.extract import prepared_model
+from spice.features.driver import prepared_model
 from spice.features.hooks import slow_per_sample_gradients
 from spice.features.projection import (
     FactorizedProjector,

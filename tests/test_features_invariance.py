@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from spice.features import LoraSpec, extract, load_records, make_projector, tokenize_record
-from spice.features.extract import prepared_model
+from spice.features.driver import prepared_model
 from spice.features.hooks import GradientCollector, batch_features
 from spice.features.projection import LayerSpec
 

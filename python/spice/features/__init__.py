@@ -11,7 +11,7 @@ See :func:`extract`; math.md §7 for the algebra.
 from __future__ import annotations
 
 from ..store import FeatureStore, StoreError, StoreMismatchError, merge_stores
-from .extract import DEFAULT_TARGETS, LoraSpec, extract, prepared_model
+from .driver import DEFAULT_TARGETS, LoraSpec, extract, prepared_model
 from .hooks import GradientCollector, slow_per_sample_gradients
 from .projection import (
     DenseProjector,

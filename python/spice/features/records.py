@@ -5,7 +5,7 @@ Accepted record shapes (one JSON object per record):
 - alpaca: ``instruction``, optional ``input``, ``output``;
 - prompt/response: ``prompt`` and ``response`` (or ``completion``);
 - chat: ``messages`` = list of ``{"role", "content"}``; rendered with the tokenizer's chat template
-  when it has one, else a plain ``role: content`` layout; the loss covers the assistant turns;
+  when it has one, else a plain ``role:\\ncontent\\n`` layout; the loss covers the assistant turns;
 - ShareGPT: ``conversations`` = list of ``{"from", "value"}`` (mapped to chat roles).
 
 An optional ``id`` (str or int) names the record; otherwise its 0-based position is its id.
@@ -336,11 +336,11 @@ def _has_chat_template(tokenizer: Any) -> bool:
 
 
 def _plain_chat(messages: Sequence[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """Fallback chat layout ``role: content\\n`` with spans of assistant contents + newline."""
+    """Fallback chat layout ``role:\\ncontent\\n``; spans are assistant contents + newline."""
     text = ""
     spans = []
     for m in messages:
-        head = f"{m['role']}: "
+        head = f"{m['role']}:\n"
         text += head
         start = len(text)
         text += m["content"] + "\n"

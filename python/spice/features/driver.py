@@ -7,8 +7,10 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -165,7 +167,9 @@ def prepared_model(
                 target_modules=list(lora.target_modules),
                 bias="none",
             )
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+                # peft calls a deprecated transformers helper; not the user's concern
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
                 torch.manual_seed(lora.seed)
                 peft_model = get_peft_model(model, cfg)
             run = peft_model
@@ -478,6 +482,7 @@ def _maybe_merge(
     dist.barrier()
     if dist.get_rank() == 0 and not (out_root / "manifest.json").exists():
         merge_stores(out_root)
+        shutil.rmtree(out_root / "parts", ignore_errors=True)
         _say(progress, f"merged {part[1]} parts into {out_root}")
     dist.barrier()
     return FeatureStore.open(out_root)
