@@ -5,4 +5,4 @@ cd "$(dirname "$0")"
 cmake -S . -B build/dev -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$(command -v python3)" >/dev/null
 cmake --build build/dev
-cp build/dev/_core*.so python/spice/
+for f in build/dev/_core*.so; do cp "$f" "python/spice/.$(basename "$f").tmp" && mv -f "python/spice/.$(basename "$f").tmp" "python/spice/$(basename "$f")"; done

@@ -9,16 +9,25 @@ namespace kern {
 
 #if !defined(SPICE_HAVE_AVX2)
 const Table* avx2_table() { return nullptr; }
+const Table* avx512_table() { return nullptr; }
 #endif
 
+// SPICE_KERNELS=generic|avx2|avx512 caps the choice (for tests and comparisons); the best table
+// this CPU supports is used otherwise.
 static const Table& choose() {
-  const char* force = std::getenv("SPICE_KERNELS");  // "generic" forces the portable path
-  if (force && std::strcmp(force, "generic") == 0) return generic_table();
+  const char* force = std::getenv("SPICE_KERNELS");
+  const int cap = !force                               ? 3
+                  : std::strcmp(force, "generic") == 0 ? 0
+                  : std::strcmp(force, "avx2") == 0    ? 2
+                                                       : 3;
+  if (cap == 0) return generic_table();
 #if defined(SPICE_HAVE_AVX2) && (defined(__x86_64__) || defined(__i386__))
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("f16c") && avx2_table())
-    return *avx2_table();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("f16c");
+  if (cap >= 3 && avx2 && __builtin_cpu_supports("avx512f") && avx512_table())
+    return *avx512_table();
+  if (avx2 && avx2_table()) return *avx2_table();
 #endif
   return generic_table();
 }

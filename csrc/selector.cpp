@@ -69,6 +69,7 @@ class Engine {
   std::vector<uint8_t> state_;
   std::vector<double> W_;       // t rows of length d: M_t^{-1} = I - sum_s w_s w_s^T
   std::vector<double> ssum_;    // sum of picked rows
+  std::vector<double> minv_;    // d x d: M_t^{-1}, kept once t > 2d (the k > d path)
   double snorm_ = 0.0;
   int64_t t_ = 0;
   int64_t dots_ = 0;  // catch-up dot products (row . w_s) performed
@@ -265,34 +266,66 @@ void Engine::add_pick(int64_t j) {
   std::vector<double> g(d);
   kern::widen_row(G_.dtype, row(j), d, g.data());
   if (opt_.objective == Objective::LogDet) {
-    // c_s = <g_j, w_s>, u = g_j - sum_s c_s w_s, w_t = u * sqrt(alpha / (1 + alpha q_j)).
-    std::vector<double> c(t);
-    const char* rj = row(j);
-    constexpr int64_t CH = 64;
-    const int64_t nch = (t + CH - 1) / CH;
-#pragma omp parallel for num_threads(nt_) schedule(static) if (t * d > (1 << 18))
-    for (int64_t ch = 0; ch < nch; ++ch) {
-      const int64_t s0 = ch * CH, V = std::min<int64_t>(CH, t - s0);
-      const double* vecs[CH];
-      for (int64_t v = 0; v < V; ++v) vecs[v] = W_.data() + (s0 + v) * d;
-      K_.dots(G_.dtype, &rj, 1, vecs, static_cast<int>(V), d, c.data() + s0);
-    }
     const double scale = std::sqrt(opt_.alpha / (1.0 + opt_.alpha * q_[j]));
     W_.resize(static_cast<size_t>(t + 1) * d);
     double* w = W_.data() + t * d;
-    constexpr int64_t CB = 256;
-    const int64_t ncb = (d + CB - 1) / CB;
-#pragma omp parallel for num_threads(nt_) schedule(static) if (t * d > (1 << 18))
-    for (int64_t cb = 0; cb < ncb; ++cb) {
-      const int64_t j0 = cb * CB, j1 = std::min(d, j0 + CB);
-      double u[CB];
-      for (int64_t x = j0; x < j1; ++x) u[x - j0] = g[x];
-      for (int64_t s = 0; s < t; ++s) {
-        const double cs = c[s];
-        const double* ws = W_.data() + s * d;
-        for (int64_t x = j0; x < j1; ++x) u[x - j0] -= cs * ws[x];
+    if (t >= 2 * d) {
+      // k > d: u = M^{-1} g from the explicit d x d inverse (O(d^2) a step instead of O(t d)).
+      if (minv_.empty()) {
+        minv_.assign(static_cast<size_t>(d) * d, 0.0);
+#pragma omp parallel for num_threads(nt_) schedule(static)
+        for (int64_t a = 0; a < d; ++a) {
+          double* row_a = minv_.data() + a * d;
+          row_a[a] = 1.0;
+          for (int64_t s = 0; s < t; ++s) {
+            const double* ws = W_.data() + s * d;
+            const double wa = ws[a];
+            for (int64_t b = 0; b < d; ++b) row_a[b] -= wa * ws[b];
+          }
+        }
       }
-      for (int64_t x = j0; x < j1; ++x) w[x] = u[x - j0] * scale;
+      const kern::Table& K = K_;
+      const double* gv = g.data();
+#pragma omp parallel for num_threads(nt_) schedule(static)
+      for (int64_t a = 0; a < d; ++a) {
+        const char* ra = reinterpret_cast<const char*>(minv_.data() + a * d);
+        double ua;
+        K.dots(DType::F64, &ra, 1, &gv, 1, d, &ua);
+        w[a] = ua * scale;
+      }
+#pragma omp parallel for num_threads(nt_) schedule(static)
+      for (int64_t a = 0; a < d; ++a) {
+        double* row_a = minv_.data() + a * d;
+        const double wa = w[a];
+        for (int64_t b = 0; b < d; ++b) row_a[b] -= wa * w[b];
+      }
+    } else {
+      // c_s = <g_j, w_s>, u = g_j - sum_s c_s w_s, w_t = u * sqrt(alpha / (1 + alpha q_j)).
+      std::vector<double> c(t);
+      const char* rj = row(j);
+      constexpr int64_t CH = 64;
+      const int64_t nch = (t + CH - 1) / CH;
+#pragma omp parallel for num_threads(nt_) schedule(static) if (t * d > (1 << 18))
+      for (int64_t ch = 0; ch < nch; ++ch) {
+        const int64_t s0 = ch * CH, V = std::min<int64_t>(CH, t - s0);
+        const double* vecs[CH];
+        for (int64_t v = 0; v < V; ++v) vecs[v] = W_.data() + (s0 + v) * d;
+        K_.dots(G_.dtype, &rj, 1, vecs, static_cast<int>(V), d, c.data() + s0);
+      }
+      constexpr int64_t CB = 256;
+      const int64_t ncb = (d + CB - 1) / CB;
+#pragma omp parallel for num_threads(nt_) schedule(static) if (t * d > (1 << 18))
+      for (int64_t cb = 0; cb < ncb; ++cb) {
+        const int64_t j0 = cb * CB, j1 = std::min(d, j0 + CB);
+        double u[CB];
+        for (int64_t x = j0; x < j1; ++x) u[x - j0] = g[x];
+        for (int64_t s = 0; s < t; ++s) {
+          const double cs = c[s];
+          const double* ws = W_.data() + s * d;
+          for (int64_t x = j0; x < j1; ++x) u[x - j0] -= cs * ws[x];
+        }
+        for (int64_t x = j0; x < j1; ++x) w[x] = u[x - j0] * scale;
+      }
     }
   }
   double sn = 0.0;

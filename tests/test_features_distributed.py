@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from spice.features import LoraSpec, extract, merge_stores
 
 pytest_plugins = ["features_fixtures"]

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from spice.features import RecordError, load_records, tokenize_record
 from spice.features.records import ALPACA_PROMPT, data_fingerprint
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 import spice.features.driver as ex
 from spice.features import LoraSpec, extract
 from spice.store import FeatureStore, StoreIncompleteError, StoreMismatchError

@@ -181,18 +181,22 @@ def test_threads_do_not_change_results(method):
     np.testing.assert_array_equal(a.gains, b.gains)
 
 
-def test_generic_kernels_agree_with_reference():
+@pytest.mark.parametrize("isa", ["generic", "avx2"])
+def test_every_kernel_table_agrees_with_reference(isa):
+    if isa == "avx2" and spice.kernel_isa() == "generic":
+        pytest.skip("no AVX2 on this CPU")
+    want = {"generic": "generic", "avx2": "avx2-fma"}[isa]
     code = (
         "import numpy as np, spice\n"
         "from spice.reference import greedy_reference\n"
-        "assert spice.kernel_isa() == 'generic'\n"
+        f"assert spice.kernel_isa() == {want!r}, spice.kernel_isa()\n"
         "G = np.random.default_rng(3).standard_normal((60, 9)).astype(np.float16)\n"
         "s = spice.select(G, 9, conflict_penalty=0.3, method='lazy')\n"
         "r = greedy_reference(G, 9, lam=0.3)\n"
         "assert s.indices.tolist() == r['indices'].tolist(), (s.indices, r['indices'])\n"
         "np.testing.assert_allclose(s.gains, r['gains'], rtol=1e-9)\n"
     )
-    env = dict(os.environ, SPICE_KERNELS="generic")
+    env = dict(os.environ, SPICE_KERNELS=isa)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
 

@@ -180,3 +180,15 @@ def test_penalty_changes_picks_on_conflicting_data():
     assert plain.conflict[1] == pytest.approx(1.5 / np.hypot(1.5, 2.5), rel=1e-6)
     assert pen.indices.tolist() == [0, 2]
     assert pen.scores[1] == pytest.approx(pen.gains[1])
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.2])
+def test_k_much_larger_than_d_uses_the_inverse_path_exactly(lam):
+    # t >= 2d switches u = M^{-1} g to an explicit d x d inverse; picks and gains must not move.
+    G = gaussian(21, 160, 6)
+    ref = greedy_reference(G, 90, alpha=0.8, lam=lam)
+    for method in ("naive", "lazy"):
+        sel = spice.select(G, 90, alpha=0.8, conflict_penalty=lam, method=method)
+        np.testing.assert_array_equal(sel.indices, ref["indices"])
+        np.testing.assert_allclose(sel.gains, ref["gains"], rtol=1e-9, atol=1e-13)
+        assert sel.logdet == pytest.approx(ref["logdet"], rel=1e-10)

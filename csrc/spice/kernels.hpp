@@ -1,10 +1,11 @@
 // Row kernels: dot products of feature rows (any DType) with float64 vectors.
 //
-// Every dot product is computed in one canonical order, whatever kernel or tile size computes it:
-// four float64 lanes, lane l accumulating the products j = l (mod 4) for j < d - d % 4 (fused
-// multiply-add on the AVX2 path), reduced as (l0 + l1) + (l2 + l3), then the tail j >= d - d % 4
-// added in order. This makes naive, lazy and stochastic greedy see bit-identical numbers, so they
-// pick identical sequences (ties to the lowest index) and results do not depend on thread count.
+// Within one kernel table every dot product is computed in one canonical order, whatever tile
+// size computes it: L float64 lanes (L = 4 for the generic and AVX2 tables, 8 for AVX-512), lane l
+// accumulating the products j = l (mod L) for j < d - d % L (fused multiply-add on the SIMD
+// paths), reduced pairwise in a fixed tree, then the tail added in order. This makes naive, lazy
+// and stochastic greedy see bit-identical numbers, so they pick identical sequences (ties to the
+// lowest index) and results do not depend on thread count. The table is chosen once per process.
 #pragma once
 
 #include <cstdint>
@@ -33,7 +34,8 @@ void widen_row(DType dt, const char* row, int64_t d, double* out);
 
 // Generic (portable) and AVX2 implementations; the latter exists only on x86-64 builds.
 const Table& generic_table();
-const Table* avx2_table();  // nullptr when not compiled in
+const Table* avx2_table();    // nullptr when not compiled in
+const Table* avx512_table();  // nullptr when not compiled in
 
 // IEEE half and bfloat16 to float.
 float half_to_float(uint16_t h);

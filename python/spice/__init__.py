@@ -14,16 +14,19 @@ from __future__ import annotations
 from . import _core
 from .analysis import Curvature, curvature, logdet
 from .selection import Selection, resolve_k, select
+from .store import FeatureStore, merge_stores
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Curvature",
+    "FeatureStore",
     "Selection",
     "__version__",
     "curvature",
     "kernel_isa",
     "logdet",
+    "merge_stores",
     "resolve_k",
     "select",
 ]
