@@ -80,8 +80,8 @@ class Engine {
   bool lambda_on() const { return opt_.lambda > 0.0; }
 
   void init_norms();
-  void refresh(const int64_t* cand, int64_t m, bool need_conflict,
-               int64_t max_rows = std::numeric_limits<int64_t>::max());
+  Best refresh(const int64_t* cand, int64_t m, bool need_conflict,
+               int64_t max_rows = std::numeric_limits<int64_t>::max(), bool all_delta = true);
   void conflict_of(int64_t i, double a);
   Best argmax(const int64_t* cand, int64_t m) const;
   bool check_stop_before_pick(const Best& b);
@@ -131,93 +131,136 @@ void Engine::conflict_of(int64_t i, double a) {
 // Bring q_i from step tq_i towards t_ (at most max_rows w rows per candidate) for each candidate.
 // Candidates that reach t_ get Delta_i, conflict and score; the others get Delta_i from their
 // partly updated q_i, which is still an upper bound on every later Delta_i (q only decreases).
-void Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t max_rows) {
+// Returns the best (score desc, index asc) among candidates that reached t_.
+//
+// With all_delta = false (naive greedy) a candidate whose bound log1p(alpha q_i) is clearly below
+// the best score seen so far is not scored at all: its Delta is not needed to pick. The margin
+// keeps this exact (such a candidate cannot win or tie), so the picks stay those of lazy greedy.
+Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t max_rows,
+                     bool all_delta) {
   constexpr int R = 4;    // rows per tile
   constexpr int VB = 32;  // w rows per kernel call
   const int64_t ntiles = (m + R - 1) / R;
   const bool conflict = need_conflict && t_ > 0;
   const int64_t d = d_;
   const double alpha = opt_.alpha, lambda = opt_.lambda;
-#pragma omp parallel for num_threads(nt_) schedule(dynamic, 4) if (ntiles > 8)
-  for (int64_t tile = 0; tile < ntiles; ++tile) {
-    const int64_t b = tile * R;
-    const int rcount = static_cast<int>(std::min<int64_t>(R, m - b));
-    const char* rows[R];
-    int64_t end[R];
-    int64_t lo = t_, hi = 0;
-    for (int r = 0; r < rcount; ++r) {
-      const int64_t i = cand[b + r];
-      rows[r] = row(i);
-      lo = std::min(lo, tq_[i]);
-      end[r] = t_ - tq_[i] > max_rows ? tq_[i] + max_rows : t_;
-      hi = std::max(hi, end[r]);
-    }
-    double buf[R * VB];
-    const double* vecs[VB];
-    int64_t applied = 0;
-    for (int64_t s0 = lo; s0 < hi; s0 += VB) {
-      const int V = static_cast<int>(std::min<int64_t>(VB, hi - s0));
-      for (int v = 0; v < V; ++v) vecs[v] = W_.data() + (s0 + v) * d;
-      K_.dots(G_.dtype, rows, rcount, vecs, V, d, buf);
+  const double* sv = ssum_.data();
+  Best best;
+  int64_t dots_total = 0;
+#pragma omp parallel num_threads(nt_) if (ntiles > 8)
+  {
+    Best local;
+    double thr = kNegInf;  // alpha * q below this cannot beat `local`
+    int64_t my_dots = 0;
+#pragma omp for schedule(dynamic, 16) nowait
+    for (int64_t tile = 0; tile < ntiles; ++tile) {
+      const int64_t b = tile * R;
+      const int rcount = static_cast<int>(std::min<int64_t>(R, m - b));
+      const char* rows[R];
+      int64_t end[R];
+      int64_t lo = t_, hi = 0;
       for (int r = 0; r < rcount; ++r) {
         const int64_t i = cand[b + r];
-        double q = q_[i];
-        for (int v = 0; v < V; ++v) {
-          if (s0 + v < tq_[i] || s0 + v >= end[r]) continue;
-          const double x = buf[r * V + v];
-          q = q - x * x;
-          if (q < 0.0) q = 0.0;
+        rows[r] = row(i);
+        lo = std::min(lo, tq_[i]);
+        end[r] = t_ - tq_[i] > max_rows ? tq_[i] + max_rows : t_;
+        hi = std::max(hi, end[r]);
+      }
+      bool all_current = true;
+      for (int r = 0; r < rcount; ++r) {
+        my_dots += end[r] - tq_[cand[b + r]];
+        all_current = all_current && end[r] == t_;
+      }
+      double a[R] = {0, 0, 0, 0};
+      double buf[R * VB];
+      const double* vecs[VB];
+      const bool fused = conflict && all_current && lo == t_ - 1;
+      if (fused) {  // the naive step: <g, w_{t-1}> and <g, s> in one pass over the rows
+        vecs[0] = W_.data() + (t_ - 1) * d;
+        vecs[1] = sv;
+        K_.dots(G_.dtype, rows, rcount, vecs, 2, d, buf);
+        for (int r = 0; r < rcount; ++r) {
+          const int64_t i = cand[b + r];
+          const double x = buf[r * 2];
+          double q = q_[i] - x * x;
+          q_[i] = q < 0.0 ? 0.0 : q;
+          a[r] = buf[r * 2 + 1];
         }
-        q_[i] = q;
-      }
-    }
-    bool all_current = true;
-    for (int r = 0; r < rcount; ++r) {
-      applied += end[r] - tq_[cand[b + r]];
-      all_current = all_current && end[r] == t_;
-    }
-    double a[R] = {0, 0, 0, 0};
-    if (conflict && all_current) {
-      const double* sv = ssum_.data();
-      K_.dots(G_.dtype, rows, rcount, &sv, 1, d, a);
-    } else if (conflict) {
-      const double* sv = ssum_.data();
-      for (int r = 0; r < rcount; ++r)
-        if (end[r] == t_) K_.dots(G_.dtype, rows + r, 1, &sv, 1, d, a + r);
-    }
-#pragma omp atomic
-    dots_ += applied;
-    for (int r = 0; r < rcount; ++r) {
-      const int64_t i = cand[b + r];
-      tq_[i] = end[r];
-      const double q = q_[i];
-      if (!(q > kRelTiny * norm2_[i])) {
-        state_[i] = kDead;
-        delta_[i] = 0.0;
-        score_[i] = kNegInf;
-        continue;
-      }
-      const double dl = std::log1p(alpha * q);
-      delta_[i] = dl;
-      if (!(dl > 0.0)) {
-        state_[i] = kDead;
-        score_[i] = kNegInf;
-        continue;
-      }
-      if (end[r] < t_) {  // partial: Delta is an upper bound, no score yet
-        score_[i] = kNegInf;
-        continue;
-      }
-      if (conflict) {
-        conflict_of(i, a[r]);
       } else {
-        align_[i] = 0.0;
-        conf_[i] = 0.0;
+        for (int64_t s0 = lo; s0 < hi; s0 += VB) {
+          const int V = static_cast<int>(std::min<int64_t>(VB, hi - s0));
+          for (int v = 0; v < V; ++v) vecs[v] = W_.data() + (s0 + v) * d;
+          K_.dots(G_.dtype, rows, rcount, vecs, V, d, buf);
+          for (int r = 0; r < rcount; ++r) {
+            const int64_t i = cand[b + r];
+            double q = q_[i];
+            for (int v = 0; v < V; ++v) {
+              if (s0 + v < tq_[i] || s0 + v >= end[r]) continue;
+              const double x = buf[r * V + v];
+              q = q - x * x;
+              if (q < 0.0) q = 0.0;
+            }
+            q_[i] = q;
+          }
+        }
+        if (conflict && all_current) {
+          K_.dots(G_.dtype, rows, rcount, &sv, 1, d, a);
+        } else if (conflict) {
+          for (int r = 0; r < rcount; ++r)
+            if (end[r] == t_) K_.dots(G_.dtype, rows + r, 1, &sv, 1, d, a + r);
+        }
       }
-      score_[i] = dl - lambda * conf_[i];
+      for (int r = 0; r < rcount; ++r) {
+        const int64_t i = cand[b + r];
+        tq_[i] = end[r];
+        const double q = q_[i];
+        if (!(q > kRelTiny * norm2_[i])) {
+          state_[i] = kDead;
+          delta_[i] = 0.0;
+          score_[i] = kNegInf;
+          continue;
+        }
+        if (!all_delta && end[r] == t_ && alpha * q < thr) {
+          score_[i] = kNegInf;  // cannot win; Delta not needed
+          continue;
+        }
+        const double dl = std::log1p(alpha * q);
+        delta_[i] = dl;
+        if (!(dl > 0.0)) {
+          state_[i] = kDead;
+          score_[i] = kNegInf;
+          continue;
+        }
+        if (end[r] < t_) {  // partial: Delta is an upper bound, no score yet
+          score_[i] = kNegInf;
+          continue;
+        }
+        if (conflict) {
+          conflict_of(i, a[r]);
+        } else {
+          align_[i] = 0.0;
+          conf_[i] = 0.0;
+        }
+        score_[i] = dl - lambda * conf_[i];
+        const Best c{score_[i], i};
+        if (c.better_than(local)) {
+          local = c;
+          // log1p(alpha q) < best needs alpha q < expm1(best); keep a relative margin for the
+          // rounding of expm1 and log1p.
+          if (!all_delta && local.score > 0.0)
+            thr = std::expm1(local.score) * (1.0 - 1e-9) - 1e-300;
+        }
+      }
+    }
+#pragma omp critical
+    {
+      if (local.better_than(best)) best = local;
+      dots_total += my_dots;
     }
   }
+  dots_ += dots_total;
   res_.evaluations += m;
+  return best;
 }
 
 Best Engine::argmax(const int64_t* cand, int64_t m) const {
@@ -383,8 +426,8 @@ void Engine::run_naive() {
   for (int64_t i = 0; i < n_; ++i)
     if (state_[i] == kAlive) alive.push_back(i);
   while (t_ < opt_.k) {
-    refresh(alive.data(), static_cast<int64_t>(alive.size()), lambda_on());
-    const Best b = argmax(alive.data(), static_cast<int64_t>(alive.size()));
+    const Best b = refresh(alive.data(), static_cast<int64_t>(alive.size()), lambda_on(),
+                           std::numeric_limits<int64_t>::max(), false);
     if (check_stop_before_pick(b)) break;
     if (!lambda_on() && t_ > 0) {  // conflict is reported for the pick even when lambda = 0
       double a;
@@ -493,12 +536,10 @@ void Engine::run_stochastic() {
     cand.assign(remaining.begin(), remaining.begin() + m);
     std::sort(cand.begin(), cand.end(),
               [&](int64_t a, int64_t b) { return tq_[a] < tq_[b] || (tq_[a] == tq_[b] && a < b); });
-    refresh(cand.data(), m, lambda_on());
-    Best best = argmax(cand.data(), m);
+    Best best = refresh(cand.data(), m, lambda_on());
     if (!(best.score > kNegInf) && m < r) {  // sample all dead: look at everything left
       cand.assign(remaining.begin(), remaining.end());
-      refresh(cand.data(), r, lambda_on());
-      best = argmax(cand.data(), r);
+      best = refresh(cand.data(), r, lambda_on());
     }
     if (check_stop_before_pick(best)) break;
     if (!lambda_on() && t_ > 0) {
