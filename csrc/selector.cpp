@@ -84,6 +84,7 @@ class Engine {
                int64_t max_rows = std::numeric_limits<int64_t>::max(), bool all_delta = true);
   void conflict_of(int64_t i, double a);
   Best argmax(const int64_t* cand, int64_t m) const;
+  void bound_from_inverse(const std::vector<int64_t>& cand, std::vector<double>& qub);
   bool check_stop_before_pick(const Best& b);
   void add_pick(int64_t j);
   bool tick();
@@ -138,11 +139,14 @@ void Engine::conflict_of(int64_t i, double a) {
 // keeps this exact (such a candidate cannot win or tie), so the picks stay those of lazy greedy.
 Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t max_rows,
                      bool all_delta) {
-  constexpr int R = 4;    // rows per tile
-  constexpr int VB = 32;  // w rows per kernel call
-  const int64_t ntiles = (m + R - 1) / R;
-  const bool conflict = need_conflict && t_ > 0;
+  constexpr int R = 4;      // rows per tile (the kernels' register tile)
+  constexpr int VBMAX = 32;  // w rows per kernel call, at most
+  constexpr int GT = 16;     // tiles per group: a chunk of W stays in L2 across a group
   const int64_t d = d_;
+  const int VB = static_cast<int>(std::max<int64_t>(4, std::min<int64_t>(VBMAX, 262144 / (8 * d))));
+  const int64_t ntiles = (m + R - 1) / R;
+  const int64_t ngroups = (ntiles + GT - 1) / GT;
+  const bool conflict = need_conflict && t_ > 0;
   const double alpha = opt_.alpha, lambda = opt_.lambda;
   const double* sv = ssum_.data();
   Best best;
@@ -152,103 +156,125 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
     Best local;
     double thr = kNegInf;  // alpha * q below this cannot beat `local`
     int64_t my_dots = 0;
-#pragma omp for schedule(dynamic, 16) nowait
-    for (int64_t tile = 0; tile < ntiles; ++tile) {
-      const int64_t b = tile * R;
-      const int rcount = static_cast<int>(std::min<int64_t>(R, m - b));
-      const char* rows[R];
-      int64_t end[R];
-      int64_t lo = t_, hi = 0;
-      for (int r = 0; r < rcount; ++r) {
-        const int64_t i = cand[b + r];
-        rows[r] = row(i);
-        lo = std::min(lo, tq_[i]);
-        end[r] = t_ - tq_[i] > max_rows ? tq_[i] + max_rows : t_;
-        hi = std::max(hi, end[r]);
+    const char* rows[GT][R];
+    int64_t end[GT][R];
+    int64_t lo[GT], hi[GT];
+    int rcount[GT];
+    double buf[R * VBMAX];
+    const double* vecs[VBMAX];
+#pragma omp for schedule(dynamic, 1) nowait
+    for (int64_t grp = 0; grp < ngroups; ++grp) {
+      const int64_t t0 = grp * GT;
+      const int nt = static_cast<int>(std::min<int64_t>(GT, ntiles - t0));
+      int64_t glo = t_, ghi = 0;
+      for (int x = 0; x < nt; ++x) {
+        const int64_t b = (t0 + x) * R;
+        rcount[x] = static_cast<int>(std::min<int64_t>(R, m - b));
+        lo[x] = t_;
+        hi[x] = 0;
+        for (int r = 0; r < rcount[x]; ++r) {
+          const int64_t i = cand[b + r];
+          rows[x][r] = row(i);
+          lo[x] = std::min(lo[x], tq_[i]);
+          end[x][r] = t_ - tq_[i] > max_rows ? tq_[i] + max_rows : t_;
+          hi[x] = std::max(hi[x], end[x][r]);
+          my_dots += end[x][r] - tq_[i];
+        }
+        glo = std::min(glo, lo[x]);
+        ghi = std::max(ghi, hi[x]);
       }
-      bool all_current = true;
-      for (int r = 0; r < rcount; ++r) {
-        my_dots += end[r] - tq_[cand[b + r]];
-        all_current = all_current && end[r] == t_;
-      }
-      double a[R] = {0, 0, 0, 0};
-      double buf[R * VB];
-      const double* vecs[VB];
-      const bool fused = conflict && all_current && lo == t_ - 1;
-      if (fused) {  // the naive step: <g, w_{t-1}> and <g, s> in one pass over the rows
+      // Catch-up: W rows in ascending order, each chunk applied to every tile of the group.
+      bool fused_group = conflict;
+      for (int x = 0; x < nt && fused_group; ++x)
+        fused_group = lo[x] == t_ - 1 && hi[x] == t_;
+      double a[GT][R] = {};
+      if (fused_group) {  // the naive step: <g, w_{t-1}> and <g, s> in one pass over the rows
         vecs[0] = W_.data() + (t_ - 1) * d;
         vecs[1] = sv;
-        K_.dots(G_.dtype, rows, rcount, vecs, 2, d, buf);
-        for (int r = 0; r < rcount; ++r) {
-          const int64_t i = cand[b + r];
-          const double x = buf[r * 2];
-          double q = q_[i] - x * x;
-          q_[i] = q < 0.0 ? 0.0 : q;
-          a[r] = buf[r * 2 + 1];
-        }
-      } else {
-        for (int64_t s0 = lo; s0 < hi; s0 += VB) {
-          const int V = static_cast<int>(std::min<int64_t>(VB, hi - s0));
-          for (int v = 0; v < V; ++v) vecs[v] = W_.data() + (s0 + v) * d;
-          K_.dots(G_.dtype, rows, rcount, vecs, V, d, buf);
-          for (int r = 0; r < rcount; ++r) {
-            const int64_t i = cand[b + r];
-            double q = q_[i];
-            for (int v = 0; v < V; ++v) {
-              if (s0 + v < tq_[i] || s0 + v >= end[r]) continue;
-              const double x = buf[r * V + v];
-              q = q - x * x;
-              if (q < 0.0) q = 0.0;
-            }
-            q_[i] = q;
+        for (int x = 0; x < nt; ++x) {
+          K_.dots(G_.dtype, rows[x], rcount[x], vecs, 2, d, buf);
+          for (int r = 0; r < rcount[x]; ++r) {
+            const int64_t i = cand[(t0 + x) * R + r];
+            const double v = buf[r * 2];
+            const double q = q_[i] - v * v;
+            q_[i] = q < 0.0 ? 0.0 : q;
+            a[x][r] = buf[r * 2 + 1];
           }
         }
-        if (conflict && all_current) {
-          K_.dots(G_.dtype, rows, rcount, &sv, 1, d, a);
-        } else if (conflict) {
-          for (int r = 0; r < rcount; ++r)
-            if (end[r] == t_) K_.dots(G_.dtype, rows + r, 1, &sv, 1, d, a + r);
-        }
-      }
-      for (int r = 0; r < rcount; ++r) {
-        const int64_t i = cand[b + r];
-        tq_[i] = end[r];
-        const double q = q_[i];
-        if (!(q > kRelTiny * norm2_[i])) {
-          state_[i] = kDead;
-          delta_[i] = 0.0;
-          score_[i] = kNegInf;
-          continue;
-        }
-        if (!all_delta && end[r] == t_ && alpha * q < thr) {
-          score_[i] = kNegInf;  // cannot win; Delta not needed
-          continue;
-        }
-        const double dl = std::log1p(alpha * q);
-        delta_[i] = dl;
-        if (!(dl > 0.0)) {
-          state_[i] = kDead;
-          score_[i] = kNegInf;
-          continue;
-        }
-        if (end[r] < t_) {  // partial: Delta is an upper bound, no score yet
-          score_[i] = kNegInf;
-          continue;
+      } else {
+        for (int64_t s0 = glo; s0 < ghi; s0 += VB) {
+          const int V = static_cast<int>(std::min<int64_t>(VB, ghi - s0));
+          for (int v = 0; v < V; ++v) vecs[v] = W_.data() + (s0 + v) * d;
+          for (int x = 0; x < nt; ++x) {
+            if (hi[x] <= s0 || lo[x] >= s0 + V) continue;
+            K_.dots(G_.dtype, rows[x], rcount[x], vecs, V, d, buf);
+            for (int r = 0; r < rcount[x]; ++r) {
+              const int64_t i = cand[(t0 + x) * R + r];
+              double q = q_[i];
+              for (int v = 0; v < V; ++v) {
+                if (s0 + v < tq_[i] || s0 + v >= end[x][r]) continue;
+                const double y = buf[r * V + v];
+                q = q - y * y;
+                if (q < 0.0) q = 0.0;
+              }
+              q_[i] = q;
+            }
+          }
         }
         if (conflict) {
-          conflict_of(i, a[r]);
-        } else {
-          align_[i] = 0.0;
-          conf_[i] = 0.0;
+          for (int x = 0; x < nt; ++x) {
+            bool all_cur = true;
+            for (int r = 0; r < rcount[x]; ++r) all_cur = all_cur && end[x][r] == t_;
+            if (all_cur) {
+              K_.dots(G_.dtype, rows[x], rcount[x], &sv, 1, d, a[x]);
+            } else {
+              for (int r = 0; r < rcount[x]; ++r)
+                if (end[x][r] == t_) K_.dots(G_.dtype, rows[x] + r, 1, &sv, 1, d, a[x] + r);
+            }
+          }
         }
-        score_[i] = dl - lambda * conf_[i];
-        const Best c{score_[i], i};
-        if (c.better_than(local)) {
-          local = c;
-          // log1p(alpha q) < best needs alpha q < expm1(best); keep a relative margin for the
-          // rounding of expm1 and log1p.
-          if (!all_delta && local.score > 0.0)
-            thr = std::expm1(local.score) * (1.0 - 1e-9) - 1e-300;
+      }
+      for (int x = 0; x < nt; ++x) {
+        for (int r = 0; r < rcount[x]; ++r) {
+          const int64_t i = cand[(t0 + x) * R + r];
+          tq_[i] = end[x][r];
+          const double q = q_[i];
+          if (!(q > kRelTiny * norm2_[i])) {
+            state_[i] = kDead;
+            delta_[i] = 0.0;
+            score_[i] = kNegInf;
+            continue;
+          }
+          if (!all_delta && end[x][r] == t_ && alpha * q < thr) {
+            score_[i] = kNegInf;  // cannot win; Delta not needed
+            continue;
+          }
+          const double dl = std::log1p(alpha * q);
+          delta_[i] = dl;
+          if (!(dl > 0.0)) {
+            state_[i] = kDead;
+            score_[i] = kNegInf;
+            continue;
+          }
+          if (end[x][r] < t_) {  // partial: Delta is an upper bound, no score yet
+            score_[i] = kNegInf;
+            continue;
+          }
+          if (conflict) {
+            conflict_of(i, a[x][r]);
+          } else {
+            align_[i] = 0.0;
+            conf_[i] = 0.0;
+          }
+          score_[i] = dl - lambda * conf_[i];
+          const Best c{score_[i], i};
+          if (c.better_than(local)) {
+            local = c;
+            // log1p(alpha q) < best needs alpha q < expm1(best); keep a relative margin for the
+            // rounding of expm1 and log1p.
+            if (!all_delta && local.score > 0.0)
+              thr = std::expm1(local.score) * (1.0 - 1e-9) - 1e-300;
+          }
         }
       }
     }
@@ -420,6 +446,57 @@ void Engine::finish_bound() {
   }
 }
 
+// For candidates far behind (t - tq_i > d) once M^{-1} is kept: q~_i = g_i^T M_t^{-1} g_i costs d^2
+// instead of (t - tq_i) d. q~ differs from the canonical q_i(t) only by round-off, so
+// q~ + 1e-9 ||g||^2 (and the stale q_i) bound q_i(t) from above: a candidate whose bound loses is
+// left in the queue with that tighter key and no exact catch-up.
+void Engine::bound_from_inverse(const std::vector<int64_t>& cand, std::vector<double>& qub) {
+  const int64_t m = static_cast<int64_t>(cand.size()), d = d_;
+  qub.assign(m, 0.0);
+  constexpr int R = 4, VBMAX = 32, GT = 8;
+  const int VB = static_cast<int>(std::max<int64_t>(4, std::min<int64_t>(VBMAX, 131072 / (8 * d))));
+  const int64_t ntiles = (m + R - 1) / R;
+  const int64_t ngroups = (ntiles + GT - 1) / GT;
+#pragma omp parallel num_threads(nt_) if (ntiles > 1)
+  {
+    std::vector<double> u(static_cast<size_t>(GT) * R * d);
+    double buf[R * VBMAX];
+    const char* rows[GT][R];
+    int rc[GT];
+    const double* vecs[VBMAX];
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t grp = 0; grp < ngroups; ++grp) {
+      const int64_t t0 = grp * GT;
+      const int nt = static_cast<int>(std::min<int64_t>(GT, ntiles - t0));
+      for (int x = 0; x < nt; ++x) {
+        const int64_t b = (t0 + x) * R;
+        rc[x] = static_cast<int>(std::min<int64_t>(R, m - b));
+        for (int r = 0; r < rc[x]; ++r) rows[x][r] = row(cand[b + r]);
+      }
+      for (int64_t a0 = 0; a0 < d; a0 += VB) {  // u = M^{-1} g, a chunk of M^{-1} rows at a time
+        const int V = static_cast<int>(std::min<int64_t>(VB, d - a0));
+        for (int v = 0; v < V; ++v) vecs[v] = minv_.data() + (a0 + v) * d;
+        for (int x = 0; x < nt; ++x) {
+          K_.dots(G_.dtype, rows[x], rc[x], vecs, V, d, buf);
+          for (int r = 0; r < rc[x]; ++r)
+            for (int v = 0; v < V; ++v) u[(x * R + r) * d + a0 + v] = buf[r * V + v];
+        }
+      }
+      for (int x = 0; x < nt; ++x)
+        for (int r = 0; r < rc[x]; ++r) {
+          const double* ur = u.data() + (x * R + r) * d;
+          double qt;
+          K_.dots(G_.dtype, rows[x] + r, 1, &ur, 1, d, &qt);
+          const int64_t idx = (t0 + x) * R + r;
+          const int64_t i = cand[idx];
+          qub[idx] = std::min(q_[i], std::max(0.0, qt) + 1e-9 * norm2_[i]);
+        }
+    }
+  }
+  res_.evaluations += m;
+  dots_ += m * d;
+}
+
 void Engine::run_naive() {
   std::vector<int64_t> alive;
   alive.reserve(n_);
@@ -467,7 +544,8 @@ void Engine::run_lazy() {
   // Catch-up rows per refresh: a stale candidate whose bound falls below the best score after
   // part of its catch-up is left there, so late steps do not pay for full catch-ups of losers.
   const int64_t chunk = opt_.chunk > 0 ? opt_.chunk : 256;
-  std::vector<int64_t> batch, refreshed;
+  std::vector<int64_t> batch, refreshed, stale;
+  std::vector<double> qub;
   while (t_ < opt_.k) {
     Best best;
     refreshed.clear();
@@ -480,6 +558,25 @@ void Engine::run_lazy() {
         heap.pop();
       }
       if (batch.empty()) break;
+      if (!minv_.empty()) {  // very stale candidates: a cheap bound first
+        stale.clear();
+        size_t keep = 0;
+        for (int64_t i : batch) {
+          if (t_ - tq_[i] > d_) stale.push_back(i);
+          else batch[keep++] = i;
+        }
+        batch.resize(keep);
+        if (!stale.empty()) {
+          bound_from_inverse(stale, qub);
+          for (size_t x = 0; x < stale.size(); ++x) {
+            const int64_t i = stale[x];
+            const double key = std::log1p(opt_.alpha * qub[x]);
+            if (key > best.score || (key == best.score && i < best.idx)) batch.push_back(i);
+            else heap.push({key, i});
+          }
+        }
+        if (batch.empty()) continue;
+      }
       // Tiles work best when rows in a tile need the same w rows: sort by staleness.
       std::sort(batch.begin(), batch.end(),
                 [&](int64_t a, int64_t b) { return tq_[a] < tq_[b] || (tq_[a] == tq_[b] && a < b); });
