@@ -1,7 +1,7 @@
 // CUDA kernels of spice's GPU selection path (python/spice/gpu.py).
 //
 // Compiled at run time by CuPy (RawModule -> NVRTC), so the wheel needs no CUDA at build time; the
-// compile-only test also builds this file with nvcc. Hence: no #include at all, only extern "C"
+// compile-only test also builds this file with nvcc. Hence: no include directives, only extern "C"
 // kernels, CUDA built-ins and inline PTX (no <cmath>, no cuda_fp16.h).
 //
 // Element types of G (suffix): f32, f64, f16 (IEEE half bits), bf16 (bfloat16 bits, as uint16).
