@@ -13,9 +13,11 @@ import ctypes
 import glob
 import inspect
 import os
+import re
 import shutil
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -296,6 +298,204 @@ def test_emulated_progress_can_cancel():
     drv_ops = gpu._NumpyOps(G, 0)
     raw = gpu._run(drv_ops, 50, 1.0, 0.0, 0.0, "naive", 0, 0.01, progress=cb)
     assert raw["stop_reason"] == "cancelled" and calls and len(raw["indices"]) == calls[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# The CuPy plumbing (_CupyOps) without a GPU: a fake CuPy whose kernels check every launch's
+# arguments against the signatures in the .cu source and then act like the kernels (numpy)
+# ------------------------------------------------------------------------------------------------
+
+
+def _kernel_signatures() -> dict[str, list[str]]:
+    src = open(CU).read().replace("\\\n", " ")
+    sigs = {}
+    pat = re.compile(r'extern "C" __global__ void\s+(?:__launch_bounds__\([^)]*\)\s*)?'
+                     r"(\w+?)(?:_##SFX)?\s*\(([^)]*)\)")
+    for name, params in pat.findall(src):
+        types = []
+        for p in params.split(","):
+            toks = p.replace("*", " * ").split()
+            types.append("ptr" if "*" in toks else toks[-2])
+        sigs[name] = types
+    return sigs
+
+
+def _unperm(x, d, vec):
+    src = gpu._perm_index(d, vec)
+    out = np.zeros(d)
+    out[src[src >= 0]] = x[: src.size][src >= 0]
+    return out
+
+
+class _FakeKernel:
+    SIGS: dict[str, list[str]] = {}
+    launches: list[str] = []
+
+    def __init__(self, name):
+        self.name = name
+        base = name if name in self.SIGS else name.rsplit("_", 1)[0]
+        self.types = self.SIGS[base]
+        self.sfx = name.rsplit("_", 1)[1]
+        self.impl = getattr(self, "k_" + base.replace("spice_", ""))
+
+    def __call__(self, grid, block, args):
+        assert isinstance(grid, tuple) and isinstance(block, tuple)
+        assert 1 <= grid[0] <= 2**31 - 1 and 32 <= block[0] <= 1024 and block[0] % 32 == 0
+        assert len(args) == len(self.types), (self.name, len(args), len(self.types))
+        for ty, a in zip(self.types, args):
+            if ty == "ptr":
+                assert isinstance(a, np.ndarray) or (type(a) is np.uint64 and a == 0), self.name
+            else:
+                want = {"i64": np.int64, "int": np.int32, "double": np.float64}[ty]
+                assert type(a) is want, (self.name, ty, type(a))
+        self.launches.append(self.name)
+        a = [None if (type(x) is np.uint64) else x for x in args]
+        self.impl(grid[0], *a)
+
+    @property
+    def code(self):
+        from spice import _inputs
+
+        return {"f32": _inputs.F32, "f64": _inputs.F64, "f16": _inputs.F16,
+                "bf16": _inputs.BF16}[self.sfx]
+
+    def k_step(self, grid, G, d, stride, vec, cand, m, w, s, snorm, t, norm2, q, state, delta,
+               align, score, alpha, lam, part_score, part_idx, evals):
+        assert G.shape[1] == d and (G.shape[0] < 2 or G.strides[0] == stride * G.itemsize)
+        vecn = gpu._VEC[self.code]
+        if w is not None:
+            w = _unperm(w, d, vecn) if vec else w[:d]
+        if s is not None:
+            s = _unperm(s, d, vecn) if vec else s[:d]
+        ops = gpu._NumpyOps(G, self.code)
+        st_ = types.SimpleNamespace(norm2=norm2, q=q, state=state, delta=delta, align=align,
+                                    score=score)
+        c = None if cand is None else cand[:m]
+        out = ops.step(st_, c, w, s if t > 0 else None, snorm, int(t), float(alpha),
+                       float(lam), evals is not None)
+        part_score[:grid] = -np.inf
+        part_idx[:grid] = np.iinfo(np.int64).max
+        k = grid - 1  # the winner may come from any block
+        if out[0] >= 0:
+            part_score[k], part_idx[k] = out[1], int(out[0])
+        if evals is not None:
+            evals[0] += np.uint64(ops.evals_count)
+
+    def k_argmax_final(self, grid, ps, pi, nparts, delta, align, q, out):
+        best_s, best_i = -np.inf, np.iinfo(np.int64).max
+        for p in range(nparts):
+            if ps[p] > best_s or (ps[p] == best_s and pi[p] < best_i):
+                best_s, best_i = ps[p], pi[p]
+        if best_i == np.iinfo(np.int64).max:
+            out[:] = [-1.0, -np.inf, 0.0, 0.0, 0.0]
+        else:
+            out[:] = [best_i, best_s, delta[best_i], align[best_i], q[best_i]]
+
+    def k_norms(self, grid, G, n, d, stride, vec, out):
+        out[:n] = gpu._NumpyOps(G, self.code).norms()
+
+    def k_pick(self, grid, G, d, stride, j, s, g64, a_out, sn_out, state):
+        st_ = types.SimpleNamespace(state=state)
+        gpu._NumpyOps(G, self.code).pick(st_, int(j), s, g64, a_out, sn_out)
+
+    def k_gather(self, grid, G, d, stride, cand, m, out):
+        out[:m] = gpu._NumpyOps(G, self.code)._rows(cand[:m])
+
+    def k_finish_w(self, grid, g, v, scale, d, w_out, perm, dp, w_perm):
+        val = g if v is None else g - v
+        w_out[:d] = val * scale
+        if perm is not None:
+            w_perm[:dp] = np.where(perm >= 0, val[np.maximum(perm, 0)] * scale, 0.0)
+
+    def k_permute(self, grid, x, perm, dp, out):
+        out[:dp] = np.where(perm >= 0, x[np.maximum(perm, 0)], 0.0)
+
+    def k_rank1(self, grid, M, w, d):
+        M -= np.outer(w[:d], w[:d])
+
+    def k_catchup(self, grid, RT, S, ld, s0, m, cand, tq, q):
+        assert RT.ndim == 2 and RT.shape[1] == ld and RT.flags.c_contiguous
+        gpu._NumpyOps.catchup(None, RT, int(S), int(s0), cand, int(m), tq, q)
+
+    def k_compact(self, grid, ub, state, stamp, cur, n, theta, out, cap, counter):
+        idx = np.flatnonzero((state[:n] == 0) & (stamp[:n] != cur) & (ub[:n] >= theta))
+        idx = np.random.default_rng(int(n) + int(cur)).permutation(idx)  # atomics: any order
+        out[: min(cap, idx.size)] = idx[:cap]
+        counter[0] = idx.size
+
+
+class _FakeModule:
+    def __init__(self, code, options=()):
+        assert "--std=c++17" in options
+
+    def get_function(self, name):
+        return _FakeKernel(name)
+
+
+class _FakeCupy:
+    """numpy, plus the bits of the CuPy API that spice.gpu uses."""
+
+    RawModule = _FakeModule
+    ndarray = np.ndarray
+
+    def __init__(self):
+        dev = types.SimpleNamespace(id=0, attributes={"MultiProcessorCount": 2})
+        self.cuda = types.SimpleNamespace(
+            Device=lambda *a: dev,
+            runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"fake"}))
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def asnumpy(x):
+        return np.array(x)
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    _FakeKernel.SIGS = _kernel_signatures()
+    _FakeKernel.launches = []
+    monkeypatch.setattr(gpu, "_MODULES", {})
+    return _FakeCupy()
+
+
+def test_fake_cupy_sees_every_kernel():
+    sigs = _kernel_signatures()
+    names = set(sigs)
+    assert {"spice_step", "spice_norms", "spice_pick", "spice_gather", "spice_argmax_final",
+            "spice_finish_w", "spice_permute", "spice_rank1", "spice_catchup",
+            "spice_compact"} <= names
+    assert len(sigs["spice_step"]) == 21
+
+
+@pytest.mark.parametrize("dtype,d", [("float32", 16), ("float32", 13), ("float16", 24),
+                                     ("bfloat16", 40), ("float64", 6)])
+@pytest.mark.parametrize("method", ["naive", "lazy", "stochastic"])
+def test_cupy_ops_plumbing_against_core(fake_cupy, dtype, d, method):
+    from spice import _inputs
+
+    G32 = gaussian(d, 90, d)
+    if dtype == "bfloat16":
+        G, code, kw = (G32.view(np.uint32) >> 16).astype(np.uint16), _inputs.BF16, {"bf16": True}
+    else:
+        G, kw = G32.astype(dtype), {}
+        code = {"float32": _inputs.F32, "float16": _inputs.F16, "float64": _inputs.F64}[dtype]
+    for lam, omega, minv in ((0.0, None, 1.5), (0.2, 0.5, 0.0), (0.2, None, 0.5)):
+        ops = gpu._CupyOps(fake_cupy, G, code)
+        ops.mb, ops.sb, ops.cap = 8, 4, 4  # tiny chunks and a compaction buffer that overflows
+        assert ops.vec == int(d * G.itemsize % 16 == 0)
+        sel = spice.select(G, 30, conflict_penalty=lam, early_stop=omega, method=method, seed=d,
+                           **kw)
+        raw = gpu._run(ops, 30, 1.0, lam, omega or 0.0, method, d, 0.01, minv_factor=minv,
+                       lazy_batch=2 if method == "lazy" else 0)
+        _assert_same(raw, sel, exact_bound=(method == "naive"), rtol=1e-7)
+        if method == "naive":
+            assert raw["evaluations"] == sel.evaluations
+    sfx = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "float64": "f64"}[dtype]
+    assert f"spice_step_{sfx}" in _FakeKernel.launches
+    if method != "naive":
+        assert "spice_catchup" in _FakeKernel.launches
 
 
 # ------------------------------------------------------------------------------------------------

@@ -261,6 +261,10 @@ class _State:
         self.state = xp.where((norm2 > 0) & (self.base > 0), ALIVE, DEAD).astype(xp.uint8)
 
 
+def _ptr(a: Any) -> int:
+    return int(a.data.ptr) if hasattr(a.data, "ptr") else int(a.ctypes.data)
+
+
 class _CupyOps:
     """The CUDA kernels of csrc/cuda/spice_kernels.cu, launched through CuPy."""
 
@@ -273,7 +277,7 @@ class _CupyOps:
         self.stride = int(G.strides[0] // isz) if self.n > 1 else self.d
         vec = _VEC[code]
         self.vec = int(
-            G.data.ptr % 16 == 0 and (self.stride * isz) % 16 == 0 and (self.d * isz) % 16 == 0
+            _ptr(G) % 16 == 0 and (self.stride * isz) % 16 == 0 and (self.d * isz) % 16 == 0
         )
         mod = _module(cp)
         sfx = _SUFFIX[code]
@@ -301,6 +305,7 @@ class _CupyOps:
         else:
             self.perm = None
             self.dp = self.d
+        self.mb, self.sb = _MB, _SB
         self.cap = 1 << 16
         self.cbuf = cp.empty(self.cap, dtype=cp.int64)
         self.device_name = self._device_name(cp, dev)
@@ -389,14 +394,14 @@ class _CupyOps:
             self._compact((self._grid_flat(self.n, 256, 8 * self.sms),), (256,), (
                 ub, st.state, stamp, np.int32(cur), np.int64(self.n), np.float64(theta),
                 self.cbuf, np.int64(self.cap), self.counter))
-            cnt = int(self.counter.get()[0])
+            cnt = int(cp.asnumpy(self.counter)[0])
             if cnt <= self.cap:
                 return cp.sort(self.cbuf[:cnt])
             self.cap = max(2 * self.cap, cnt)
             self.cbuf = cp.empty(self.cap, dtype=cp.int64)
 
     def evals(self) -> int:
-        return int(self.evals_dev.get()[0])
+        return int(self.xp.asnumpy(self.evals_dev)[0])
 
 
 class _NumpyOps:
@@ -413,6 +418,7 @@ class _NumpyOps:
         self.n, self.d = G.shape
         self.evals_count = 0
         self.device_name = "numpy emulation"
+        self.mb, self.sb = 16, 8  # small catch-up GEMMs: exercise the chunking
 
     def _rows(self, idx: Any) -> np.ndarray:
         return row_as_float64(self.G, self.code, idx).reshape(-1, self.d)
@@ -574,8 +580,8 @@ class _Driver:
         bad = ~xp.isfinite(self.st.base)
         if bool(bad.any()):
             return int(xp.argmax(bad))
-        self.SB = _SB if xp is not np else 8
-        mb = _MB if xp is not np else 16
+        self.SB = self.ops.sb
+        mb = self.ops.mb
         self.W = xp.zeros((k + self.SB, d), dtype=xp.float64)  # zero rows pad the last GEMM
         self.gbuf = xp.zeros((mb, d), dtype=xp.float64)
         self.s = xp.zeros(d, dtype=xp.float64)
@@ -700,7 +706,7 @@ class _Driver:
         xp, st = self.xp, self.st
         su = self.ub[self.sample]
         vals = su[st.state[self.sample] == ALIVE]
-        vals = np.sort(np.asarray(vals.get() if xp is not np else vals))[::-1]
+        vals = np.sort(np.asarray(_host(xp, vals)))[::-1]
         if vals.size == 0:
             al = st.state == ALIVE
             if not bool(al.any()):
@@ -748,7 +754,7 @@ class _Driver:
         n = self.n
         self.ub = st.delta.copy()
         self.tq = xp.zeros(n, dtype=xp.int64)
-        state_h = np.asarray(st.state.get() if xp is not np else st.state)
+        state_h = np.asarray(_host(xp, st.state))
         remaining = np.flatnonzero(state_h == ALIVE).astype(np.int64)
         kk = float(max(1, self.k))
         sample = max(1, int(math.ceil((n / kk) * math.log(1.0 / eps))))
@@ -770,7 +776,7 @@ class _Driver:
             self.add_pick(out)
             head = remaining[:looked]
             sh = st.state[xp.asarray(head)]
-            keep = np.asarray(sh.get() if xp is not np else sh) == ALIVE
+            keep = np.asarray(_host(xp, sh)) == ALIVE
             remaining = np.concatenate([head[keep], remaining[looked:]])
             if not self.tick():
                 return
@@ -789,7 +795,7 @@ class _Driver:
         bound = obj
         if take > 0:
             top = xp.sort(vals)[::-1][:take]
-            top = np.asarray(top.get() if xp is not np else top)
+            top = np.asarray(_host(xp, top))
             bound = obj + float(np.cumsum(top)[-1])
         idx = np.asarray(self.idx, dtype=np.int64)
         if m:
@@ -823,7 +829,7 @@ class _Driver:
 
 
 def _host(xp: Any, x: Any) -> Any:
-    return x if xp is np else x.get()
+    return x if isinstance(x, np.ndarray) else x.get()
 
 
 def _run(ops: Any, k: int, alpha: float, lam: float, omega: float, method: str, seed: int,
