@@ -67,7 +67,7 @@ _SUFFIX = {F32: "f32", F64: "f64", F16: "f16", BF16: "bf16"}
 _VEC = {F32: 4, F64: 2, F16: 8, BF16: 8}  # elements per 16-byte chunk (kernel's L::VEC)
 _WARPS, _ROWS = 8, 4  # SPICE_WARPS, SPICE_ROWS in the kernels
 _THREADS = 32 * _WARPS
-_MB, _SB = 256, 1024  # lazy catch-up GEMM shape: _SB rows of W against _MB gathered rows
+_MB, _SB = 256, 512  # lazy catch-up GEMMs, one fixed shape: _SB rows of W x _MB gathered rows
 
 ProgressFn = Callable[[int, int, int, float], Any]
 
