@@ -169,6 +169,7 @@ def select(
     stochastic_eps: float = 0.01,
     progress: bool | ProgressFn | None = None,
     bf16: bool = False,
+    device: str | None = None,
 ) -> Selection:
     """Greedily pick rows of ``G`` maximising the SPICE score.
 
@@ -208,12 +209,25 @@ def select(
         True draws a progress line on stderr; a callable ``f(picks, budget, evaluations,
         elapsed_s)`` is called a few times a second and may return False to stop the run
         (``stop_reason == "cancelled"``). Ctrl-C interrupts a run in any case.
+    device : {None, "cpu", "cuda"}
+        None runs where G lives: CuPy arrays and torch CUDA tensors run on their GPU (through
+        CuPy, no host copy of G), everything else on the CPU. "cuda" copies a host G to the GPU;
+        asking for the GPU without CuPy and a driver is an error, never a silent CPU fallback.
+        ``params["backend"]`` records which ran.
 
     Returns
     -------
     Selection
     """
-    arr, code = as_features(G, bf16=bf16)
+    from . import gpu as _gpu  # imports neither CuPy nor torch
+
+    if device not in (None, "cpu", "cuda"):
+        raise ValueError(f"device must be None, 'cpu' or 'cuda', got {device!r}")
+    on_gpu = device == "cuda" or (device is None and _gpu.is_cuda_array(G))
+    if on_gpu:
+        arr, code = _gpu.as_device_features(G, bf16=bf16)  # CuPy/torch CUDA: shared, no copy
+    else:
+        arr, code = as_features(G, bf16=bf16)
     n, _ = arr.shape
     kk = resolve_k(k, n)
     a = _check_number("alpha", alpha, 0.0, True)
@@ -239,8 +253,12 @@ def select(
         raise TypeError("progress must be True, False/None or a callable")
 
     t0 = time.perf_counter()
-    raw = _core.select(arr, code, kk, a, lam, omega, METHODS[method], OBJECTIVES[objective],
-                       int(seed) & 0xFFFFFFFFFFFFFFFF, seps, nthreads, 0, cb, 0.2, 0)
+    if on_gpu:
+        raw = _gpu.select_gpu(arr, kk, a, lam, omega, method, int(seed), seps,
+                              objective=objective, progress=cb, code=code)
+    else:
+        raw = _core.select(arr, code, kk, a, lam, omega, METHODS[method], OBJECTIVES[objective],
+                           int(seed) & 0xFFFFFFFFFFFFFFFF, seps, nthreads, 0, cb, 0.2, 0)
     elapsed = time.perf_counter() - t0
     if raw["bad_row"] >= 0:
         raise ValueError(describe_bad_row(arr, code, int(raw["bad_row"]), a))
@@ -261,11 +279,12 @@ def select(
     else:
         ratio = float("nan")
     params = dict(alpha=a, conflict_penalty=lam, early_stop=early_stop, method=method,
-                  objective=objective, seed=int(seed), stochastic_eps=seps)
+                  objective=objective, seed=int(seed), stochastic_eps=seps,
+                  backend=raw.get("backend", "cpu"))
     return Selection(
         indices=idx, gains=gains, base=base, epsilon=gains - base, align=raw["align"],
         conflict=conflict, penalty=lam * conflict, scores=raw["scores"], logdet=ld,
         stop_reason=str(raw["stop_reason"]), opt_upper_bound=ub, certified_ratio=ratio,
         evaluations=int(raw["evaluations"]), n=n, k=kk, params=params, elapsed_s=elapsed,
-        dot_products=int(raw["dot_products"]),
+        dot_products=int(raw.get("dot_products", 0)),
     )
