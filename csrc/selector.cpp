@@ -27,6 +27,9 @@ namespace {
 constexpr double kRelTiny = 1e-10;  // q_i <= kRelTiny * ||g_i||^2: g_i lies in span(S)
 constexpr double kEta = 1e-8;       // cosine denominator guard (as in the paper)
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+// Below this many row elements a parallel region costs more than it saves (and on a busy machine
+// a descheduled thread stalls the whole region).
+constexpr int64_t kParallelWork = int64_t(1) << 18;
 
 enum : uint8_t { kAlive = 0, kPicked = 1, kDead = 2 };
 
@@ -151,7 +154,7 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
   const double* sv = ssum_.data();
   Best best;
   int64_t dots_total = 0;
-#pragma omp parallel num_threads(nt_) if (ntiles > 8)
+#pragma omp parallel num_threads(nt_) if (ngroups > 1 && m * d > kParallelWork)
   {
     Best local;
     double thr = kNegInf;  // alpha * q below this cannot beat `local`
@@ -457,7 +460,7 @@ void Engine::bound_from_inverse(const std::vector<int64_t>& cand, std::vector<do
   const int VB = static_cast<int>(std::max<int64_t>(4, std::min<int64_t>(VBMAX, 131072 / (8 * d))));
   const int64_t ntiles = (m + R - 1) / R;
   const int64_t ngroups = (ntiles + GT - 1) / GT;
-#pragma omp parallel num_threads(nt_) if (ntiles > 1)
+#pragma omp parallel num_threads(nt_) if (ngroups > 1)
   {
     std::vector<double> u(static_cast<size_t>(GT) * R * d);
     double buf[R * VBMAX];
@@ -664,7 +667,7 @@ void Engine::run_diag_compat() {
   while (t_ < opt_.k) {
     const int64_t m = static_cast<int64_t>(alive.size());
     const bool conflict = t_ > 0;
-#pragma omp parallel for num_threads(nt_) schedule(static) if (m > 256)
+#pragma omp parallel for num_threads(nt_) schedule(static) if (m * d_ > kParallelWork)
     for (int64_t c = 0; c < m; ++c) {
       const int64_t i = alive[c];
       const char* ri = row(i);

@@ -1,0 +1,194 @@
+"""Selection at scale (issue: near-roofline kernels, half precision, memory maps, a million rows).
+
+    python bench/scale_bench.py --quick            # seconds; CI runs this so it cannot rot
+    python bench/scale_bench.py --only 1,2,3       # the comparisons recorded in bench/RESULTS.md
+    python bench/scale_bench.py --only 4,5 --budget 900
+
+1. roofline: one naive step vs one numpy GEMV over the same G (float32, float16)
+2. n=1e5, d=1024, k=1e4, λ=0.1: lazy vs vectorised numpy non-lazy (prefix, extrapolated)
+3. n=2e4, d=512, k=2e3: lazy vs greedy DPP MAP over an explicit n×n kernel (fast-map-dpp way)
+4. n=1e6, d=1024, float16 memmap (2 GB), k=1e5: lazy and stochastic
+5. n=2.7e5, d=8192, float16 (4.4 GB memmap), k=2.7e4: lazy
+Runs 4 and 5 stop at --budget seconds (through the progress callback) and report how far they got.
+Every comparison runs in one process on the same data. Data are generated deterministically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from datagen import clustered_features  # noqa: E402
+from memwatch import peak_extra  # noqa: E402
+
+import spice  # noqa: E402
+from spice.reference import greedy_numpy  # noqa: E402
+
+OUT = os.path.join(os.path.dirname(__file__), "out")
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def step_time(G: np.ndarray, lam: float, k: int = 40) -> float:
+    """Seconds per naive step (difference of a k-pick and a 1-pick run)."""
+    spice.select(G, 1, conflict_penalty=lam, method="naive")
+    t = time.perf_counter()
+    spice.select(G, 1, conflict_penalty=lam, method="naive")
+    t1 = time.perf_counter() - t
+    t = time.perf_counter()
+    spice.select(G, k, conflict_penalty=lam, method="naive")
+    tk = time.perf_counter() - t
+    return max(1e-9, (tk - t1) / (k - 1))
+
+
+def bench_roofline(n: int, d: int) -> None:
+    G = clustered_features(n, d, seed=2)
+    w = np.random.default_rng(0).standard_normal(d).astype(np.float32)
+    G @ w
+    reps = 20
+    t = time.perf_counter()
+    for _ in range(reps):
+        G @ w
+    gemv = (time.perf_counter() - t) / reps
+    print(f"\n## 1. Roofline, n={n}, d={d}\nnumpy float32 GEMV: {gemv * 1e3:.2f} ms "
+          f"({G.nbytes / gemv / 1e9:.1f} GB/s)\n")
+    print("| G dtype | λ | naive step (ms) | GB/s | vs numpy float32 GEMV time |")
+    print("|---|---|---|---|---|")
+    for dt in (np.float32, np.float16):
+        H = G.astype(dt)
+        for lam in (0.0, 0.1):
+            st = step_time(H, lam)
+            print(f"| {np.dtype(dt).name} | {lam} | {st * 1e3:.2f} | {H.nbytes / st / 1e9:.1f} "
+                  f"| {gemv / st:.2f}× |", flush=True)
+        del H
+    for th in (1, 2):
+        t = time.perf_counter()
+        spice.select(G, 30, conflict_penalty=0.1, method="naive", threads=th)
+        print(f"threads={th}: 30 naive picks in {time.perf_counter() - t:.2f} s", flush=True)
+
+
+def bench_vs_numpy(n: int, d: int, k: int, prefix: int) -> None:
+    G = clustered_features(n, d, seed=1)
+    print(f"\n## 2. Lazy vs vectorised numpy non-lazy, n={n}, d={d}, k={k}, λ=0.1")
+    with peak_extra() as m:
+        lazy = spice.select(G, k, conflict_penalty=0.1, method="lazy")
+    pk = min(prefix, k)
+    t = time.perf_counter()
+    ref = greedy_numpy(G, pk, lam=0.1)
+    tn = (time.perf_counter() - t) * k / pk
+    same = int(np.sum(ref["indices"] == lazy.indices[:pk]))
+    print(f"lazy {m['s']:.2f} s (extra memory {m['extra_bytes'] / G.nbytes:.3f}× G, "
+          f"{lazy.evaluations:.3g} evaluations, {lazy.dot_products:.3g} dot products); "
+          f"numpy {tn:.1f} s (extrapolated from {pk} steps) -> {tn / m['s']:.1f}× ; "
+          f"first {pk} picks equal: {same}/{pk}", flush=True)
+
+
+def dpp_map_explicit(G: np.ndarray, k: int, alpha: float = 1.0) -> list[int]:
+    """Chen et al. 2018 fast greedy MAP on the explicit kernel L = I + α G Gᵀ (numpy)."""
+    X = G.astype(np.float64)
+    L = alpha * (X @ X.T.copy())
+    L[np.diag_indices_from(L)] += 1.0
+    n = L.shape[0]
+    cis = np.zeros((k, n))
+    di2 = np.diag(L).copy()
+    j = int(np.argmax(di2))
+    out = [j]
+    while len(out) < k:
+        t = len(out) - 1
+        eis = (L[j, :] - cis[:t, j] @ cis[:t, :]) / math.sqrt(di2[j])
+        cis[t, :] = eis
+        di2 -= eis**2
+        di2[out] = -np.inf
+        j = int(np.argmax(di2))
+        out.append(j)
+    return out
+
+
+def bench_vs_dpp(n: int, d: int, k: int) -> None:
+    G = clustered_features(n, d, seed=3)
+    print(f"\n## 3. Lazy vs explicit-kernel DPP MAP, n={n}, d={d}, k={k}, λ=0")
+    t = time.perf_counter()
+    lazy = spice.select(G, k, conflict_penalty=0.0, method="lazy")
+    tl = time.perf_counter() - t
+    t = time.perf_counter()
+    ref = dpp_map_explicit(G, k)
+    td = time.perf_counter() - t
+    print(f"spice lazy {tl:.2f} s; numpy DPP MAP (kernel build included) {td:.2f} s -> "
+          f"{td / tl:.1f}×; identical picks: {lazy.indices.tolist() == ref}", flush=True)
+
+
+def memmap_features(path: str, n: int, d: int, seed: int) -> np.memmap:
+    if os.path.exists(path) and os.path.getsize(path) == n * d * 2:
+        return np.memmap(path, dtype=np.float16, mode="r", shape=(n, d))
+    mm = np.memmap(path, dtype=np.float16, mode="w+", shape=(n, d))
+    clustered_features(n, d, seed=seed, dtype=np.float16, out=mm, dup=0.0)
+    mm.flush()
+    del mm
+    return np.memmap(path, dtype=np.float16, mode="r", shape=(n, d))
+
+
+def run_budgeted(G, k: int, method: str, budget: float, **kw):
+    def cb(picks, _budget, _evals, elapsed):
+        return elapsed < budget
+
+    t = time.perf_counter()
+    sel = spice.select(G, k, method=method, progress=cb, **kw)
+    return sel, time.perf_counter() - t
+
+
+def bench_big(tag: str, n: int, d: int, k: int, budget: float, methods: list[str]) -> None:
+    os.makedirs(OUT, exist_ok=True)
+    path = os.path.join(OUT, f"feats_{n}x{d}_f16.bin")
+    t = time.perf_counter()
+    G = memmap_features(path, n, d, seed=4)
+    print(f"\n## {tag}. n={n}, d={d}, float16 memmap ({G.nbytes / 2**30:.2f} GiB), k={k}, "
+          f"λ=0.1 (data ready in {time.perf_counter() - t:.0f} s)")
+    print("| method | picks | time (s) | stop | logdet | evaluations | peak RSS (MiB) |")
+    print("|---|---|---|---|---|---|---|")
+    for m in methods:
+        sel, el = run_budgeted(G, k, m, budget, conflict_penalty=0.1)
+        print(f"| {m} | {len(sel)} | {el:.1f} | {sel.stop_reason} | {sel.logdet:.6g} "
+              f"| {sel.evaluations:.3g} | {rss_mb():.0f} |", flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default="1,2,3")
+    ap.add_argument("--budget", type=float, default=900.0)
+    ap.add_argument("--prefix", type=int, default=500)
+    args = ap.parse_args()
+    print(f"# spice {spice.__version__}, kernels {spice.kernel_isa()}, {os.cpu_count()} CPUs")
+    if args.quick:
+        bench_roofline(4000, 128)
+        bench_vs_numpy(3000, 64, 300, 100)
+        bench_vs_dpp(1500, 32, 150)
+        return 0
+    only = {int(x) for x in args.only.split(",")}
+    if 1 in only:
+        bench_roofline(100_000, 1024)
+    if 2 in only:
+        bench_vs_numpy(100_000, 1024, 10_000, args.prefix)
+    if 3 in only:
+        bench_vs_dpp(20_000, 512, 2_000)
+    if 4 in only:
+        bench_big("4", 1_000_000, 1024, 100_000, args.budget, ["stochastic", "lazy"])
+    if 5 in only:
+        bench_big("5", 270_000, 8192, 27_000, args.budget, ["lazy"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
