@@ -50,7 +50,9 @@ def _free_port() -> int:
 
 def _launch(script: Path, args: list[str], world: int = 2) -> list[str]:
     port = _free_port()
-    src = str(Path(__file__).resolve().parents[1] / "python")
+    import spice  # the package under test, wherever it is installed (site-packages or python/)
+
+    src = str(Path(spice.__file__).resolve().parents[1])
     procs = []
     for rank in range(world):
         env = {

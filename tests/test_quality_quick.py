@@ -24,8 +24,11 @@ def test_quality_quick(tmp_path):
     out = tmp_path / "q"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false")  # fmt: skip
+    import spice  # the package under test, wherever it is installed (site-packages or python/)
+
+    src = str(Path(spice.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT / "python")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        [src] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     )
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "quality" / "run.py"), "--quick", "--out", str(out)],
