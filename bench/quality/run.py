@@ -42,7 +42,7 @@ MAIN = ["random", "full", "topk-compat", "diag-compat", "fisher", "spice", "spic
 CURVE = ["random", "fisher", "spice"]
 
 FULL = dict(n_pool=2000, n_test=40, n_val=8, warm_frac=0.05, warm_steps=150, dim=512,
-            steps=150, batch=16, lr=3e-3, seeds=[0, 1, 2], budgets=[0.01, 0.05, 0.10, 0.25])
+            steps=300, batch=32, lr=2e-3, seeds=[0, 1, 2], budgets=[0.01, 0.05, 0.10, 0.25])
 QUICK = dict(n_pool=160, n_test=6, n_val=3, warm_frac=0.1, warm_steps=4, dim=64,
              steps=3, batch=8, lr=3e-3, seeds=[0], budgets=[0.05, 0.10])
 
@@ -215,6 +215,45 @@ def main(argv: list[str] | None = None) -> int:
             f"({ts.wall_s:.1f}s)")
         return r
 
+    # ---- aggregate + write --------------------------------------------------------------------
+    def write(final: bool) -> None:
+        table = {}
+        for name in MAIN:
+            rs = [r for r in runs if r["selector"] == name and r["budget"] in (main_budget, 1.0)]
+            if not rs:
+                continue
+            row = {}
+            for col in list(FAMILIES) + ["overall"]:
+                row[col] = mean_std([r["acc"][col] for r in rs])
+            row["train_s"] = mean_std([r["train_s"] for r in rs])
+            row["examples_seen"] = rs[0]["examples"]
+            row["loss_tokens"] = mean_std([r["loss_tokens"] for r in rs])
+            table[name] = row
+        curve = {}
+        for name in CURVE:
+            curve[name] = {}
+            for b in sorted(set(cfg["budgets"]) | {main_budget}):
+                rs = [r for r in runs if r["selector"] == name and abs(r["budget"] - b) < 1e-9]
+                if rs:
+                    curve[name][str(b)] = mean_std([r["acc"]["overall"] for r in rs])
+        wall = time.perf_counter() - t_start
+        machine = {"platform": platform.platform(), "python": platform.python_version(),
+                   "torch": torch.__version__, "cpus": os.cpu_count(), "threads": args.threads,
+                   "processor": platform.processor()}  # fmt: skip
+        cmd = "PYTHONPATH=python python bench/quality/run.py " + " ".join(sys.argv[1:])
+        result = {"config": cfg, "quick": args.quick, "command": cmd.strip(), "machine": machine,
+                  "alpha": alpha, "k": k10, "n": n, "defect_rates": mix.defect_rates(),
+                  "proxy_params": M.n_params(proxy),
+                  "target_params": M.n_params(M.build(M.TARGET, len(tok), 0)),
+                  "cost_s": {"proxy_warmup": warm_s, "features": feat_s, "selection": sel_s},
+                  "online_note": online_note, "selectors": MAIN, "table": table,
+                  "subset_stats": stats, "theory": theory, "curve": curve, "runs": runs,
+                  "wall_s": wall, "complete": final}  # fmt: skip
+        (out / "results.json").write_text(json.dumps(result, indent=1, default=float))
+        (out / "results.md").write_text(render_md(result))
+        if final and (not args.quick or os.environ.get("SPICE_QUALITY_PLOT")):
+            plot(curve, out / "budget.png")
+
     for seed in cfg["seeds"]:
         for name in MAIN:
             if name not in picks:
@@ -223,49 +262,15 @@ def main(argv: list[str] | None = None) -> int:
             if name == "random":
                 idx = S.random_pick(n, k10, seed).indices
             runs.append(train_eval(name, 1.0 if name == "full" else main_budget, idx, seed))
+            write(False)
+    for seed in cfg["seeds"]:
         for (name, b), idx in curve_jobs.items():
             if idx is None:
                 idx = S.random_pick(n, max(1, int(round(b * n))), seed).indices
             runs.append(train_eval(name, b, idx, seed))
-
-    # ---- aggregate + write --------------------------------------------------------------------
-    table = {}
-    for name in MAIN:
-        rs = [r for r in runs if r["selector"] == name and r["budget"] in (main_budget, 1.0)]
-        if not rs:
-            continue
-        row = {}
-        for col in list(FAMILIES) + ["overall"]:
-            row[col] = mean_std([r["acc"][col] for r in rs])
-        row["train_s"] = mean_std([r["train_s"] for r in rs])
-        row["examples_seen"] = rs[0]["examples"]
-        row["loss_tokens"] = mean_std([r["loss_tokens"] for r in rs])
-        table[name] = row
-    curve = {}
-    for name in CURVE:
-        curve[name] = {}
-        for b in sorted(set(cfg["budgets"]) | {main_budget}):
-            rs = [r for r in runs if r["selector"] == name and abs(r["budget"] - b) < 1e-9]
-            if rs:
-                curve[name][str(b)] = mean_std([r["acc"]["overall"] for r in rs])
-    wall = time.perf_counter() - t_start
-    machine = {"platform": platform.platform(), "python": platform.python_version(),
-               "torch": torch.__version__, "cpus": os.cpu_count(), "threads": args.threads,
-               "processor": platform.processor()}  # fmt: skip
-    cmd = "PYTHONPATH=python python bench/quality/run.py " + " ".join(sys.argv[1:])
-    result = {"config": cfg, "quick": args.quick, "command": cmd.strip(), "machine": machine,
-              "alpha": alpha, "k": k10, "n": n, "defect_rates": mix.defect_rates(),
-              "proxy_params": M.n_params(proxy),
-              "target_params": M.n_params(M.build(M.TARGET, len(tok), 0)),
-              "cost_s": {"proxy_warmup": warm_s, "features": feat_s, "selection": sel_s},
-              "online_note": online_note, "selectors": MAIN, "table": table,
-              "subset_stats": stats, "theory": theory, "curve": curve, "runs": runs,
-              "wall_s": wall}  # fmt: skip
-    (out / "results.json").write_text(json.dumps(result, indent=1, default=float))
-    (out / "results.md").write_text(render_md(result))
-    if not args.quick or os.environ.get("SPICE_QUALITY_PLOT"):
-        plot(curve, out / "budget.png")
-    log(f"done in {wall:.0f}s -> {out}")
+            write(False)
+    write(True)
+    log(f"done in {time.perf_counter() - t_start:.0f}s -> {out}")
     return 0
 
 
@@ -278,6 +283,9 @@ def _f(ms, pct: bool = True) -> str:
 
 def render_md(r: dict) -> str:
     L = []
+    if not r.get("complete"):
+        L.append(f"**PARTIAL** (in progress or cut short: {len(r['runs'])} training runs so far)")
+        L.append("")
     L.append(f"Command: `{r['command']}`  ")
     L.append(f"Machine: {r['machine']['platform']}, {r['machine']['cpus']} CPUs, "
              f"{r['machine']['threads']} torch threads, torch {r['machine']['torch']}  ")
