@@ -101,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool", type=int, help="pool size")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 is fastest on a shared 2-core machine)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="where to train and evaluate the proxy and targets")
+    ap.add_argument("--target-hidden", type=int, help="target hidden size (default 128)")
+    ap.add_argument("--target-layers", type=int, help="target layers (default 4)")
     ap.add_argument("--no-curve", action="store_true", help="skip the accuracy-vs-budget runs")
     args = ap.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
@@ -113,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.pool:
         cfg["n_pool"] = args.pool
     torch.set_num_threads(args.threads)
+    if args.target_hidden:
+        M.TARGET.update(hidden_size=args.target_hidden, intermediate_size=2 * args.target_hidden)
+    if args.target_layers:
+        M.TARGET.update(num_hidden_layers=args.target_layers)
+    dev = args.device
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -130,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"pool {n} records, defects {mix.defect_rates()}")
 
     t0 = time.perf_counter()
-    proxy = M.build(M.PROXY, len(tok), seed=1234)
+    proxy = M.build(M.PROXY, len(tok), seed=1234, device=dev)
     rng = np.random.default_rng(0)
     warm = rng.choice(n, size=max(8, int(cfg["warm_frac"] * n)), replace=False)
     M.train(proxy, T, warm, cfg["warm_steps"], cfg["batch"], cfg["lr"], 0, pad)
@@ -205,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict] = []
 
     def train_eval(name: str, budget: float, idx: np.ndarray, seed: int) -> dict:
-        model = M.build(M.TARGET, len(tok), seed=seed)
+        model = M.build(M.TARGET, len(tok), seed=seed, device=dev)
         ts = M.train(model, T, idx, cfg["steps"], cfg["batch"], cfg["lr"], seed, pad)
         acc = M.evaluate(model, tok, mix.test)
         r = {"selector": name, "budget": budget, "seed": seed, "size": int(len(idx)),
@@ -239,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - t_start
         machine = {"platform": platform.platform(), "python": platform.python_version(),
                    "torch": torch.__version__, "cpus": os.cpu_count(), "threads": args.threads,
-                   "processor": platform.processor()}  # fmt: skip
+                   "processor": platform.processor(), "device": dev,
+                   "target": dict(M.TARGET), "proxy": dict(M.PROXY)}  # fmt: skip
         cmd = "PYTHONPATH=python python bench/quality/run.py " + " ".join(sys.argv[1:])
         result = {"config": cfg, "quick": args.quick, "command": cmd.strip(), "machine": machine,
                   "alpha": alpha, "k": k10, "n": n, "defect_rates": mix.defect_rates(),
