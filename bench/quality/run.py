@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     def write(final: bool) -> None:
         table = {}
         for name in MAIN:
-            rs = [r for r in runs if r["selector"] == name and r["budget"] in (main_budget, 1.0)]
+            want = 1.0 if name == "full" else main_budget
+            rs = [r for r in runs if r["selector"] == name and abs(r["budget"] - want) < 1e-9]
             if not rs:
                 continue
             row = {}
