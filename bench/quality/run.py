@@ -16,6 +16,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse  # noqa: E402
+import copy  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
@@ -180,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                      tok)
     lu = M.response_losses(proxy, unc, pad)
     picks["ifd"] = S.ifd_pick(lc, lu, k10)
-    online, online_note = try_online(proxy, tok, records, out / "online", k10)
+    # a copy: the online schedule trains its proxy as it goes
+    online, online_note = try_online(copy.deepcopy(proxy), tok, records, out / "online", k10)
     if online is not None:
         picks["online"] = online
     sel_s = time.perf_counter() - t0
