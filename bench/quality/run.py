@@ -63,7 +63,10 @@ def features(proxy, tok, records, out: Path, dim: int):
     return np.ascontiguousarray(np.asarray(st.features, dtype=np.float32))
 
 
-def try_online(proxy, tok, records, out: Path, k: int) -> tuple[S.Pick | None, str]:
+def try_online(proxy, tok, records, out: Path, k: int, alpha: float,
+               dim: int) -> tuple[S.Pick | None, str]:
+    """SPICE with the paper's online schedule (pools of 120, 12 picks, proxy step every 10
+    pools), when ``spice.online`` exists; same α, feature dimension and LoRA rank as offline."""
     try:
         import spice.online as on
         from spice.online import run_online
@@ -74,15 +77,17 @@ def try_online(proxy, tok, records, out: Path, k: int) -> tuple[S.Pick | None, s
                        None)  # fmt: skip
         cfg = None
         if cfg_cls is not None:
-            for kw in ({"k": k}, {"budget": k}, {}):
-                try:
-                    cfg = cfg_cls(**kw)
-                    break
-                except TypeError:
-                    continue
+            import dataclasses
+
+            names = {f.name for f in dataclasses.fields(cfg_cls)}
+            want = {"alpha": alpha, "dim": dim, "max_length": M.MAX_LEN, "batch_size": 32,
+                    "conflict_penalty": 0.1, "objective": "logdet", "projection": "factorized",
+                    "lora_r": 8, "loss_on": "response", "seed": 0}  # fmt: skip
+            cfg = cfg_cls(**{key: v for key, v in want.items() if key in names})
         res = run_online(proxy, tok, records, str(out), cfg)
         idx = np.asarray(res.indices, dtype=np.int64)[:k]
-        return S.Pick(idx), "spice.online.run_online"
+        return S.Pick(idx, extra={"online_picks": int(len(res.indices))}), (
+            f"spice.online.run_online ({len(res.indices)} picks, first {len(idx)} used)")
     except Exception as e:  # noqa: BLE001
         return None, f"skipped: run_online failed ({type(e).__name__}: {str(e)[:120]})"
 
@@ -106,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="where to train and evaluate the proxy and targets")
     ap.add_argument("--target-hidden", type=int, help="target hidden size (default 128)")
     ap.add_argument("--target-layers", type=int, help="target layers (default 4)")
+    ap.add_argument("--only", nargs="+", choices=MAIN, help="train only these selectors")
     ap.add_argument("--no-curve", action="store_true", help="skip the accuracy-vs-budget runs")
     args = ap.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
@@ -182,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     lu = M.response_losses(proxy, unc, pad)
     picks["ifd"] = S.ifd_pick(lc, lu, k10)
     # a copy: the online schedule trains its proxy as it goes
-    online, online_note = try_online(copy.deepcopy(proxy), tok, records, out / "online", k10)
+    online, online_note = try_online(copy.deepcopy(proxy), tok, records, out / "online", k10,
+                                      alpha, cfg["dim"])
     if online is not None:
         picks["online"] = online
     sel_s = time.perf_counter() - t0
@@ -269,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for seed in cfg["seeds"]:
         for name in MAIN:
-            if name not in picks:
+            if name not in picks or (args.only and name not in args.only):
                 continue
             idx = picks[name].indices
             if name == "random":
