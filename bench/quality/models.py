@@ -42,13 +42,13 @@ def make_tokenizer():
                                    pad_token="<pad>")  # fmt: skip
 
 
-def build(kind: dict, vocab: int, seed: int):
+def build(kind: dict, vocab: int, seed: int, device: str = "cpu"):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=vocab, max_position_embeddings=128, attn_implementation="eager",
                       tie_word_embeddings=True, **kind)  # fmt: skip
-    return LlamaForCausalLM(cfg)
+    return LlamaForCausalLM(cfg).to(device)
 
 
 def n_params(model) -> int:
@@ -99,6 +99,7 @@ def train(model, tok: Tokenized, subset: np.ndarray, steps: int, batch_size: int
     """AdamW for exactly ``steps`` steps of ``batch_size`` examples drawn by epoch-wise shuffles
     of ``subset`` (so every subset costs the same compute); linear warm-up and decay."""
     t0 = time.perf_counter()
+    dev = next(model.parameters()).device
     model.train()
     rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
@@ -115,7 +116,7 @@ def train(model, tok: Tokenized, subset: np.ndarray, steps: int, batch_size: int
             if not order:
                 order = list(rng.permutation(subset))
             rows.append(int(order.pop()))
-        x, att, y = _batch(tok, rows, pad)
+        x, att, y = (t.to(dev) for t in _batch(tok, rows, pad))
         out = model(input_ids=x, attention_mask=att, labels=y)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
@@ -145,9 +146,11 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_new: int = 12,
         for j, e in enumerate(enc):
             x[j, T - len(e):] = torch.tensor(e)
             att[j, T - len(e):] = 1
-        gen = model.generate(input_ids=x, attention_mask=att, max_new_tokens=max_new,
-                             do_sample=False, pad_token_id=pad, eos_token_id=eos)  # fmt: skip
-        for row in gen[:, T:].tolist():
+        dev = next(model.parameters()).device
+        gen = model.generate(input_ids=x.to(dev), attention_mask=att.to(dev),
+                             max_new_tokens=max_new, do_sample=False, pad_token_id=pad,
+                             eos_token_id=eos)  # fmt: skip
+        for row in gen[:, T:].cpu().tolist():
             if eos in row:
                 row = row[: row.index(eos)]
             out.append(tokenizer.decode(row, skip_special_tokens=True))
@@ -177,11 +180,12 @@ def response_losses(model, tok: Tokenized, pad: int, batch_size: int = 64) -> np
     out = np.zeros(len(tok.ids))
     for s in range(0, len(tok.ids), batch_size):
         rows = list(range(s, min(len(tok.ids), s + batch_size)))
-        x, att, y = _batch(tok, rows, pad)
+        dev = next(model.parameters()).device
+        x, att, y = (t.to(dev) for t in _batch(tok, rows, pad))
         logits = model(input_ids=x, attention_mask=att).logits[:, :-1].float()
         tgt = y[:, 1:]
         ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt.clamp_min(0),
                                                reduction="none")  # fmt: skip
         m = (tgt != -100).float()
-        out[s:s + len(rows)] = ((ce * m).sum(1) / m.sum(1).clamp_min(1)).numpy()
+        out[s:s + len(rows)] = ((ce * m).sum(1) / m.sum(1).clamp_min(1)).cpu().numpy()
     return out

@@ -16,6 +16,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse  # noqa: E402
+import copy  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
@@ -42,7 +43,7 @@ MAIN = ["random", "full", "topk-compat", "diag-compat", "fisher", "spice", "spic
 CURVE = ["random", "fisher", "spice"]
 
 FULL = dict(n_pool=2000, n_test=40, n_val=8, warm_frac=0.05, warm_steps=150, dim=512,
-            steps=150, batch=16, lr=3e-3, seeds=[0, 1, 2], budgets=[0.01, 0.05, 0.10, 0.25])
+            steps=300, batch=32, lr=2e-3, seeds=[0, 1, 2], budgets=[0.01, 0.05, 0.10, 0.25])
 QUICK = dict(n_pool=160, n_test=6, n_val=3, warm_frac=0.1, warm_steps=4, dim=64,
              steps=3, batch=8, lr=3e-3, seeds=[0], budgets=[0.05, 0.10])
 
@@ -62,7 +63,10 @@ def features(proxy, tok, records, out: Path, dim: int):
     return np.ascontiguousarray(np.asarray(st.features, dtype=np.float32))
 
 
-def try_online(proxy, tok, records, out: Path, k: int) -> tuple[S.Pick | None, str]:
+def try_online(proxy, tok, records, out: Path, k: int, alpha: float,
+               dim: int) -> tuple[S.Pick | None, str]:
+    """SPICE with the paper's online schedule (pools of 120, 12 picks, proxy step every 10
+    pools), when ``spice.online`` exists; same α, feature dimension and LoRA rank as offline."""
     try:
         import spice.online as on
         from spice.online import run_online
@@ -73,15 +77,17 @@ def try_online(proxy, tok, records, out: Path, k: int) -> tuple[S.Pick | None, s
                        None)  # fmt: skip
         cfg = None
         if cfg_cls is not None:
-            for kw in ({"k": k}, {"budget": k}, {}):
-                try:
-                    cfg = cfg_cls(**kw)
-                    break
-                except TypeError:
-                    continue
+            import dataclasses
+
+            names = {f.name for f in dataclasses.fields(cfg_cls)}
+            want = {"alpha": alpha, "dim": dim, "max_length": M.MAX_LEN, "batch_size": 32,
+                    "conflict_penalty": 0.1, "objective": "logdet", "projection": "factorized",
+                    "lora_r": 8, "loss_on": "response", "seed": 0}  # fmt: skip
+            cfg = cfg_cls(**{key: v for key, v in want.items() if key in names})
         res = run_online(proxy, tok, records, str(out), cfg)
         idx = np.asarray(res.indices, dtype=np.int64)[:k]
-        return S.Pick(idx), "spice.online.run_online"
+        return S.Pick(idx, extra={"online_picks": int(len(res.indices))}), (
+            f"spice.online.run_online ({len(res.indices)} picks, first {len(idx)} used)")
     except Exception as e:  # noqa: BLE001
         return None, f"skipped: run_online failed ({type(e).__name__}: {str(e)[:120]})"
 
@@ -101,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool", type=int, help="pool size")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 is fastest on a shared 2-core machine)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="where to train and evaluate the proxy and targets")
+    ap.add_argument("--target-hidden", type=int, help="target hidden size (default 128)")
+    ap.add_argument("--target-layers", type=int, help="target layers (default 4)")
+    ap.add_argument("--only", nargs="+", choices=MAIN, help="train only these selectors")
     ap.add_argument("--no-curve", action="store_true", help="skip the accuracy-vs-budget runs")
     args = ap.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
@@ -113,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.pool:
         cfg["n_pool"] = args.pool
     torch.set_num_threads(args.threads)
+    if args.target_hidden:
+        M.TARGET.update(hidden_size=args.target_hidden, intermediate_size=2 * args.target_hidden)
+    if args.target_layers:
+        M.TARGET.update(num_hidden_layers=args.target_layers)
+    dev = args.device
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -130,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"pool {n} records, defects {mix.defect_rates()}")
 
     t0 = time.perf_counter()
-    proxy = M.build(M.PROXY, len(tok), seed=1234)
+    proxy = M.build(M.PROXY, len(tok), seed=1234, device=dev)
     rng = np.random.default_rng(0)
     warm = rng.choice(n, size=max(8, int(cfg["warm_frac"] * n)), replace=False)
     M.train(proxy, T, warm, cfg["warm_steps"], cfg["batch"], cfg["lr"], 0, pad)
@@ -171,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
                      tok)
     lu = M.response_losses(proxy, unc, pad)
     picks["ifd"] = S.ifd_pick(lc, lu, k10)
-    online, online_note = try_online(proxy, tok, records, out / "online", k10)
+    # a copy: the online schedule trains its proxy as it goes
+    online, online_note = try_online(copy.deepcopy(proxy), tok, records, out / "online", k10,
+                                      alpha, cfg["dim"])
     if online is not None:
         picks["online"] = online
     sel_s = time.perf_counter() - t0
@@ -205,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict] = []
 
     def train_eval(name: str, budget: float, idx: np.ndarray, seed: int) -> dict:
-        model = M.build(M.TARGET, len(tok), seed=seed)
+        model = M.build(M.TARGET, len(tok), seed=seed, device=dev)
         ts = M.train(model, T, idx, cfg["steps"], cfg["batch"], cfg["lr"], seed, pad)
         acc = M.evaluate(model, tok, mix.test)
         r = {"selector": name, "budget": budget, "seed": seed, "size": int(len(idx)),
@@ -215,57 +233,64 @@ def main(argv: list[str] | None = None) -> int:
             f"({ts.wall_s:.1f}s)")
         return r
 
+    # ---- aggregate + write --------------------------------------------------------------------
+    def write(final: bool) -> None:
+        table = {}
+        for name in MAIN:
+            want = 1.0 if name == "full" else main_budget
+            rs = [r for r in runs if r["selector"] == name and abs(r["budget"] - want) < 1e-9]
+            if not rs:
+                continue
+            row = {}
+            for col in list(FAMILIES) + ["overall"]:
+                row[col] = mean_std([r["acc"][col] for r in rs])
+            row["train_s"] = mean_std([r["train_s"] for r in rs])
+            row["examples_seen"] = rs[0]["examples"]
+            row["loss_tokens"] = mean_std([r["loss_tokens"] for r in rs])
+            table[name] = row
+        curve = {}
+        for name in CURVE:
+            curve[name] = {}
+            for b in sorted(set(cfg["budgets"]) | {main_budget}):
+                rs = [r for r in runs if r["selector"] == name and abs(r["budget"] - b) < 1e-9]
+                if rs:
+                    curve[name][str(b)] = mean_std([r["acc"]["overall"] for r in rs])
+        wall = time.perf_counter() - t_start
+        machine = {"platform": platform.platform(), "python": platform.python_version(),
+                   "torch": torch.__version__, "cpus": os.cpu_count(), "threads": args.threads,
+                   "processor": platform.processor(), "device": dev,
+                   "target": dict(M.TARGET), "proxy": dict(M.PROXY)}  # fmt: skip
+        cmd = "PYTHONPATH=python python bench/quality/run.py " + " ".join(sys.argv[1:])
+        result = {"config": cfg, "quick": args.quick, "command": cmd.strip(), "machine": machine,
+                  "alpha": alpha, "k": k10, "n": n, "defect_rates": mix.defect_rates(),
+                  "proxy_params": M.n_params(proxy),
+                  "target_params": M.n_params(M.build(M.TARGET, len(tok), 0)),
+                  "cost_s": {"proxy_warmup": warm_s, "features": feat_s, "selection": sel_s},
+                  "online_note": online_note, "selectors": MAIN, "table": table,
+                  "subset_stats": stats, "theory": theory, "curve": curve, "runs": runs,
+                  "wall_s": wall, "complete": final}  # fmt: skip
+        (out / "results.json").write_text(json.dumps(result, indent=1, default=float))
+        (out / "results.md").write_text(render_md(result))
+        if final and (not args.quick or os.environ.get("SPICE_QUALITY_PLOT")):
+            plot(curve, out / "budget.png")
+
     for seed in cfg["seeds"]:
         for name in MAIN:
-            if name not in picks:
+            if name not in picks or (args.only and name not in args.only):
                 continue
             idx = picks[name].indices
             if name == "random":
                 idx = S.random_pick(n, k10, seed).indices
             runs.append(train_eval(name, 1.0 if name == "full" else main_budget, idx, seed))
+            write(False)
+    for seed in cfg["seeds"]:
         for (name, b), idx in curve_jobs.items():
             if idx is None:
                 idx = S.random_pick(n, max(1, int(round(b * n))), seed).indices
             runs.append(train_eval(name, b, idx, seed))
-
-    # ---- aggregate + write --------------------------------------------------------------------
-    table = {}
-    for name in MAIN:
-        rs = [r for r in runs if r["selector"] == name and r["budget"] in (main_budget, 1.0)]
-        if not rs:
-            continue
-        row = {}
-        for col in list(FAMILIES) + ["overall"]:
-            row[col] = mean_std([r["acc"][col] for r in rs])
-        row["train_s"] = mean_std([r["train_s"] for r in rs])
-        row["examples_seen"] = rs[0]["examples"]
-        row["loss_tokens"] = mean_std([r["loss_tokens"] for r in rs])
-        table[name] = row
-    curve = {}
-    for name in CURVE:
-        curve[name] = {}
-        for b in sorted(set(cfg["budgets"]) | {main_budget}):
-            rs = [r for r in runs if r["selector"] == name and abs(r["budget"] - b) < 1e-9]
-            if rs:
-                curve[name][str(b)] = mean_std([r["acc"]["overall"] for r in rs])
-    wall = time.perf_counter() - t_start
-    machine = {"platform": platform.platform(), "python": platform.python_version(),
-               "torch": torch.__version__, "cpus": os.cpu_count(), "threads": args.threads,
-               "processor": platform.processor()}  # fmt: skip
-    cmd = "PYTHONPATH=python python bench/quality/run.py " + " ".join(sys.argv[1:])
-    result = {"config": cfg, "quick": args.quick, "command": cmd.strip(), "machine": machine,
-              "alpha": alpha, "k": k10, "n": n, "defect_rates": mix.defect_rates(),
-              "proxy_params": M.n_params(proxy),
-              "target_params": M.n_params(M.build(M.TARGET, len(tok), 0)),
-              "cost_s": {"proxy_warmup": warm_s, "features": feat_s, "selection": sel_s},
-              "online_note": online_note, "selectors": MAIN, "table": table,
-              "subset_stats": stats, "theory": theory, "curve": curve, "runs": runs,
-              "wall_s": wall}  # fmt: skip
-    (out / "results.json").write_text(json.dumps(result, indent=1, default=float))
-    (out / "results.md").write_text(render_md(result))
-    if not args.quick or os.environ.get("SPICE_QUALITY_PLOT"):
-        plot(curve, out / "budget.png")
-    log(f"done in {wall:.0f}s -> {out}")
+            write(False)
+    write(True)
+    log(f"done in {time.perf_counter() - t_start:.0f}s -> {out}")
     return 0
 
 
@@ -278,6 +303,9 @@ def _f(ms, pct: bool = True) -> str:
 
 def render_md(r: dict) -> str:
     L = []
+    if not r.get("complete"):
+        L.append(f"**PARTIAL** (in progress or cut short: {len(r['runs'])} training runs so far)")
+        L.append("")
     L.append(f"Command: `{r['command']}`  ")
     L.append(f"Machine: {r['machine']['platform']}, {r['machine']['cpus']} CPUs, "
              f"{r['machine']['threads']} torch threads, torch {r['machine']['torch']}  ")
