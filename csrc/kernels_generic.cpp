@@ -99,24 +99,7 @@ void sqdots_t(const char* const* rows, int R, const double* vec, int64_t d, doub
   for (int r = 0; r < R; ++r) out[r] = sq1<D>(rows[r], vec, d);
 }
 
-void dots(DType dt, const char* const* rows, int R, const double* const* vecs, int V, int64_t d,
-          double* out) {
-  switch (dt) {
-    case DType::F32: return dots_t<DType::F32>(rows, R, vecs, V, d, out);
-    case DType::F64: return dots_t<DType::F64>(rows, R, vecs, V, d, out);
-    case DType::F16: return dots_t<DType::F16>(rows, R, vecs, V, d, out);
-    case DType::BF16: return dots_t<DType::BF16>(rows, R, vecs, V, d, out);
-  }
-}
-
-void sqdots(DType dt, const char* const* rows, int R, const double* vec, int64_t d, double* out) {
-  switch (dt) {
-    case DType::F32: return sqdots_t<DType::F32>(rows, R, vec, d, out);
-    case DType::F64: return sqdots_t<DType::F64>(rows, R, vec, d, out);
-    case DType::F16: return sqdots_t<DType::F16>(rows, R, vec, d, out);
-    case DType::BF16: return sqdots_t<DType::BF16>(rows, R, vec, d, out);
-  }
-}
+#include "kernels_dispatch.inc"
 
 }  // namespace
 

@@ -323,8 +323,16 @@ bool Engine::check_stop_before_pick(const Best& b) {
   return false;
 }
 
-// Record pick j (its delta_/align_/conf_/score_ are current) and extend M^{-1}.
+// Record pick j (its delta_/align_/conf_/score_ are current) and extend M^{-1}. With lambda = 0
+// the conflict was not needed to rank candidates; it is still reported for the pick.
 void Engine::add_pick(int64_t j) {
+  if (!lambda_on() && t_ > 0 && opt_.objective == Objective::LogDet) {
+    double a;
+    const char* rj = row(j);
+    const double* sv = ssum_.data();
+    K_.dots(G_.dtype, &rj, 1, &sv, 1, d_, &a);
+    conflict_of(j, a);
+  }
   res_.indices.push_back(j);
   res_.gains.push_back(delta_[j]);
   res_.base.push_back(base_[j]);
@@ -509,13 +517,6 @@ void Engine::run_naive() {
     const Best b = refresh(alive.data(), static_cast<int64_t>(alive.size()), lambda_on(),
                            std::numeric_limits<int64_t>::max(), false);
     if (check_stop_before_pick(b)) break;
-    if (!lambda_on() && t_ > 0) {  // conflict is reported for the pick even when lambda = 0
-      double a;
-      const char* rj = row(b.idx);
-      const double* sv = ssum_.data();
-      K_.dots(G_.dtype, &rj, 1, &sv, 1, d_, &a);
-      conflict_of(b.idx, a);
-    }
     add_pick(b.idx);
     alive.erase(std::remove_if(alive.begin(), alive.end(),
                                [&](int64_t i) { return state_[i] != kAlive; }),
@@ -601,13 +602,6 @@ void Engine::run_lazy() {
       for (int64_t i : refreshed) heap.push({delta_[i], i});
       break;
     }
-    if (!lambda_on() && t_ > 0) {
-      double a;
-      const char* rj = row(best.idx);
-      const double* sv = ssum_.data();
-      K_.dots(G_.dtype, &rj, 1, &sv, 1, d_, &a);
-      conflict_of(best.idx, a);
-    }
     add_pick(best.idx);
     for (int64_t i : refreshed)
       if (i != best.idx) heap.push({delta_[i], i});
@@ -642,13 +636,6 @@ void Engine::run_stochastic() {
       best = refresh(cand.data(), r, lambda_on());
     }
     if (check_stop_before_pick(best)) break;
-    if (!lambda_on() && t_ > 0) {
-      double a;
-      const char* rj = row(best.idx);
-      const double* sv = ssum_.data();
-      K_.dots(G_.dtype, &rj, 1, &sv, 1, d_, &a);
-      conflict_of(best.idx, a);
-    }
     add_pick(best.idx);
     remaining.erase(std::remove_if(remaining.begin(), remaining.end(),
                                    [&](int64_t i) { return state_[i] != kAlive; }),

@@ -45,6 +45,44 @@ def _from_torch(x: Any) -> tuple[np.ndarray, int] | None:
     return x.numpy(), -1
 
 
+def check_shape(shape: tuple, name: str = "G") -> None:
+    """A feature matrix must be 2-D and non-empty."""
+    if len(shape) != 2:
+        raise ValueError(f"{name} must be 2-D (n examples x d features), got shape {shape}")
+    if shape[0] == 0 or shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {shape}); need n >= 1 and d >= 1")
+
+
+def native_code(dt: Any, bf16: bool, name: str = "G") -> tuple[int, Any]:
+    """(dtype code, None) for dtypes the kernels read in place; (code, cast dtype) for numeric
+    dtypes that must be converted (integers to float32, wider floats to float64)."""
+    dt = np.dtype(dt)
+    if dt == np.float32:
+        return F32, None
+    if dt == np.float64:
+        return F64, None
+    if dt == np.float16:
+        return F16, None
+    if dt == np.uint16 and bf16:
+        return BF16, None
+    if dt.kind == "b":
+        raise TypeError(f"{name} has boolean dtype; gradient features must be floating")
+    if dt.kind in "iu":
+        return F32, np.float32
+    if dt.kind == "f":  # float128 and friends
+        return F64, np.float64
+    raise TypeError(
+        f"{name} has non-numeric dtype {dt}; expected float32, float64, float16 or bfloat16"
+    )
+
+
+def rows_contiguous(arr: Any) -> bool:
+    """Elements inside a row are adjacent and rows are a positive whole number of items apart."""
+    isz = arr.dtype.itemsize
+    return not ((arr.shape[1] > 1 and arr.strides[1] != isz) or (
+        arr.shape[0] > 1 and (arr.strides[0] <= 0 or arr.strides[0] % isz)))
+
+
 def as_features(G: Any, *, name: str = "G", bf16: bool = False) -> tuple[np.ndarray, int]:
     """Return ``(array, dtype_code)`` for the core, copying only when unavoidable.
 
@@ -77,37 +115,16 @@ def as_features(G: Any, *, name: str = "G", bf16: bool = False) -> tuple[np.ndar
             f"{name} must be a 2-D numeric array (numpy, np.memmap or a CPU torch tensor), "
             f"got {type(G).__name__}"
         )
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (n examples x d features), got shape {arr.shape}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {arr.shape}); need n >= 1 and d >= 1")
+    check_shape(arr.shape, name)
     if code < 0:
-        dt = arr.dtype
         bf = _bf16_dtype()
-        if dt == np.float32:
-            code = F32
-        elif dt == np.float64:
-            code = F64
-        elif dt == np.float16:
-            code = F16
-        elif bf is not None and dt == bf:
+        if bf is not None and arr.dtype == bf:
             arr, code = arr.view(np.uint16), BF16
-        elif dt == np.uint16 and bf16:
-            code = BF16
-        elif dt.kind in "iub":
-            if dt.kind == "b":
-                raise TypeError(f"{name} has boolean dtype; gradient features must be floating")
-            arr, code = arr.astype(np.float32), F32
-        elif dt.kind == "f":  # float128 and friends
-            arr, code = arr.astype(np.float64), F64
         else:
-            raise TypeError(
-                f"{name} has non-numeric dtype {dt}; expected float32, float64, float16 or bfloat16"
-            )
-    itemsize = arr.dtype.itemsize
-    if arr.shape[1] > 1 and arr.strides[1] != itemsize or (
-        arr.shape[0] > 1 and (arr.strides[0] <= 0 or arr.strides[0] % itemsize)
-    ):
+            code, cast = native_code(arr.dtype, bf16, name)
+            if cast is not None:
+                arr = arr.astype(cast)
+    if not rows_contiguous(arr):
         arr = np.ascontiguousarray(arr)
     return arr, code
 

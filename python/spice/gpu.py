@@ -200,33 +200,14 @@ def as_device_features(G: Any, *, bf16: bool = False, name: str = "G") -> tuple[
 
         host, code = as_features(G, bf16=bf16, name=name)
         arr = cp.asarray(host)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (n examples x d features), got shape {arr.shape}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {arr.shape}); need n >= 1 and d >= 1")
+    from ._inputs import check_shape, native_code, rows_contiguous
+
+    check_shape(arr.shape, name)
     if code < 0:
-        dt = np.dtype(arr.dtype)
-        if dt == np.float32:
-            code = F32
-        elif dt == np.float64:
-            code = F64
-        elif dt == np.float16:
-            code = F16
-        elif dt == np.uint16 and bf16:
-            code = BF16
-        elif dt.kind in "iu":
-            arr, code = arr.astype(cp.float32), F32
-        elif dt.kind == "b":
-            raise TypeError(f"{name} has boolean dtype; gradient features must be floating")
-        else:
-            raise TypeError(
-                f"{name} has dtype {dt}; the GPU selector takes float32, float64, float16 or "
-                "bfloat16"
-            )
-    isz = arr.dtype.itemsize
-    if (arr.shape[1] > 1 and arr.strides[1] != isz) or (
-        arr.shape[0] > 1 and (arr.strides[0] <= 0 or arr.strides[0] % isz)
-    ):
+        code, cast = native_code(arr.dtype, bf16, name)
+        if cast is not None:
+            arr = arr.astype(cast)
+    if not rows_contiguous(arr):
         arr = cp.ascontiguousarray(arr)
     return arr, code
 
