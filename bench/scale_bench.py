@@ -152,6 +152,8 @@ def bench_big(tag: str, n: int, d: int, k: int, budget: float, methods: list[str
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for spice and numpy's OpenBLAS alike (default: all cores)")
     ap.add_argument("--only", default="1,2,3")
     ap.add_argument("--budget", type=float, default=900.0)
     ap.add_argument("--prefix", type=int, default=500)

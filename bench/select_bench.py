@@ -15,7 +15,11 @@ import argparse
 import os
 import sys
 
-import numpy as np
+if "--threads" in sys.argv:  # before numpy loads OpenBLAS: the same thread count for both sides
+    _n = sys.argv[sys.argv.index("--threads") + 1]
+    os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = _n
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from datagen import clustered_features  # noqa: E402
@@ -59,6 +63,8 @@ def run(n: int, d: int, frac: float, lam: float, prefix: int | None) -> list[dic
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for spice and numpy's OpenBLAS alike (default: all cores)")
     ap.add_argument("--prefix", type=int, default=1000,
                     help="steps run by non-lazy methods when n*k > 1e8 (then extrapolated)")
     ap.add_argument("--lam", type=float, default=0.1)
