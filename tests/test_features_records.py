@@ -10,6 +10,7 @@ from spice.features import RecordError, load_records, tokenize_record
 from spice.features.records import ALPACA_PROMPT, data_fingerprint
 
 pytest_plugins = ["features_fixtures"]
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 ROWS = [
     {"instruction": "add", "input": "1 2", "output": "3"},
