@@ -118,6 +118,16 @@ def build_qwen2(vocab: int = VOCAB, seed: int = 1):
     return Qwen2ForCausalLM(cfg).eval()
 
 
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Run a module's tests with one torch thread (tiny models gain nothing from more, and OpenMP
+    spin-waiting on a busy 2-core CI box made them 5x slower); restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     """Byte-level BPE (vocab 320) with BOS, EOS, pad, no chat template."""

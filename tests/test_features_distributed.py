@@ -14,6 +14,7 @@ import pytest
 from spice.features import LoraSpec, extract, merge_stores
 
 pytest_plugins = ["features_fixtures"]
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 KW = {"dim": 80, "lora": LoraSpec(r=4, init="random"), "batch_size": 4, "shard_rows": 3,
       "progress": False}  # fmt: skip
@@ -75,7 +76,7 @@ def _launch(script: Path, args: list[str], world: int = 2) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, saved_model_dir, record_factory):
+def setup(tmp_path_factory, saved_model_dir, record_factory, torch_one_thread):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     d = tmp_path_factory.mktemp("dist")
@@ -83,14 +84,7 @@ def setup(tmp_path_factory, saved_model_dir, record_factory):
     data.write_text("".join(json.dumps(r) + "\n" for r in record_factory(14, seed=7)))
     model = AutoModelForCausalLM.from_pretrained(saved_model_dir).eval()
     tok = AutoTokenizer.from_pretrained(saved_model_dir)
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # same threading as the workers, for byte-identical float sums
-    try:
-        single = extract(model, tok, data, d / "single", **KW)
-    finally:
-        torch.set_num_threads(threads)
+    single = extract(model, tok, data, d / "single", **KW)  # one thread, like the workers
     script = d / "worker.py"
     script.write_text(WORKER)
     return d, data, single, script
@@ -113,14 +107,7 @@ def test_parts_without_process_group_and_merge(setup, saved_model_dir):
 
     model = AutoModelForCausalLM.from_pretrained(saved_model_dir).eval()
     tok = AutoTokenizer.from_pretrained(saved_model_dir)
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        parts = [extract(model, tok, data, d / "manual", shard=(i, 2), **KW) for i in range(2)]
-    finally:
-        torch.set_num_threads(threads)
+    parts = [extract(model, tok, data, d / "manual", shard=(i, 2), **KW) for i in range(2)]
     assert [len(p) for p in parts] == [8, 6]  # chunks of 3 rows: 0, 2, 4 | 1, 3
     merged = merge_stores(d / "manual")
     assert files(merged.path) == files(single.path)

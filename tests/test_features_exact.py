@@ -23,6 +23,7 @@ from spice.features.projection import (
 from spice.features.records import load_records
 
 pytest_plugins = ["features_fixtures"]
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def reference_features(model, tok, recs, *, lora, target_modules, projection, dim, seed=0,

@@ -12,6 +12,7 @@ from spice.features.hooks import GradientCollector, batch_features
 from spice.features.projection import LayerSpec
 
 pytest_plugins = ["features_fixtures"]
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 LORA = LoraSpec(r=4, init="random", seed=1)
 

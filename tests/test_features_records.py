@@ -11,6 +11,7 @@ from spice.features import RecordError, load_records, tokenize_record
 from spice.features.records import ALPACA_PROMPT, data_fingerprint
 
 pytest_plugins = ["features_fixtures"]
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 ROWS = [
     {"instruction": "add", "input": "1 2", "output": "3"},
@@ -37,9 +38,9 @@ def test_formats_and_ids(tmp_path):
 
 
 def test_all_file_kinds_agree(tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from datasets import Dataset
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    Dataset = pytest.importorskip("datasets").Dataset
 
     flat = [{"id": str(i), "prompt": f"p{i}", "response": f"r{i}"} for i in range(5)]
     a = load_records(_jsonl(tmp_path / "d.jsonl", flat))
@@ -99,8 +100,8 @@ def test_bad_json_and_utf8(tmp_path):
 
 
 def test_parquet_bad_row(tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
 
     table = pa.Table.from_pylist([{"prompt": "a"}, {"prompt": None}])
     pq.write_table(table, tmp_path / "b.parquet")

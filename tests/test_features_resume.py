@@ -11,6 +11,7 @@ from spice.features import LoraSpec, extract
 from spice.store import FeatureStore, StoreIncompleteError, StoreMismatchError
 
 pytest_plugins = ["features_fixtures"]
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 KW = {"dim": 96, "lora": LoraSpec(r=4), "batch_size": 3, "shard_rows": 5, "progress": False}
 

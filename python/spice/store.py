@@ -299,7 +299,8 @@ class FeatureStore:
     def __repr__(self) -> str:
         return (
             f"FeatureStore({str(self.path)!r}, rows={len(self)}, dim={self.dim}, "
-            f"dtype={self.manifest['dtype']}, projection={self.config.get('projection')})"
+            f"dtype={self.manifest['dtype']}, "
+            f"projection={self.config.get('projection', {}).get('kind')!r})"
         )
 
     def verify(self) -> None:

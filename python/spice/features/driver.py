@@ -114,9 +114,10 @@ def param_fingerprint(model: nn.Module, samples: int = 4096) -> str:
     for name, p in model.named_parameters():
         h.update(f"{name}|{tuple(p.shape)}|{p.dtype}\n".encode())
         flat = p.detach().reshape(-1)
-        if flat.numel() > samples:
-            idx = torch.linspace(0, flat.numel() - 1, samples, device=flat.device).long()
-            flat = flat[idx]
+        n = flat.numel()
+        if n > samples:  # evenly spaced, in exact integer arithmetic
+            idx = torch.arange(samples, dtype=torch.int64) * (n - 1) // (samples - 1)
+            flat = flat[idx.to(flat.device)]
         h.update(flat.to(torch.float32).cpu().numpy().astype("<f4").tobytes())
     return h.hexdigest()
 
@@ -551,6 +552,7 @@ def _run_chunks(
     tok_done = 0
     first = True
     collector = GradientCollector(modules, projector)
+    warned_fp16 = False
     with collector.attached():
         for c in todo:
             a, b = writer.chunk_rows(c)
@@ -588,7 +590,10 @@ def _run_chunks(
                 if first and progress and n_tok > ntok:
                     el = time.perf_counter() - t0
                     est = el * n_tok / max(ntok, 1)
-                    _say(progress, f"first batch took {el:.2f}s; estimated total {_fmt_time(est)}")
+                    msg = f"first batch took {el:.2f}s; estimated total {_fmt_time(est)}"
+                    log.info(msg)
+                    if bar is not None:
+                        bar.write(f"spice.features: {msg}", file=sys.stderr)
                 first = False
             if normalize == "unit":
                 norms = np.linalg.norm(feats, axis=1, keepdims=True)
@@ -600,6 +605,15 @@ def _run_chunks(
                         f"chunk {c}: feature values up to {big:g} do not fit float16; use "
                         "dtype='float32' or normalize='unit'"
                     )
+                nz = feats != 0
+                lost = int((nz & (feats.astype(np.float16) == 0)).sum())
+                if lost > 1e-3 * max(1, int(nz.sum())) and not warned_fp16:
+                    warned_fp16 = True
+                    log.warning(
+                        "chunk %d: %d of %d nonzero feature values underflow to 0 in float16; "
+                        "consider dtype='float32' or normalize='unit'",
+                        c, lost, int(nz.sum()),
+                    )  # fmt: skip
             elif not np.isfinite(feats).all():
                 raise StoreError(f"chunk {c}: non-finite feature values (NaN/inf gradients)")
             for k, r in enumerate(rows):

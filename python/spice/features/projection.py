@@ -49,6 +49,9 @@ def derive_seed(seed: int, *parts: object) -> int:
     return int.from_bytes(h.digest()[:16], "little")
 
 
+_SIGNS = np.array([1.0, -1.0], dtype=np.float32)
+
+
 def rademacher(rows: int, cols: int, seed: int) -> np.ndarray:
     """A (rows, cols) float32 matrix of ±1 from PCG64(seed)'s raw bits.
 
@@ -57,9 +60,7 @@ def rademacher(rows: int, cols: int, seed: int) -> np.ndarray:
     n = rows * cols
     words = np.random.PCG64(seed).random_raw((n + 63) // 64)
     bits = np.unpackbits(words.astype("<u8").view(np.uint8), bitorder="little")[:n]
-    out = np.ones(n, dtype=np.float32)
-    out -= 2.0 * bits
-    return out.reshape(rows, cols)
+    return _SIGNS[bits].reshape(rows, cols)
 
 
 @dataclass(frozen=True)
