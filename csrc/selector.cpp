@@ -73,6 +73,7 @@ class Engine {
   std::vector<double> W_;       // t rows of length d: M_t^{-1} = I - sum_s w_s w_s^T
   std::vector<double> ssum_;    // sum of picked rows
   std::vector<double> minv_;    // d x d: M_t^{-1}, kept once t > 2d (the k > d path)
+  std::vector<double> ubuf_;    // per-thread scratch of bound_from_inverse
   double snorm_ = 0.0;
   int64_t t_ = 0;
   int64_t dots_ = 0;  // catch-up dot products (row . w_s) performed
@@ -144,25 +145,30 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
                      bool all_delta) {
   constexpr int R = 4;      // rows per tile (the kernels' register tile)
   constexpr int VBMAX = 32;  // w rows per kernel call, at most
-  constexpr int GT = 16;     // tiles per group: a chunk of W stays in L2 across a group
+  constexpr int GTMAX = 16;  // tiles per group: a chunk of W stays in L2 across a group
   const int64_t d = d_;
   const int VB = static_cast<int>(std::max<int64_t>(4, std::min<int64_t>(VBMAX, 262144 / (8 * d))));
   const int64_t ntiles = (m + R - 1) / R;
+  // Smaller groups when there are few tiles, so every thread gets work.
+  const int GT = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(GTMAX, ntiles / (4 * nt_))));
   const int64_t ngroups = (ntiles + GT - 1) / GT;
+  int64_t work = 0;  // row elements touched: (catch-up rows + 1) * d per candidate
+  for (int64_t c = 0; c < m; ++c) work += std::min<int64_t>(t_ - tq_[cand[c]], max_rows) + 1;
+  work *= d;
   const bool conflict = need_conflict && t_ > 0;
   const double alpha = opt_.alpha, lambda = opt_.lambda;
   const double* sv = ssum_.data();
   Best best;
   int64_t dots_total = 0;
-#pragma omp parallel num_threads(nt_) if (ngroups > 1 && m * d > kParallelWork)
+#pragma omp parallel num_threads(nt_) if (ngroups > 1 && work > kParallelWork)
   {
     Best local;
     double thr = kNegInf;  // alpha * q below this cannot beat `local`
     int64_t my_dots = 0;
-    const char* rows[GT][R];
-    int64_t end[GT][R];
-    int64_t lo[GT], hi[GT];
-    int rcount[GT];
+    const char* rows[GTMAX][R];
+    int64_t end[GTMAX][R];
+    int64_t lo[GTMAX], hi[GTMAX];
+    int rcount[GTMAX];
     double buf[R * VBMAX];
     const double* vecs[VBMAX];
 #pragma omp for schedule(dynamic, 1) nowait
@@ -190,7 +196,7 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
       bool fused_group = conflict;
       for (int x = 0; x < nt && fused_group; ++x)
         fused_group = lo[x] == t_ - 1 && hi[x] == t_;
-      double a[GT][R] = {};
+      double a[GTMAX][R] = {};
       if (fused_group) {  // the naive step: <g, w_{t-1}> and <g, s> in one pass over the rows
         vecs[0] = W_.data() + (t_ - 1) * d;
         vecs[1] = sv;
@@ -468,9 +474,15 @@ void Engine::bound_from_inverse(const std::vector<int64_t>& cand, std::vector<do
   const int VB = static_cast<int>(std::max<int64_t>(4, std::min<int64_t>(VBMAX, 131072 / (8 * d))));
   const int64_t ntiles = (m + R - 1) / R;
   const int64_t ngroups = (ntiles + GT - 1) / GT;
+  const size_t per_thread = static_cast<size_t>(GT) * R * d;
+  if (ubuf_.size() < per_thread * nt_) ubuf_.resize(per_thread * nt_);
 #pragma omp parallel num_threads(nt_) if (ngroups > 1)
   {
-    std::vector<double> u(static_cast<size_t>(GT) * R * d);
+#ifdef _OPENMP
+    double* u = ubuf_.data() + per_thread * omp_get_thread_num();
+#else
+    double* u = ubuf_.data();
+#endif
     double buf[R * VBMAX];
     const char* rows[GT][R];
     int rc[GT];
@@ -495,7 +507,7 @@ void Engine::bound_from_inverse(const std::vector<int64_t>& cand, std::vector<do
       }
       for (int x = 0; x < nt; ++x)
         for (int r = 0; r < rc[x]; ++r) {
-          const double* ur = u.data() + (x * R + r) * d;
+          const double* ur = u + (x * R + r) * d;
           double qt;
           K_.dots(G_.dtype, rows[x] + r, 1, &ur, 1, d, &qt);
           const int64_t idx = (t0 + x) * R + r;
@@ -566,7 +578,7 @@ void Engine::run_lazy() {
         stale.clear();
         size_t keep = 0;
         for (int64_t i : batch) {
-          if (t_ - tq_[i] > d_) stale.push_back(i);
+          if (t_ - tq_[i] > 4 * d_) stale.push_back(i);
           else batch[keep++] = i;
         }
         batch.resize(keep);
