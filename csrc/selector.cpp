@@ -74,6 +74,9 @@ class Engine {
   std::vector<double> ssum_;    // sum of picked rows
   std::vector<double> minv_;    // d x d: M_t^{-1}, kept once t > 2d (the k > d path)
   std::vector<double> ubuf_;    // per-thread scratch of bound_from_inverse
+  int64_t minv_t_ = 0;          // minv_ = I - sum_{s < minv_t_} w_s w_s^T
+  static constexpr int64_t kMinvLag = 32;
+  void flush_minv();
   double snorm_ = 0.0;
   int64_t t_ = 0;
   int64_t dots_ = 0;  // catch-up dot products (row . w_s) performed
@@ -356,34 +359,32 @@ void Engine::add_pick(int64_t j) {
     W_.resize(static_cast<size_t>(t + 1) * d);
     double* w = W_.data() + t * d;
     if (t >= 2 * d) {
-      // k > d: u = M^{-1} g from the explicit d x d inverse (O(d^2) a step instead of O(t d)).
+      // k > d: u = M^{-1} g from an explicit d x d inverse, O(d^2) a step instead of O(t d).
+      // minv_ holds I - sum_{s < minv_t_} w_s w_s^T; the newer w rows (fewer than kMinvLag) are
+      // applied on the fly and folded in together, so minv_ is rewritten once per kMinvLag picks.
       if (minv_.empty()) {
         minv_.assign(static_cast<size_t>(d) * d, 0.0);
-#pragma omp parallel for num_threads(nt_) schedule(static)
-        for (int64_t a = 0; a < d; ++a) {
-          double* row_a = minv_.data() + a * d;
-          row_a[a] = 1.0;
-          for (int64_t s = 0; s < t; ++s) {
-            const double* ws = W_.data() + s * d;
-            const double wa = ws[a];
-            for (int64_t b = 0; b < d; ++b) row_a[b] -= wa * ws[b];
-          }
-        }
+        for (int64_t a2 = 0; a2 < d; ++a2) minv_[a2 * d + a2] = 1.0;
+        minv_t_ = 0;
+      }
+      if (t - minv_t_ >= kMinvLag) flush_minv();
+      const int64_t np = t - minv_t_;  // pending rows
+      double c[kMinvLag];
+      {
+        const char* rj = row(j);
+        const double* vecs[kMinvLag];
+        for (int64_t v = 0; v < np; ++v) vecs[v] = W_.data() + (minv_t_ + v) * d;
+        if (np > 0) K_.dots(G_.dtype, &rj, 1, vecs, static_cast<int>(np), d, c);
       }
       const kern::Table& K = K_;
       const double* gv = g.data();
 #pragma omp parallel for num_threads(nt_) schedule(static)
-      for (int64_t a = 0; a < d; ++a) {
-        const char* ra = reinterpret_cast<const char*>(minv_.data() + a * d);
+      for (int64_t a2 = 0; a2 < d; ++a2) {
+        const char* ra = reinterpret_cast<const char*>(minv_.data() + a2 * d);
         double ua;
         K.dots(DType::F64, &ra, 1, &gv, 1, d, &ua);
-        w[a] = ua * scale;
-      }
-#pragma omp parallel for num_threads(nt_) schedule(static)
-      for (int64_t a = 0; a < d; ++a) {
-        double* row_a = minv_.data() + a * d;
-        const double wa = w[a];
-        for (int64_t b = 0; b < d; ++b) row_a[b] -= wa * w[b];
+        for (int64_t v = 0; v < np; ++v) ua -= c[v] * W_[(minv_t_ + v) * d + a2];
+        w[a2] = ua * scale;
       }
     } else {
       // c_s = <g_j, w_s>, u = g_j - sum_s c_s w_s, w_t = u * sqrt(alpha / (1 + alpha q_j)).
@@ -463,6 +464,25 @@ void Engine::finish_bound() {
   }
 }
 
+// Fold the pending w rows (minv_t_ .. t_-1) into minv_: one pass over the d x d matrix per
+// batch of rows (rank-kMinvLag update), row by row in parallel.
+void Engine::flush_minv() {
+  const int64_t d = d_;
+  while (minv_t_ < t_) {
+    const int64_t s0 = minv_t_, s1 = std::min<int64_t>(t_, s0 + kMinvLag);
+#pragma omp parallel for num_threads(nt_) schedule(static)
+    for (int64_t a = 0; a < d; ++a) {
+      double* row_a = minv_.data() + a * d;
+      for (int64_t s = s0; s < s1; ++s) {
+        const double* ws = W_.data() + s * d;
+        const double wa = ws[a];
+        for (int64_t b = 0; b < d; ++b) row_a[b] -= wa * ws[b];
+      }
+    }
+    minv_t_ = s1;
+  }
+}
+
 // For candidates far behind (t - tq_i > d) once M^{-1} is kept: q~_i = g_i^T M_t^{-1} g_i costs d^2
 // instead of (t - tq_i) d. q~ differs from the canonical q_i(t) only by round-off, so
 // q~ + 1e-9 ||g||^2 (and the stale q_i) bound q_i(t) from above: a candidate whose bound loses is
@@ -510,6 +530,14 @@ void Engine::bound_from_inverse(const std::vector<int64_t>& cand, std::vector<do
           const double* ur = u + (x * R + r) * d;
           double qt;
           K_.dots(G_.dtype, rows[x] + r, 1, &ur, 1, d, &qt);
+          const int64_t np = t_ - minv_t_;  // rows not folded into minv_ yet
+          if (np > 0) {
+            double cp[kMinvLag];
+            const double* pv[kMinvLag];
+            for (int64_t v = 0; v < np; ++v) pv[v] = W_.data() + (minv_t_ + v) * d;
+            K_.dots(G_.dtype, rows[x] + r, 1, pv, static_cast<int>(np), d, cp);
+            for (int64_t v = 0; v < np; ++v) qt -= cp[v] * cp[v];
+          }
           const int64_t idx = (t0 + x) * R + r;
           const int64_t i = cand[idx];
           qub[idx] = std::min(q_[i], std::max(0.0, qt) + 1e-9 * norm2_[i]);
