@@ -659,7 +659,8 @@ void Engine::run_stochastic() {
   const int64_t sample =
       std::max<int64_t>(1, static_cast<int64_t>(std::ceil((n_ / kk) * std::log(1.0 / eps))));
   SplitMix64 rng(opt_.seed);
-  std::vector<int64_t> cand;
+  std::vector<int64_t> cand, stale;
+  std::vector<double> qub;
   while (t_ < opt_.k) {
     const int64_t r = static_cast<int64_t>(remaining.size());
     const int64_t m = std::min(sample, r);
@@ -668,18 +669,52 @@ void Engine::run_stochastic() {
       std::swap(remaining[a], remaining[b]);
     }
     cand.assign(remaining.begin(), remaining.begin() + m);
+    // Far-behind candidates (k >> d) first get the cheap M^{-1} bound; only those that can still
+    // win are caught up exactly, so the pick is that of plain stochastic greedy.
+    stale.clear();
+    if (!minv_.empty()) {
+      size_t keep = 0;
+      for (int64_t i : cand) {
+        if (t_ - tq_[i] > 4 * d_) stale.push_back(i);
+        else cand[keep++] = i;
+      }
+      cand.resize(keep);
+    }
     std::sort(cand.begin(), cand.end(),
               [&](int64_t a, int64_t b) { return tq_[a] < tq_[b] || (tq_[a] == tq_[b] && a < b); });
-    Best best = refresh(cand.data(), m, lambda_on());
+    Best best = refresh(cand.data(), static_cast<int64_t>(cand.size()), lambda_on());
+    if (!stale.empty()) {
+      bound_from_inverse(stale, qub);
+      cand.clear();
+      for (size_t x = 0; x < stale.size(); ++x) {
+        const double key = std::log1p(opt_.alpha * qub[x]);
+        if (key > best.score || (key == best.score && stale[x] < best.idx)) cand.push_back(stale[x]);
+      }
+      std::sort(cand.begin(), cand.end(),
+                [&](int64_t a, int64_t b) { return tq_[a] < tq_[b] || (tq_[a] == tq_[b] && a < b); });
+      const Best b2 = refresh(cand.data(), static_cast<int64_t>(cand.size()), lambda_on());
+      if (b2.better_than(best)) best = b2;
+    }
+    bool full_scan = false;
     if (!(best.score > kNegInf) && m < r) {  // sample all dead: look at everything left
       cand.assign(remaining.begin(), remaining.end());
       best = refresh(cand.data(), r, lambda_on());
+      full_scan = true;
     }
     if (check_stop_before_pick(best)) break;
     add_pick(best.idx);
-    remaining.erase(std::remove_if(remaining.begin(), remaining.end(),
-                                   [&](int64_t i) { return state_[i] != kAlive; }),
-                    remaining.end());
+    if (full_scan) {
+      remaining.erase(std::remove_if(remaining.begin(), remaining.end(),
+                                     [&](int64_t i) { return state_[i] != kAlive; }),
+                      remaining.end());
+    } else {  // only the sample can have changed state: O(m) removal, not O(n)
+      for (int64_t x = m - 1; x >= 0; --x) {
+        if (state_[remaining[x]] != kAlive) {
+          remaining[x] = remaining.back();
+          remaining.pop_back();
+        }
+      }
+    }
     if (!tick()) return;
   }
 }
