@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +175,3 @@ def _first_record(path: Path) -> dict | None:
     line = text.split("\n", 1)[0]
     return json.loads(line) if line.strip() else None
 
-
-def remove_tree(path: str | os.PathLike) -> None:
-    shutil.rmtree(path, ignore_errors=True)
