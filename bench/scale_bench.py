@@ -157,6 +157,7 @@ def main() -> int:
     ap.add_argument("--only", default="1,2,3")
     ap.add_argument("--budget", type=float, default=900.0)
     ap.add_argument("--prefix", type=int, default=500)
+    ap.add_argument("--methods", default=None, help="runs 4/5: comma list of methods")
     args = ap.parse_args()
     print(f"# spice {spice.__version__}, kernels {spice.kernel_isa()}, {os.cpu_count()} CPUs")
     if args.quick:
@@ -172,9 +173,11 @@ def main() -> int:
     if 3 in only:
         bench_vs_dpp(20_000, 512, 2_000)
     if 4 in only:
-        bench_big("4", 1_000_000, 1024, 100_000, args.budget, ["stochastic", "lazy"])
+        m4 = args.methods.split(",") if args.methods else ["stochastic", "lazy"]
+        bench_big("4", 1_000_000, 1024, 100_000, args.budget, m4)
     if 5 in only:
-        bench_big("5", 270_000, 8192, 27_000, args.budget, ["lazy"])
+        bench_big("5", 270_000, 8192, 27_000, args.budget,
+                  args.methods.split(",") if args.methods else ["lazy"])
     return 0
 
 
