@@ -262,7 +262,9 @@ def test_emulated_stochastic_draws_the_cores_samples(seed, lam, data, eps):
                        stochastic_eps=eps)
     raw = gpu.emulate(G, 30, 1.0, lam, 0.0, "stochastic", seed, eps)
     _assert_same(raw, sel, exact_bound=False)
-    assert raw["evaluations"] == sel.evaluations
+    # The GPU refreshes each sampled row once; the CPU core may first bound far-behind rows with
+    # M^{-1} and then refresh the ones that can still win, counting both.
+    assert raw["evaluations"] <= sel.evaluations
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])

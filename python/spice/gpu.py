@@ -758,7 +758,15 @@ class _Driver:
             head = remaining[:looked]
             sh = st.state[xp.asarray(head)]
             keep = np.asarray(_host(xp, sh)) == ALIVE
-            remaining = np.concatenate([head[keep], remaining[looked:]])
+            if looked == r:  # after a full scan: stable removal, as the CPU core
+                remaining = head[keep]
+            else:  # only the sample changed: swap-with-last removal from its end, as the CPU core
+                size = r
+                for x in range(m - 1, -1, -1):
+                    if not keep[x]:
+                        remaining[x] = remaining[size - 1]
+                        size -= 1
+                remaining = remaining[:size]
             if not self.tick():
                 return
 
