@@ -62,7 +62,7 @@ const char* stop_name(spice::StopReason s) {
 py::dict py_select(const py::array& G, int dtype_code, int64_t k, double alpha, double lam,
                 double omega, int method, int objective, uint64_t seed, double stochastic_eps,
                 int threads, int64_t batch, const py::object& progress, double interval_s,
-                   int64_t chunk) {
+                   int64_t chunk, const py::object& base_out) {
   spice::MatrixView view = view_of(G, dtype_code);
   spice::Options opt;
   opt.k = k;
@@ -78,6 +78,15 @@ py::dict py_select(const py::array& G, int dtype_code, int64_t k, double alpha, 
   opt.threads = threads;
   opt.batch = batch;
   opt.chunk = chunk;
+  if (!base_out.is_none()) {
+    if (!py::isinstance<py::array_t<double, 0>>(base_out))
+      throw py::value_error("base_out must be a float64 numpy array");
+    auto b = py::reinterpret_borrow<py::array_t<double, 0>>(base_out);
+    if (b.ndim() != 1 || b.shape(0) != view.n || !(b.flags() & py::array::c_style) ||
+        !b.writeable())
+      throw py::value_error("base_out must be a writable contiguous float64 array of length n");
+    opt.base_out = b.mutable_data();
+  }
 
   // The hook runs on the calling thread between greedy steps: it takes the GIL, lets Python
   // handle Ctrl-C, and calls the user's progress callable.
@@ -134,7 +143,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("select", &py_select, py::arg("G"), py::arg("dtype_code"), py::arg("k"), py::arg("alpha"),
         py::arg("lam"), py::arg("omega"), py::arg("method"), py::arg("objective"),
         py::arg("seed"), py::arg("stochastic_eps"), py::arg("threads"), py::arg("batch"),
-        py::arg("progress"), py::arg("interval_s"), py::arg("chunk") = 0);
+        py::arg("progress"), py::arg("interval_s"), py::arg("chunk") = 0,
+        py::arg("base_out") = py::none());
   m.def("row_norms2", &py_row_norms2, py::arg("G"), py::arg("dtype_code"), py::arg("threads") = 0);
   m.def("kernel_isa", &spice::kernel_isa);
 #ifdef _OPENMP

@@ -121,6 +121,7 @@ void Engine::init_norms() {
     if (!(norm2_[i] > 0.0) || !(base_[i] > 0.0)) state_[i] = kDead;
     delta_[i] = base_[i];
   }
+  if (opt_.base_out) std::copy(base_.begin(), base_.end(), opt_.base_out);
   ssum_.assign(d_, 0.0);
 }
 

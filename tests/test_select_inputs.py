@@ -295,3 +295,16 @@ def test_hostile_inputs_never_crash(G, k, lam, method, dtype):
         other = spice.select(G, k, conflict_penalty=lam,
                              method="lazy" if method == "naive" else "naive")
         np.testing.assert_array_equal(sel.indices, other.indices)
+
+
+def test_base_out_holds_every_rows_base_gain():
+    G = clustered(13, 300, 10)
+    base = np.full(300, np.nan)
+    sel = spice.select(G, 30, alpha=0.7, base_out=base)
+    expect = np.log1p(0.7 * np.einsum("ij,ij->i", G.astype(np.float64), G.astype(np.float64)))
+    np.testing.assert_allclose(base, expect, rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(base[sel.indices], sel.base)
+    with pytest.raises(ValueError, match="base_out"):
+        spice.select(G, 3, base_out=np.zeros(300, np.float32))
+    with pytest.raises(ValueError, match="base_out"):
+        spice.select(G, 3, base_out=np.zeros(299))

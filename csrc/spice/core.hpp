@@ -46,6 +46,8 @@ struct Options {
   int threads = 0;               // 0 = OpenMP default
   int64_t batch = 0;             // lazy refresh batch size; 0 = adaptive
   int64_t chunk = 0;             // lazy catch-up rows per refresh; 0 = default (256)
+  double* base_out = nullptr;    // optional, n entries: log(1 + alpha ||g_i||^2) of every row,
+                                 // filled from the norms the run computes anyway
 };
 
 // What a progress hook sees; returning false from the hook cancels the run.

@@ -123,21 +123,18 @@ def select_to_dir(
 
     Everything except ``timing.json`` is identical when rerun with the same inputs and seed.
     """
-    from . import _core
-    from ._inputs import as_features
-
     out = prepare_out_dir(out, overwrite, "selection.json")
     fp = check_store_matches(store, data)
+    base = np.empty(len(store))  # per-record base gains, filled by the run (no second pass)
     sel = select(store, k, alpha=alpha, conflict_penalty=conflict_penalty,
-                 early_stop=early_stop, method=method, objective=objective, seed=seed)
+                 early_stop=early_stop, method=method, objective=objective, seed=seed,
+                 base_out=base)
     data = Path(data)
     ext = ".jsonl" if data.suffix.lower() in (".jsonl", ".ndjson") else data.suffix.lower()
     subset_name = f"subset{ext}"
     # A stale selection.json would claim the new files; remove it first, write it last.
     (out / "selection.json").unlink(missing_ok=True)
     write_subset(data, sel.indices, out / subset_name)
-    arr, code = as_features(store)
-    base = np.log1p(sel.params["alpha"] * _core.row_norms2(arr, code, 0))
     write_scores(out / "scores.csv", store.ids, base, sel.indices, sel.gains, sel.conflict)
     first = _first_record(out / subset_name) if len(sel) else None
     fmt = record_format(first) if first is not None else "alpaca"

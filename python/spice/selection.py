@@ -170,6 +170,7 @@ def select(
     progress: bool | ProgressFn | None = None,
     bf16: bool = False,
     device: str | None = None,
+    base_out: np.ndarray | None = None,
 ) -> Selection:
     """Greedily pick rows of ``G`` maximising the SPICE score.
 
@@ -214,6 +215,9 @@ def select(
         CuPy, no host copy of G), everything else on the CPU. "cuda" copies a host G to the GPU;
         asking for the GPU without CuPy and a driver is an error, never a silent CPU fallback.
         ``params["backend"]`` records which ran.
+    base_out : (n,) float64 array, optional
+        Filled with log(1 + α‖g_i‖²) of every row, from the norms the run computes anyway (saves
+        a second pass over G, e.g. for per-record scores). CPU backend only.
 
     Returns
     -------
@@ -253,12 +257,15 @@ def select(
         raise TypeError("progress must be True, False/None or a callable")
 
     t0 = time.perf_counter()
+    if base_out is not None and on_gpu:
+        raise ValueError("base_out is filled by the CPU backend only")
     if on_gpu:
         raw = _gpu.select_gpu(arr, kk, a, lam, omega, method, int(seed), seps,
                               objective=objective, progress=cb, code=code)
     else:
         raw = _core.select(arr, code, kk, a, lam, omega, METHODS[method], OBJECTIVES[objective],
-                           int(seed) & 0xFFFFFFFFFFFFFFFF, seps, nthreads, 0, cb, 0.2, 0)
+                           int(seed) & 0xFFFFFFFFFFFFFFFF, seps, nthreads, 0, cb, 0.2, 0,
+                           base_out)
     elapsed = time.perf_counter() - t0
     if raw["bad_row"] >= 0:
         raise ValueError(describe_bad_row(arr, code, int(raw["bad_row"]), a))
