@@ -84,7 +84,7 @@ inline void micro(const char* const* rows, const double* const* vecs, int64_t d,
 
 template <DType D>
 void dots_t(const char* const* rows, int R, const double* const* vecs, int V, int64_t d,
-            double* out) {
+            double* out, const char* const* /*pf*/ = nullptr, int /*npf*/ = 0) {
   int r = 0;
   for (; r + 4 <= R; r += 4) {
     int v = 0;
@@ -126,9 +126,43 @@ void sqdots_t(const char* const* rows, int R, const double* vec, int64_t d, doub
   for (int r = 0; r < R; ++r) out[r] = sq1<D>(rows[r], vec, d);
 }
 
+// M[a * d + b] -= ws[s][a] * ws[s][b] for a in [a0, a1), all b, s = 0 .. S-1 in order (one
+// FMA per s). Columns in blocks so the block of the S w rows stays in cache across rows a.
+void rank_sub(const double* const* ws, int S, int64_t a0, int64_t a1, int64_t d, double* M) {
+  constexpr int64_t BB = 512;
+  for (int64_t b0 = 0; b0 < d; b0 += BB) {
+    const int64_t b1 = d - b0 < BB ? d : b0 + BB;
+    for (int64_t a = a0; a < a1; ++a) {
+      double* row = M + a * d;
+      int64_t b = b0;
+      for (; b + 16 <= b1; b += 16) {
+        __m256d c0 = _mm256_loadu_pd(row + b), c1 = _mm256_loadu_pd(row + b + 4);
+        __m256d c2 = _mm256_loadu_pd(row + b + 8), c3 = _mm256_loadu_pd(row + b + 12);
+        for (int s = 0; s < S; ++s) {
+          const __m256d wa = _mm256_set1_pd(ws[s][a]);
+          const double* w = ws[s] + b;
+          c0 = _mm256_fnmadd_pd(wa, _mm256_loadu_pd(w), c0);
+          c1 = _mm256_fnmadd_pd(wa, _mm256_loadu_pd(w + 4), c1);
+          c2 = _mm256_fnmadd_pd(wa, _mm256_loadu_pd(w + 8), c2);
+          c3 = _mm256_fnmadd_pd(wa, _mm256_loadu_pd(w + 12), c3);
+        }
+        _mm256_storeu_pd(row + b, c0);
+        _mm256_storeu_pd(row + b + 4, c1);
+        _mm256_storeu_pd(row + b + 8, c2);
+        _mm256_storeu_pd(row + b + 12, c3);
+      }
+      for (; b < b1; ++b) {
+        double c = row[b];
+        for (int s = 0; s < S; ++s) c = __builtin_fma(-ws[s][a], ws[s][b], c);
+        row[b] = c;
+      }
+    }
+  }
+}
+
 #include "kernels_dispatch.inc"
 
-const Table kAvx2{&dots, &sqdots, "avx2-fma"};
+const Table kAvx2{&dots, &sqdots, &dots_pf, &rank_sub, 4, "avx2-fma"};
 
 }  // namespace
 

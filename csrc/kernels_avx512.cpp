@@ -60,14 +60,30 @@ inline double hsum(__m512d a) {
   return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
 }
 
+// Bytes per element of a row.
+template <DType D>
+constexpr int64_t esize() {
+  return D == DType::F64 ? 8 : D == DType::F32 ? 4 : 2;
+}
+
+// R x V register tile over the whole row. With pf != nullptr the npf rows pf[] are prefetched
+// into L1 along the way (the caller's next tile: rows of G are cold, and a short catch-up leaves
+// the hardware prefetcher no time to ramp up).
 template <DType D, int R, int V>
 inline void micro(const char* const* rows, const double* const* vecs, int64_t d, double* out,
-                  int ldo) {
+                  int ldo, const char* const* pf = nullptr, int npf = 0,
+                  const double* const* pfw = nullptr, int npfw = 0) {
   __m512d acc[R][V];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_pd();
   const int64_t d8 = d & ~int64_t(7);
+  constexpr int64_t kLineElems = 64 / esize<D>();
   for (int64_t j = 0; j < d8; j += 8) {
+    if (pf && (j & (kLineElems - 1)) == 0)
+      for (int p = 0; p < npf; ++p) _mm_prefetch(pf[p] + j * esize<D>(), _MM_HINT_T0);
+    if (pfw)
+      for (int p = 0; p < npfw; ++p)
+        _mm_prefetch(reinterpret_cast<const char*>(pfw[p] + j), _MM_HINT_T0);
     __m512d w[V];
     for (int v = 0; v < V; ++v) w[v] = _mm512_loadu_pd(vecs[v] + j);
     for (int r = 0; r < R; ++r) {
@@ -83,10 +99,24 @@ inline void micro(const char* const* rows, const double* const* vecs, int64_t d,
     }
 }
 
+// Rows in tiles of 6 (6 x 4 accumulators: 24 of the 32 registers), then 4, then 1. Every dot
+// is computed in the canonical order whatever tile computes it. The first vecs block of each
+// tile prefetches the next tile's rows (or pf[] after the last tile).
 template <DType D>
 void dots_t(const char* const* rows, int R, const double* const* vecs, int V, int64_t d,
-            double* out) {
+            double* out, const char* const* pf = nullptr, int npf = 0) {
   int r = 0;
+  for (; r + 6 <= R; r += 6) {
+    const char* const* nx = r + 12 <= R ? rows + r + 6 : pf;
+    const int nnx = r + 12 <= R ? 6 : npf;
+    int v = 0;
+    for (; v + 4 <= V; v += 4)
+      micro<D, 6, 4>(rows + r, vecs + v, d, out + r * V + v, V, v == 0 ? nx : nullptr, nnx,
+                     v + 4 < V ? vecs + v + 4 : nullptr, V - v - 4 < 4 ? V - v - 4 : 4);
+    for (; v + 2 <= V; v += 2)
+      micro<D, 6, 2>(rows + r, vecs + v, d, out + r * V + v, V, v == 0 ? nx : nullptr, nnx);
+    if (v < V) micro<D, 6, 1>(rows + r, vecs + v, d, out + r * V + v, V, v == 0 ? nx : nullptr, nnx);
+  }
   for (; r + 4 <= R; r += 4) {
     int v = 0;
     for (; v + 4 <= V; v += 4) micro<D, 4, 4>(rows + r, vecs + v, d, out + r * V + v, V);
@@ -128,9 +158,43 @@ void sqdots_t(const char* const* rows, int R, const double* vec, int64_t d, doub
   for (int r = 0; r < R; ++r) out[r] = sq1<D>(rows[r], vec, d);
 }
 
+// M[a * d + b] -= ws[s][a] * ws[s][b] for a in [a0, a1), all b, s = 0 .. S-1 in order (one
+// FMA per s). Columns in blocks so the block of the S w rows stays in cache across rows a.
+void rank_sub(const double* const* ws, int S, int64_t a0, int64_t a1, int64_t d, double* M) {
+  constexpr int64_t BB = 512;
+  for (int64_t b0 = 0; b0 < d; b0 += BB) {
+    const int64_t b1 = d - b0 < BB ? d : b0 + BB;
+    for (int64_t a = a0; a < a1; ++a) {
+      double* row = M + a * d;
+      int64_t b = b0;
+      for (; b + 32 <= b1; b += 32) {
+        __m512d c0 = _mm512_loadu_pd(row + b), c1 = _mm512_loadu_pd(row + b + 8);
+        __m512d c2 = _mm512_loadu_pd(row + b + 16), c3 = _mm512_loadu_pd(row + b + 24);
+        for (int s = 0; s < S; ++s) {
+          const __m512d wa = _mm512_set1_pd(ws[s][a]);
+          const double* w = ws[s] + b;
+          c0 = _mm512_fnmadd_pd(wa, _mm512_loadu_pd(w), c0);
+          c1 = _mm512_fnmadd_pd(wa, _mm512_loadu_pd(w + 8), c1);
+          c2 = _mm512_fnmadd_pd(wa, _mm512_loadu_pd(w + 16), c2);
+          c3 = _mm512_fnmadd_pd(wa, _mm512_loadu_pd(w + 24), c3);
+        }
+        _mm512_storeu_pd(row + b, c0);
+        _mm512_storeu_pd(row + b + 8, c1);
+        _mm512_storeu_pd(row + b + 16, c2);
+        _mm512_storeu_pd(row + b + 24, c3);
+      }
+      for (; b < b1; ++b) {
+        double c = row[b];
+        for (int s = 0; s < S; ++s) c = __builtin_fma(-ws[s][a], ws[s][b], c);
+        row[b] = c;
+      }
+    }
+  }
+}
+
 #include "kernels_dispatch.inc"
 
-const Table kAvx512{&dots, &sqdots, "avx512"};
+const Table kAvx512{&dots, &sqdots, &dots_pf, &rank_sub, 6, "avx512"};
 
 }  // namespace
 

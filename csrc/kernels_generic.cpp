@@ -89,7 +89,7 @@ double sq1(const char* row, const double* w, int64_t d) {
 
 template <DType D>
 void dots_t(const char* const* rows, int R, const double* const* vecs, int V, int64_t d,
-            double* out) {
+            double* out, const char* const* /*pf*/ = nullptr, int /*npf*/ = 0) {
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < V; ++v) out[r * V + v] = dot1<D>(rows[r], vecs[v], d);
 }
@@ -97,6 +97,18 @@ void dots_t(const char* const* rows, int R, const double* const* vecs, int V, in
 template <DType D>
 void sqdots_t(const char* const* rows, int R, const double* vec, int64_t d, double* out) {
   for (int r = 0; r < R; ++r) out[r] = sq1<D>(rows[r], vec, d);
+}
+
+// M[a * d + b] -= ws[s][a] * ws[s][b] for a in [a0, a1), all b, s = 0 .. S-1 in order.
+void rank_sub(const double* const* ws, int S, int64_t a0, int64_t a1, int64_t d, double* M) {
+  for (int64_t a = a0; a < a1; ++a) {
+    double* row = M + a * d;
+    for (int s = 0; s < S; ++s) {
+      const double wa = ws[s][a];
+      const double* w = ws[s];
+      for (int64_t b = 0; b < d; ++b) row[b] = row[b] - wa * w[b];
+    }
+  }
 }
 
 #include "kernels_dispatch.inc"
@@ -119,7 +131,7 @@ void widen_row(DType dt, const char* row, int64_t d, double* out) {
 }
 
 const Table& generic_table() {
-  static const Table t{&dots, &sqdots, "generic"};
+  static const Table t{&dots, &sqdots, &dots_pf, &rank_sub, 4, "generic"};
   return t;
 }
 

@@ -24,6 +24,9 @@
 namespace spice {
 namespace {
 
+// Lazy greedy with M^{-1} kept: candidates more than kStaleSteps * d steps behind get the M^{-1}
+// bound before any catch-up.
+constexpr int64_t kStaleSteps = 2;
 constexpr double kRelTiny = 1e-10;  // q_i <= kRelTiny * ||g_i||^2: g_i lies in span(S)
 constexpr double kEta = 1e-8;       // cosine denominator guard (as in the paper)
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
@@ -69,11 +72,14 @@ class Engine {
   int nt_;
   std::vector<double> norm2_, base_, q_, delta_, score_, conf_, align_;
   std::vector<int64_t> tq_;     // step at which q_i is current
+  std::vector<double> qb_;      // lazy, k > d: an upper bound on q_i from M^{-1} (inf: none) ...
+  std::vector<int64_t> tb_;     // ... computed at this step (-1: none)
   std::vector<uint8_t> state_;
   std::vector<double> W_;       // t rows of length d: M_t^{-1} = I - sum_s w_s w_s^T
   std::vector<double> ssum_;    // sum of picked rows
-  std::vector<double> minv_;    // d x d: M_t^{-1}, kept once t > 2d (the k > d path)
+  std::vector<double> minv_;    // d x d: M_t^{-1}, kept once t >= d (the k > d path)
   std::vector<double> ubuf_;    // per-thread scratch of bound_from_inverse
+  std::vector<int64_t> tile_work_, gstart_;  // refresh's tile costs and group starts
   int64_t minv_t_ = 0;          // minv_ = I - sum_{s < minv_t_} w_s w_s^T
   static constexpr int64_t kMinvLag = 32;
   void flush_minv();
@@ -147,17 +153,36 @@ void Engine::conflict_of(int64_t i, double a) {
 // keeps this exact (such a candidate cannot win or tie), so the picks stay those of lazy greedy.
 Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t max_rows,
                      bool all_delta) {
-  constexpr int R = 4;      // rows per tile (the kernels' register tile)
-  constexpr int VBMAX = 32;  // w rows per kernel call, at most
+  constexpr int RM = kern::kMaxTileRows;
+  const int R = K_.tile_rows;  // rows per tile (the kernels' register tile)
+  constexpr int VBMAX = 32;    // w rows per kernel call, at most
   constexpr int GTMAX = 16;  // tiles per group: a chunk of W stays in L2 across a group
   const int64_t d = d_;
   const int VB = static_cast<int>(std::max<int64_t>(4, std::min<int64_t>(VBMAX, 262144 / (8 * d))));
   const int64_t ntiles = (m + R - 1) / R;
-  // Smaller groups when there are few tiles, so every thread gets work.
-  const int GT = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(GTMAX, ntiles / (4 * nt_))));
-  const int64_t ngroups = (ntiles + GT - 1) / GT;
-  int64_t work = 0;  // row elements touched: (catch-up rows + 1) * d per candidate
-  for (int64_t c = 0; c < m; ++c) work += std::min<int64_t>(t_ - tq_[cand[c]], max_rows) + 1;
+  // Groups of up to GTMAX consecutive tiles with about equal work (catch-up rows of the tile's
+  // widest row, times its rows), about four per thread, so that the dynamic schedule balances
+  // even when the first (stalest) tiles cost far more than the rest.
+  int64_t work = 0;  // row elements touched: (catch-up rows + 1) * d per tile row
+  tile_work_.resize(ntiles);
+  for (int64_t x = 0; x < ntiles; ++x) {
+    int64_t w = 0;
+    const int64_t b = x * R, e = std::min<int64_t>(m, b + R);
+    for (int64_t c = b; c < e; ++c)
+      w = std::max(w, std::min<int64_t>(t_ - tq_[cand[c]], max_rows) + 1);
+    tile_work_[x] = w * (e - b);
+    work += tile_work_[x];
+  }
+  const int64_t target = std::max<int64_t>(1, work / (4 * nt_));
+  gstart_.clear();
+  for (int64_t x = 0; x < ntiles;) {
+    gstart_.push_back(x);
+    int64_t w = 0;
+    const int64_t x0 = x;
+    while (x < ntiles && x - x0 < GTMAX && (x == x0 || w + tile_work_[x] <= target)) w += tile_work_[x++];
+  }
+  const int64_t ngroups = static_cast<int64_t>(gstart_.size());
+  gstart_.push_back(ntiles);
   work *= d;
   const bool conflict = need_conflict && t_ > 0;
   const double alpha = opt_.alpha, lambda = opt_.lambda;
@@ -169,16 +194,16 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
     Best local;
     double thr = kNegInf;  // alpha * q below this cannot beat `local`
     int64_t my_dots = 0;
-    const char* rows[GTMAX][R];
-    int64_t end[GTMAX][R];
+    const char* rows[GTMAX][RM];
+    int64_t end[GTMAX][RM];
     int64_t lo[GTMAX], hi[GTMAX];
     int rcount[GTMAX];
-    double buf[R * VBMAX];
+    double buf[RM * VBMAX];
     const double* vecs[VBMAX];
 #pragma omp for schedule(dynamic, 1) nowait
     for (int64_t grp = 0; grp < ngroups; ++grp) {
-      const int64_t t0 = grp * GT;
-      const int nt = static_cast<int>(std::min<int64_t>(GT, ntiles - t0));
+      const int64_t t0 = gstart_[grp];
+      const int nt = static_cast<int>(gstart_[grp + 1] - t0);
       int64_t glo = t_, ghi = 0;
       for (int x = 0; x < nt; ++x) {
         const int64_t b = (t0 + x) * R;
@@ -200,12 +225,13 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
       bool fused_group = conflict;
       for (int x = 0; x < nt && fused_group; ++x)
         fused_group = lo[x] == t_ - 1 && hi[x] == t_;
-      double a[GTMAX][R] = {};
+      double a[GTMAX][RM] = {};
       if (fused_group) {  // the naive step: <g, w_{t-1}> and <g, s> in one pass over the rows
         vecs[0] = W_.data() + (t_ - 1) * d;
         vecs[1] = sv;
         for (int x = 0; x < nt; ++x) {
-          K_.dots(G_.dtype, rows[x], rcount[x], vecs, 2, d, buf);
+          K_.dots_pf(G_.dtype, rows[x], rcount[x], vecs, 2, d, buf, x + 1 < nt ? rows[x + 1] : nullptr,
+                     x + 1 < nt ? rcount[x + 1] : 0);
           for (int r = 0; r < rcount[x]; ++r) {
             const int64_t i = cand[(t0 + x) * R + r];
             const double v = buf[r * 2];
@@ -220,13 +246,20 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
           for (int v = 0; v < V; ++v) vecs[v] = W_.data() + (s0 + v) * d;
           for (int x = 0; x < nt; ++x) {
             if (hi[x] <= s0 || lo[x] >= s0 + V) continue;
-            K_.dots(G_.dtype, rows[x], rcount[x], vecs, V, d, buf);
+            int xn = x + 1;  // the next tile this chunk touches: its rows are prefetched
+            while (xn < nt && (hi[xn] <= s0 || lo[xn] >= s0 + V)) ++xn;
+            // Only the part of the chunk this tile needs.
+            const int v0 = static_cast<int>(std::max<int64_t>(lo[x], s0) - s0);
+            const int v1 = static_cast<int>(std::min<int64_t>(hi[x], s0 + V) - s0);
+            const int nv = v1 - v0;
+            K_.dots_pf(G_.dtype, rows[x], rcount[x], vecs + v0, nv, d, buf,
+                       xn < nt ? rows[xn] : nullptr, xn < nt ? rcount[xn] : 0);
             for (int r = 0; r < rcount[x]; ++r) {
               const int64_t i = cand[(t0 + x) * R + r];
               double q = q_[i];
-              for (int v = 0; v < V; ++v) {
+              for (int v = v0; v < v1; ++v) {
                 if (s0 + v < tq_[i] || s0 + v >= end[x][r]) continue;
-                const double y = buf[r * V + v];
+                const double y = buf[r * nv + v - v0];
                 q = q - y * y;
                 if (q < 0.0) q = 0.0;
               }
@@ -359,8 +392,8 @@ void Engine::add_pick(int64_t j) {
     const double scale = std::sqrt(opt_.alpha / (1.0 + opt_.alpha * q_[j]));
     W_.resize(static_cast<size_t>(t + 1) * d);
     double* w = W_.data() + t * d;
-    if (t >= 2 * d) {
-      // k > d: u = M^{-1} g from an explicit d x d inverse, O(d^2) a step instead of O(t d).
+    if (t >= d) {
+      // t >= d: u = M^{-1} g from an explicit d x d inverse, O(d^2) a step instead of O(t d).
       // minv_ holds I - sum_{s < minv_t_} w_s w_s^T; the newer w rows (fewer than kMinvLag) are
       // applied on the fly and folded in together, so minv_ is rewritten once per kMinvLag picks.
       if (minv_.empty()) {
@@ -469,17 +502,18 @@ void Engine::finish_bound() {
 // batch of rows (rank-kMinvLag update), row by row in parallel.
 void Engine::flush_minv() {
   const int64_t d = d_;
+  constexpr int64_t AB = 16;  // rows of minv_ per work item
+  const int64_t nab = (d + AB - 1) / AB;
   while (minv_t_ < t_) {
     const int64_t s0 = minv_t_, s1 = std::min<int64_t>(t_, s0 + kMinvLag);
+    const double* ws[kMinvLag];
+    for (int64_t s = s0; s < s1; ++s) ws[s - s0] = W_.data() + s * d;
+    const int S = static_cast<int>(s1 - s0);
+    const kern::Table& K = K_;
+    double* M = minv_.data();
 #pragma omp parallel for num_threads(nt_) schedule(static)
-    for (int64_t a = 0; a < d; ++a) {
-      double* row_a = minv_.data() + a * d;
-      for (int64_t s = s0; s < s1; ++s) {
-        const double* ws = W_.data() + s * d;
-        const double wa = ws[a];
-        for (int64_t b = 0; b < d; ++b) row_a[b] -= wa * ws[b];
-      }
-    }
+    for (int64_t ab = 0; ab < nab; ++ab)
+      K.rank_sub(ws, S, ab * AB, std::min(d, ab * AB + AB), d, M);
     minv_t_ = s1;
   }
 }
@@ -491,58 +525,53 @@ void Engine::flush_minv() {
 void Engine::bound_from_inverse(const std::vector<int64_t>& cand, std::vector<double>& qub) {
   const int64_t m = static_cast<int64_t>(cand.size()), d = d_;
   qub.assign(m, 0.0);
-  constexpr int R = 4, VBMAX = 32, GT = 8;
-  const int VB = static_cast<int>(std::max<int64_t>(4, std::min<int64_t>(VBMAX, 131072 / (8 * d))));
-  const int64_t ntiles = (m + R - 1) / R;
-  const int64_t ngroups = (ntiles + GT - 1) / GT;
-  const size_t per_thread = static_cast<size_t>(GT) * R * d;
-  if (ubuf_.size() < per_thread * nt_) ubuf_.resize(per_thread * nt_);
-#pragma omp parallel num_threads(nt_) if (ngroups > 1)
-  {
-#ifdef _OPENMP
-    double* u = ubuf_.data() + per_thread * omp_get_thread_num();
-#else
-    double* u = ubuf_.data();
-#endif
-    double buf[R * VBMAX];
-    const char* rows[GT][R];
+  constexpr int RM = kern::kMaxTileRows, VB = 32, GT = 16;
+  const int R = K_.tile_rows;
+  const int64_t block = static_cast<int64_t>(GT) * R;  // candidates per pass over M^{-1}
+  if (ubuf_.size() < static_cast<size_t>(block * d)) ubuf_.resize(block * d);
+  double* u = ubuf_.data();
+  const int64_t nach = (d + VB - 1) / VB;
+  const int64_t np = t_ - minv_t_;  // w rows not folded into minv_ yet
+  for (int64_t b0 = 0; b0 < m; b0 += block) {
+    const int64_t nb = std::min(block, m - b0);
+    const int ntl = static_cast<int>((nb + R - 1) / R);
+    const char* rows[GT][RM];
     int rc[GT];
-    const double* vecs[VBMAX];
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t grp = 0; grp < ngroups; ++grp) {
-      const int64_t t0 = grp * GT;
-      const int nt = static_cast<int>(std::min<int64_t>(GT, ntiles - t0));
-      for (int x = 0; x < nt; ++x) {
-        const int64_t b = (t0 + x) * R;
-        rc[x] = static_cast<int>(std::min<int64_t>(R, m - b));
-        for (int r = 0; r < rc[x]; ++r) rows[x][r] = row(cand[b + r]);
+    for (int x = 0; x < ntl; ++x) {
+      rc[x] = static_cast<int>(std::min<int64_t>(R, nb - x * R));
+      for (int r = 0; r < rc[x]; ++r) rows[x][r] = row(cand[b0 + x * R + r]);
+    }
+    // u = M^{-1} g for the block's rows, a chunk of VB rows of M^{-1} per work item (so a few
+    // candidates still keep every thread busy); each chunk of M^{-1} is read once per block.
+#pragma omp parallel for num_threads(nt_) schedule(dynamic, 1) if (nb * d * d > kParallelWork)
+    for (int64_t ac = 0; ac < nach; ++ac) {
+      const int64_t a0 = ac * VB;
+      const int V = static_cast<int>(std::min<int64_t>(VB, d - a0));
+      const double* vecs[VB];
+      double buf[RM * VB];
+      for (int v = 0; v < V; ++v) vecs[v] = minv_.data() + (a0 + v) * d;
+      for (int x = 0; x < ntl; ++x) {
+        K_.dots_pf(G_.dtype, rows[x], rc[x], vecs, V, d, buf, x + 1 < ntl ? rows[x + 1] : nullptr,
+                   x + 1 < ntl ? rc[x + 1] : 0);
+        for (int r = 0; r < rc[x]; ++r)
+          for (int v = 0; v < V; ++v) u[(x * R + r) * d + a0 + v] = buf[r * V + v];
       }
-      for (int64_t a0 = 0; a0 < d; a0 += VB) {  // u = M^{-1} g, a chunk of M^{-1} rows at a time
-        const int V = static_cast<int>(std::min<int64_t>(VB, d - a0));
-        for (int v = 0; v < V; ++v) vecs[v] = minv_.data() + (a0 + v) * d;
-        for (int x = 0; x < nt; ++x) {
-          K_.dots(G_.dtype, rows[x], rc[x], vecs, V, d, buf);
-          for (int r = 0; r < rc[x]; ++r)
-            for (int v = 0; v < V; ++v) u[(x * R + r) * d + a0 + v] = buf[r * V + v];
-        }
+    }
+#pragma omp parallel for num_threads(nt_) schedule(static) if (nb * d * (np + 1) > kParallelWork)
+    for (int64_t c = 0; c < nb; ++c) {
+      const char* rw = rows[c / R][c % R];
+      const double* ur = u + c * d;
+      double qt;
+      K_.dots(G_.dtype, &rw, 1, &ur, 1, d, &qt);
+      if (np > 0) {
+        double cp[kMinvLag];
+        const double* pv[kMinvLag];
+        for (int64_t v = 0; v < np; ++v) pv[v] = W_.data() + (minv_t_ + v) * d;
+        K_.dots(G_.dtype, &rw, 1, pv, static_cast<int>(np), d, cp);
+        for (int64_t v = 0; v < np; ++v) qt -= cp[v] * cp[v];
       }
-      for (int x = 0; x < nt; ++x)
-        for (int r = 0; r < rc[x]; ++r) {
-          const double* ur = u + (x * R + r) * d;
-          double qt;
-          K_.dots(G_.dtype, rows[x] + r, 1, &ur, 1, d, &qt);
-          const int64_t np = t_ - minv_t_;  // rows not folded into minv_ yet
-          if (np > 0) {
-            double cp[kMinvLag];
-            const double* pv[kMinvLag];
-            for (int64_t v = 0; v < np; ++v) pv[v] = W_.data() + (minv_t_ + v) * d;
-            K_.dots(G_.dtype, rows[x] + r, 1, pv, static_cast<int>(np), d, cp);
-            for (int64_t v = 0; v < np; ++v) qt -= cp[v] * cp[v];
-          }
-          const int64_t idx = (t0 + x) * R + r;
-          const int64_t i = cand[idx];
-          qub[idx] = std::min(q_[i], std::max(0.0, qt) + 1e-9 * norm2_[i]);
-        }
+      const int64_t i = cand[b0 + c];
+      qub[b0 + c] = std::min(q_[i], std::max(0.0, qt) + 1e-9 * norm2_[i]);
     }
   }
   res_.evaluations += m;
@@ -604,18 +633,29 @@ void Engine::run_lazy() {
       }
       if (batch.empty()) break;
       if (!minv_.empty()) {  // very stale candidates: a cheap bound first
+        // Far behind (more than 2d steps) and without a recent M^{-1} bound: bound through
+        // M^{-1} (d^2) instead of catching up (t - tq_i) d. The bound is remembered, so the
+        // chunked exact catch-up that follows for a contender does not recompute it each time.
+        if (qb_.empty()) {
+          qb_.assign(n_, std::numeric_limits<double>::infinity());
+          tb_.assign(n_, -1);
+        }
         stale.clear();
         size_t keep = 0;
         for (int64_t i : batch) {
-          if (t_ - tq_[i] > 4 * d_) stale.push_back(i);
-          else batch[keep++] = i;
+          if (t_ - tq_[i] > kStaleSteps * d_ && (tb_[i] < 0 || t_ - tb_[i] > d_ / 4))
+            stale.push_back(i);
+          else
+            batch[keep++] = i;
         }
         batch.resize(keep);
         if (!stale.empty()) {
           bound_from_inverse(stale, qub);
           for (size_t x = 0; x < stale.size(); ++x) {
             const int64_t i = stale[x];
-            const double key = std::log1p(opt_.alpha * qub[x]);
+            qb_[i] = std::min(qb_[i], qub[x]);
+            tb_[i] = t_;
+            const double key = std::log1p(opt_.alpha * qb_[i]);
             if (key > best.score || (key == best.score && i < best.idx)) batch.push_back(i);
             else heap.push({key, i});
           }
@@ -629,7 +669,10 @@ void Engine::run_lazy() {
       for (int64_t i : batch) {
         if (state_[i] != kAlive) continue;
         if (tq_[i] < t_) {  // partly caught up: back in the queue with a tighter bound
-          heap.push({delta_[i], i});
+          const double key = qb_.empty() || !(qb_[i] < q_[i])
+                                 ? delta_[i]
+                                 : std::min(delta_[i], std::log1p(opt_.alpha * qb_[i]));
+          heap.push({key, i});
           continue;
         }
         refreshed.push_back(i);
@@ -676,7 +719,7 @@ void Engine::run_stochastic() {
     if (!minv_.empty()) {
       size_t keep = 0;
       for (int64_t i : cand) {
-        if (t_ - tq_[i] > 4 * d_) stale.push_back(i);
+        if (t_ - tq_[i] > kStaleSteps * d_) stale.push_back(i);
         else cand[keep++] = i;
       }
       cand.resize(keep);

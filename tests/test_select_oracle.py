@@ -166,7 +166,7 @@ def test_penalty_changes_picks_on_conflicting_data():
 
 @pytest.mark.parametrize("lam", [0.0, 0.2])
 def test_k_much_larger_than_d_uses_the_inverse_path_exactly(lam):
-    # t >= 2d switches u = M^{-1} g to an explicit d x d inverse; picks and gains must not move.
+    # t >= d switches u = M^{-1} g to an explicit d x d inverse; picks and gains must not move.
     G = gaussian(21, 160, 6)
     ref = greedy_reference(G, 90, alpha=0.8, lam=lam)
     for method in ("naive", "lazy"):
@@ -174,3 +174,19 @@ def test_k_much_larger_than_d_uses_the_inverse_path_exactly(lam):
         np.testing.assert_array_equal(sel.indices, ref["indices"])
         np.testing.assert_allclose(sel.gains, ref["gains"], rtol=1e-9, atol=1e-13)
         assert sel.logdet == pytest.approx(ref["logdet"], rel=1e-10)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3])
+def test_inverse_path_with_simd_widths_and_stale_bounds(lam):
+    # d = 40 fills whole SIMD blocks of the rank-32 inverse updates. The 500 short rows wait in
+    # the queue until the 100 long ones are taken (t = 100 > 2d), so lazy greedy first bounds
+    # them through M^{-1} and then catches them up.
+    G = gaussian(22, 600, 40)
+    G[100:] *= 0.3
+    ref = greedy_reference(G, 160, alpha=0.5, lam=lam)
+    naive = spice.select(G, 160, alpha=0.5, conflict_penalty=lam, method="naive")
+    lazy = spice.select(G, 160, alpha=0.5, conflict_penalty=lam, method="lazy")
+    np.testing.assert_array_equal(naive.indices, ref["indices"])
+    np.testing.assert_array_equal(lazy.indices, naive.indices)
+    np.testing.assert_array_equal(lazy.gains, naive.gains)
+    np.testing.assert_allclose(lazy.gains, ref["gains"], rtol=1e-8, atol=1e-12)

@@ -16,6 +16,8 @@
 namespace spice {
 namespace kern {
 
+constexpr int kMaxTileRows = 8;
+
 struct Table {
   // out[r * V + v] = <row r, vec v>, r < R, v < V.
   void (*dots)(DType dt, const char* const* rows, int R, const double* const* vecs, int V,
@@ -23,6 +25,15 @@ struct Table {
   // out[r] = sum_j row_r[j]^2 * vec[j]  (vec == nullptr: plain squared norm).
   void (*sqdots)(DType dt, const char* const* rows, int R, const double* vec, int64_t d,
                  double* out);
+  // dots, prefetching the npf rows pf[] (the caller's next tile) into cache along the way.
+  void (*dots_pf)(DType dt, const char* const* rows, int R, const double* const* vecs, int V,
+                  int64_t d, double* out, const char* const* pf, int npf);
+  // M[a * d + b] -= ws[s][a] * ws[s][b] for rows a in [a0, a1) of the d x d matrix M, every
+  // column b, s = 0 .. S-1 in order (the order of updates per element is fixed, so the result
+  // does not depend on how callers split the rows a between threads).
+  void (*rank_sub)(const double* const* ws, int S, int64_t a0, int64_t a1, int64_t d, double* M);
+  // Rows per register tile: callers pass tiles of this many rows (at most kMaxTileRows).
+  int tile_rows;
   const char* isa;
 };
 
