@@ -10,8 +10,8 @@
 #include <cstring>
 #include <limits>
 #include <numeric>
-#include <queue>
 #include <stdexcept>
+#include <utility>
 
 #include "spice/core.hpp"
 #include "spice/kernels.hpp"
@@ -24,9 +24,9 @@
 namespace spice {
 namespace {
 
-// Lazy greedy with M^{-1} kept: candidates more than kStaleSteps * d steps behind get the M^{-1}
-// bound before any catch-up.
-constexpr int64_t kStaleSteps = 2;
+// Lazy greedy with M^{-1} kept: candidates more than kStaleSteps * d steps behind, and without an
+// M^{-1} bound from the last kStaleSteps * d steps, get the M^{-1} bound before any catch-up.
+constexpr int64_t kStaleSteps = 4;
 constexpr double kRelTiny = 1e-10;  // q_i <= kRelTiny * ||g_i||^2: g_i lies in span(S)
 constexpr double kEta = 1e-8;       // cosine denominator guard (as in the paper)
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
@@ -52,6 +52,75 @@ struct Best {
     return score > o.score || (score == o.score && idx < o.idx);
   }
 };
+
+// Max-queue of (key, index): largest key first, the lowest index among equal keys (a strict
+// order, so the pop sequence does not depend on the layout). Four children per node: a level
+// of a pop reads one cache line, and the tree is half as deep as a binary heap's, which matters
+// with 10^6 candidates.
+class LazyQueue {
+ public:
+  struct Entry {
+    double key;
+    int64_t idx;
+  };
+  explicit LazyQueue(std::vector<Entry> v) : h_(std::move(v)) {
+    const size_t n = h_.size();
+    if (n > 1)
+      for (size_t i = (n - 2) / 4 + 1; i-- > 0;) down(i);
+  }
+  bool empty() const { return h_.empty(); }
+  const Entry& top() const { return h_.front(); }
+  void push(Entry e) {
+    h_.push_back(e);
+    up(h_.size() - 1);
+  }
+  void pop() {
+    h_.front() = h_.back();
+    h_.pop_back();
+    if (!h_.empty()) down(0);
+  }
+
+ private:
+  std::vector<Entry> h_;
+  static bool above(const Entry& a, const Entry& b) {
+    return a.key > b.key || (a.key == b.key && a.idx < b.idx);
+  }
+  void up(size_t i) {
+    const Entry e = h_[i];
+    while (i > 0) {
+      const size_t p = (i - 1) / 4;
+      if (!above(e, h_[p])) break;
+      h_[i] = h_[p];
+      i = p;
+    }
+    h_[i] = e;
+  }
+  void down(size_t i) {
+    const Entry e = h_[i];
+    const size_t n = h_.size();
+    for (;;) {
+      const size_t c = 4 * i + 1;
+      if (c >= n) break;
+      size_t b = c;
+      const size_t end = std::min(c + 4, n);
+      for (size_t k = c + 1; k < end; ++k)
+        if (above(h_[k], h_[b])) b = k;
+      if (!above(h_[b], e)) break;
+      h_[i] = h_[b];
+      i = b;
+    }
+    h_[i] = e;
+  }
+};
+
+// Sort candidates by (tq, index) without chasing tq_ through memory in every comparison.
+void sort_by_step(std::vector<int64_t>& cand, const std::vector<int64_t>& tq,
+                  std::vector<std::pair<int64_t, int64_t>>& tmp) {
+  tmp.resize(cand.size());
+  for (size_t k = 0; k < cand.size(); ++k) tmp[k] = {tq[cand[k]], cand[k]};
+  std::sort(tmp.begin(), tmp.end());
+  for (size_t k = 0; k < cand.size(); ++k) cand[k] = tmp[k].second;
+}
 
 class Engine {
  public:
@@ -421,32 +490,37 @@ void Engine::add_pick(int64_t j) {
         w[a2] = ua * scale;
       }
     } else {
-      // c_s = <g_j, w_s>, u = g_j - sum_s c_s w_s, w_t = u * sqrt(alpha / (1 + alpha q_j)).
+      // c_s = <g_j, w_s>, u = g_j - sum_s c_s w_s, w_t = u * sqrt(alpha / (1 + alpha q_j)), in
+      // one sweep over W: a chunk of rows gets its dots, then its updates of u while it is still
+      // in cache (about 512 KB), instead of two passes over all t x d of W. Every u[x] subtracts
+      // c_s w_s[x] in ascending s, whatever the thread count.
       std::vector<double> c(t);
       const char* rj = row(j);
-      constexpr int64_t CH = 64;
-      const int64_t nch = (t + CH - 1) / CH;
-#pragma omp parallel for num_threads(nt_) schedule(static) if (t * d > (1 << 18))
-      for (int64_t ch = 0; ch < nch; ++ch) {
-        const int64_t s0 = ch * CH, V = std::min<int64_t>(CH, t - s0);
-        const double* vecs[CH];
-        for (int64_t v = 0; v < V; ++v) vecs[v] = W_.data() + (s0 + v) * d;
-        K_.dots(G_.dtype, &rj, 1, vecs, static_cast<int>(V), d, c.data() + s0);
-      }
+      const int64_t CH = std::max<int64_t>(4, std::min<int64_t>(64, 65536 / d)) & ~int64_t(3);
       constexpr int64_t CB = 256;
       const int64_t ncb = (d + CB - 1) / CB;
-#pragma omp parallel for num_threads(nt_) schedule(static) if (t * d > (1 << 18))
-      for (int64_t cb = 0; cb < ncb; ++cb) {
-        const int64_t j0 = cb * CB, j1 = std::min(d, j0 + CB);
-        double u[CB];
-        for (int64_t x = j0; x < j1; ++x) u[x - j0] = g[x];
-        for (int64_t s = 0; s < t; ++s) {
-          const double cs = c[s];
-          const double* ws = W_.data() + s * d;
-          for (int64_t x = j0; x < j1; ++x) u[x - j0] -= cs * ws[x];
+      for (int64_t x = 0; x < d; ++x) w[x] = g[x];
+#pragma omp parallel num_threads(nt_) if (t * d > (1 << 18))
+      for (int64_t s0 = 0; s0 < t; s0 += CH) {
+        const int64_t V = std::min<int64_t>(CH, t - s0);
+#pragma omp for schedule(static)
+        for (int64_t v0 = 0; v0 < V; v0 += 4) {
+          const int nv = static_cast<int>(std::min<int64_t>(4, V - v0));
+          const double* vecs[4];
+          for (int v = 0; v < nv; ++v) vecs[v] = W_.data() + (s0 + v0 + v) * d;
+          K_.dots(G_.dtype, &rj, 1, vecs, nv, d, c.data() + s0 + v0);
         }
-        for (int64_t x = j0; x < j1; ++x) w[x] = u[x - j0] * scale;
+#pragma omp for schedule(static)
+        for (int64_t cb = 0; cb < ncb; ++cb) {
+          const int64_t j0 = cb * CB, j1 = std::min(d, j0 + CB);
+          for (int64_t s = s0; s < s0 + V; ++s) {
+            const double cs = c[s];
+            const double* ws = W_.data() + s * d;
+            for (int64_t x = j0; x < j1; ++x) w[x] -= cs * ws[x];
+          }
+        }
       }
+      for (int64_t x = 0; x < d; ++x) w[x] *= scale;
     }
   }
   double sn = 0.0;
@@ -601,18 +675,11 @@ void Engine::run_naive() {
 }
 
 void Engine::run_lazy() {
-  struct Entry {
-    double key;
-    int64_t idx;
-  };
-  auto worse = [](const Entry& a, const Entry& b) {  // heap top = largest key, lowest index
-    return a.key < b.key || (a.key == b.key && a.idx > b.idx);
-  };
-  std::vector<Entry> store;
+  std::vector<LazyQueue::Entry> store;
   store.reserve(n_);
   for (int64_t i = 0; i < n_; ++i)
     if (state_[i] == kAlive) store.push_back({base_[i], i});
-  std::priority_queue<Entry, std::vector<Entry>, decltype(worse)> heap(worse, std::move(store));
+  LazyQueue heap(std::move(store));
 
   int64_t B = opt_.batch > 0 ? opt_.batch : 16;
   // Catch-up rows per refresh: a stale candidate whose bound falls below the best score after
@@ -620,22 +687,24 @@ void Engine::run_lazy() {
   const int64_t chunk = opt_.chunk > 0 ? opt_.chunk : 256;
   std::vector<int64_t> batch, refreshed, stale;
   std::vector<double> qub;
+  std::vector<std::pair<int64_t, int64_t>> sort_tmp;
   while (t_ < opt_.k) {
     Best best;
     refreshed.clear();
     for (;;) {
       batch.clear();
       while (!heap.empty() && static_cast<int64_t>(batch.size()) < B) {
-        const Entry& top = heap.top();
+        const LazyQueue::Entry& top = heap.top();
         if (!(top.key > best.score || (top.key == best.score && top.idx < best.idx))) break;
         batch.push_back(top.idx);
         heap.pop();
       }
       if (batch.empty()) break;
       if (!minv_.empty()) {  // very stale candidates: a cheap bound first
-        // Far behind (more than 2d steps) and without a recent M^{-1} bound: bound through
-        // M^{-1} (d^2) instead of catching up (t - tq_i) d. The bound is remembered, so the
-        // chunked exact catch-up that follows for a contender does not recompute it each time.
+        // Far behind and without a recent M^{-1} bound: bound through M^{-1} (d^2) instead of
+        // catching up (t - tq_i) d. The bound is remembered (q only decreases), so a candidate
+        // that keeps coming back is caught up exactly in chunks, under the tighter of the two
+        // bounds, instead of paying d^2 again at every pop (which never advances its tq).
         if (qb_.empty()) {
           qb_.assign(n_, std::numeric_limits<double>::infinity());
           tb_.assign(n_, -1);
@@ -643,7 +712,7 @@ void Engine::run_lazy() {
         stale.clear();
         size_t keep = 0;
         for (int64_t i : batch) {
-          if (t_ - tq_[i] > kStaleSteps * d_ && (tb_[i] < 0 || t_ - tb_[i] > d_ / 4))
+          if (t_ - tq_[i] > kStaleSteps * d_ && (tb_[i] < 0 || t_ - tb_[i] > kStaleSteps * d_))
             stale.push_back(i);
           else
             batch[keep++] = i;
@@ -662,23 +731,25 @@ void Engine::run_lazy() {
         }
         if (batch.empty()) continue;
       }
-      // Tiles work best when rows in a tile need the same w rows: sort by staleness.
-      std::sort(batch.begin(), batch.end(),
-                [&](int64_t a, int64_t b) { return tq_[a] < tq_[b] || (tq_[a] == tq_[b] && a < b); });
-      refresh(batch.data(), static_cast<int64_t>(batch.size()), lambda_on(), chunk);
-      for (int64_t i : batch) {
-        if (state_[i] != kAlive) continue;
-        if (tq_[i] < t_) {  // partly caught up: back in the queue with a tighter bound
-          const double key = qb_.empty() || !(qb_[i] < q_[i])
-                                 ? delta_[i]
-                                 : std::min(delta_[i], std::log1p(opt_.alpha * qb_[i]));
-          heap.push({key, i});
-          continue;
+      auto absorb = [&](const std::vector<int64_t>& v) {
+        for (int64_t i : v) {
+          if (state_[i] != kAlive) continue;
+          if (tq_[i] < t_) {  // partly caught up: back in the queue with a tighter bound
+            const double key = qb_.empty() || !(qb_[i] < q_[i])
+                                   ? delta_[i]
+                                   : std::min(delta_[i], std::log1p(opt_.alpha * qb_[i]));
+            heap.push({key, i});
+            continue;
+          }
+          refreshed.push_back(i);
+          Best b{score_[i], i};
+          if (b.better_than(best)) best = b;
         }
-        refreshed.push_back(i);
-        Best b{score_[i], i};
-        if (b.better_than(best)) best = b;
-      }
+      };
+      // Tiles work best when rows in a tile need the same w rows: sort by staleness.
+      sort_by_step(batch, tq_, sort_tmp);
+      refresh(batch.data(), static_cast<int64_t>(batch.size()), lambda_on(), chunk);
+      absorb(batch);
     }
     if (opt_.batch <= 0)
       B = std::max<int64_t>(16, std::min<int64_t>(4096, static_cast<int64_t>(refreshed.size())));
@@ -705,6 +776,7 @@ void Engine::run_stochastic() {
   SplitMix64 rng(opt_.seed);
   std::vector<int64_t> cand, stale;
   std::vector<double> qub;
+  std::vector<std::pair<int64_t, int64_t>> sort_tmp;
   while (t_ < opt_.k) {
     const int64_t r = static_cast<int64_t>(remaining.size());
     const int64_t m = std::min(sample, r);
@@ -724,8 +796,7 @@ void Engine::run_stochastic() {
       }
       cand.resize(keep);
     }
-    std::sort(cand.begin(), cand.end(),
-              [&](int64_t a, int64_t b) { return tq_[a] < tq_[b] || (tq_[a] == tq_[b] && a < b); });
+    sort_by_step(cand, tq_, sort_tmp);
     Best best = refresh(cand.data(), static_cast<int64_t>(cand.size()), lambda_on());
     if (!stale.empty()) {
       bound_from_inverse(stale, qub);
@@ -734,8 +805,7 @@ void Engine::run_stochastic() {
         const double key = std::log1p(opt_.alpha * qub[x]);
         if (key > best.score || (key == best.score && stale[x] < best.idx)) cand.push_back(stale[x]);
       }
-      std::sort(cand.begin(), cand.end(),
-                [&](int64_t a, int64_t b) { return tq_[a] < tq_[b] || (tq_[a] == tq_[b] && a < b); });
+      sort_by_step(cand, tq_, sort_tmp);
       const Best b2 = refresh(cand.data(), static_cast<int64_t>(cand.size()), lambda_on());
       if (b2.better_than(best)) best = b2;
     }

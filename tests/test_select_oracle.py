@@ -178,14 +178,14 @@ def test_k_much_larger_than_d_uses_the_inverse_path_exactly(lam):
 
 @pytest.mark.parametrize("lam", [0.0, 0.3])
 def test_inverse_path_with_simd_widths_and_stale_bounds(lam):
-    # d = 40 fills whole SIMD blocks of the rank-32 inverse updates. The 500 short rows wait in
-    # the queue until the 100 long ones are taken (t = 100 > 2d), so lazy greedy first bounds
+    # d = 40 fills whole SIMD blocks of the rank-32 inverse updates. The 200 short rows wait in
+    # the queue until the 200 long ones are taken (t = 200 > 4d), so lazy greedy first bounds
     # them through M^{-1} and then catches them up.
-    G = gaussian(22, 600, 40)
-    G[100:] *= 0.3
-    ref = greedy_reference(G, 160, alpha=0.5, lam=lam)
-    naive = spice.select(G, 160, alpha=0.5, conflict_penalty=lam, method="naive")
-    lazy = spice.select(G, 160, alpha=0.5, conflict_penalty=lam, method="lazy")
+    G = np.random.default_rng(4).standard_normal((400, 40))
+    G[200:] *= 0.3
+    ref = greedy_reference(G, 260, alpha=0.5, lam=lam)
+    naive = spice.select(G, 260, alpha=0.5, conflict_penalty=lam, method="naive")
+    lazy = spice.select(G, 260, alpha=0.5, conflict_penalty=lam, method="lazy")
     np.testing.assert_array_equal(naive.indices, ref["indices"])
     np.testing.assert_array_equal(lazy.indices, naive.indices)
     np.testing.assert_array_equal(lazy.gains, naive.gains)
