@@ -24,8 +24,8 @@
 namespace spice {
 namespace {
 
-// Lazy greedy with M^{-1} kept: candidates more than kStaleSteps * d steps behind, and without an
-// M^{-1} bound from the last kStaleSteps * d steps, get the M^{-1} bound before any catch-up.
+// Lazy greedy with M^{-1} kept: candidates more than kStaleSteps * d steps behind get the M^{-1}
+// bound before any catch-up.
 constexpr int64_t kStaleSteps = 4;
 constexpr double kRelTiny = 1e-10;  // q_i <= kRelTiny * ||g_i||^2: g_i lies in span(S)
 constexpr double kEta = 1e-8;       // cosine denominator guard (as in the paper)
@@ -141,8 +141,7 @@ class Engine {
   int nt_;
   std::vector<double> norm2_, base_, q_, delta_, score_, conf_, align_;
   std::vector<int64_t> tq_;     // step at which q_i is current
-  std::vector<double> qb_;      // lazy, k > d: an upper bound on q_i from M^{-1} (inf: none) ...
-  std::vector<int64_t> tb_;     // ... computed at this step (-1: none)
+  std::vector<double> qb_;      // lazy, k > d: an upper bound on q_i from M^{-1} (inf: none)
   std::vector<uint8_t> state_;
   std::vector<double> W_;       // t rows of length d: M_t^{-1} = I - sum_s w_s w_s^T
   std::vector<double> ssum_;    // sum of picked rows
@@ -701,18 +700,15 @@ void Engine::run_lazy() {
       }
       if (batch.empty()) break;
       if (!minv_.empty()) {  // very stale candidates: a cheap bound first
-        // Far behind and without a recent M^{-1} bound: bound through M^{-1} (d^2) instead of
-        // catching up (t - tq_i) d. The bound is remembered (q only decreases), so a candidate
-        // that keeps coming back is caught up exactly in chunks, under the tighter of the two
-        // bounds, instead of paying d^2 again at every pop (which never advances its tq).
-        if (qb_.empty()) {
-          qb_.assign(n_, std::numeric_limits<double>::infinity());
-          tb_.assign(n_, -1);
-        }
+        // Far behind: bound through M^{-1} (d^2) at every pop instead of catching up
+        // (t - tq_i) d; a fresh bound also rejects a candidate whose value fell since its last
+        // one. The bound is remembered (q only decreases), so a contender's chunked catch-up
+        // goes back to the queue under the tighter of its partial and M^{-1} bounds.
+        if (qb_.empty()) qb_.assign(n_, std::numeric_limits<double>::infinity());
         stale.clear();
         size_t keep = 0;
         for (int64_t i : batch) {
-          if (t_ - tq_[i] > kStaleSteps * d_ && (tb_[i] < 0 || t_ - tb_[i] > kStaleSteps * d_))
+          if (t_ - tq_[i] > kStaleSteps * d_)
             stale.push_back(i);
           else
             batch[keep++] = i;
@@ -723,7 +719,6 @@ void Engine::run_lazy() {
           for (size_t x = 0; x < stale.size(); ++x) {
             const int64_t i = stale[x];
             qb_[i] = std::min(qb_[i], qub[x]);
-            tb_[i] = t_;
             const double key = std::log1p(opt_.alpha * qb_[i]);
             if (key > best.score || (key == best.score && i < best.idx)) batch.push_back(i);
             else heap.push({key, i});
