@@ -32,12 +32,18 @@ from spice.reference import dpp_map_greedy, greedy_numpy  # noqa: E402
 OUT = os.path.join(os.path.dirname(__file__), "out")
 
 
-def rss_mb() -> float:
+def _status_mb(field: str) -> float:
+    """One memory line of /proc/self/status in MiB (NaN where there is none)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def rss_mb() -> float:
+    """Peak resident memory (MiB), the mapped file's pages included."""
+    return _status_mb("VmHWM")
 
 
 def step_time(G: np.ndarray, lam: float, k: int = 40) -> float:
@@ -127,11 +133,7 @@ def memmap_features(path: str, n: int, d: int, seed: int) -> np.memmap:
 
 def rss_anon_mb() -> float:
     """Resident anonymous memory now (MiB): what the run allocated, not the mapped file's pages."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    return _status_mb("RssAnon")
 
 
 def run_budgeted(G, k: int, method: str, budget: float, **kw):
