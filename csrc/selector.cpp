@@ -27,6 +27,8 @@ namespace {
 // Lazy greedy with M^{-1} kept: candidates more than kStaleSteps * d steps behind get the M^{-1}
 // bound before any catch-up.
 constexpr int64_t kStaleSteps = 4;
+// Refresh tiles hold candidates whose steps tq_i differ by at most this much.
+constexpr int64_t kTileSpread = 64;
 constexpr double kRelTiny = 1e-10;  // q_i <= kRelTiny * ||g_i||^2: g_i lies in span(S)
 constexpr double kEta = 1e-8;       // cosine denominator guard (as in the paper)
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
@@ -147,7 +149,7 @@ class Engine {
   std::vector<double> ssum_;    // sum of picked rows
   std::vector<double> minv_;    // d x d: M_t^{-1}, kept once t >= d (the k > d path)
   std::vector<double> ubuf_;    // per-thread scratch of bound_from_inverse
-  std::vector<int64_t> tile_work_, gstart_;  // refresh's tile costs and group starts
+  std::vector<int64_t> tstart_, tile_work_, gstart_;  // refresh's tiles, their costs, groups
   int64_t minv_t_ = 0;          // minv_ = I - sum_{s < minv_t_} w_s w_s^T
   static constexpr int64_t kMinvLag = 32;
   void flush_minv();
@@ -227,7 +229,26 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
   constexpr int GTMAX = 16;  // tiles per group: a chunk of W stays in L2 across a group
   const int64_t d = d_;
   const int VB = static_cast<int>(std::max<int64_t>(4, std::min<int64_t>(VBMAX, 262144 / (8 * d))));
-  const int64_t ntiles = (m + R - 1) / R;
+  // Tiles: up to R consecutive candidates whose steps tq_i lie within kTileSpread of each other
+  // (the kernel computes a tile's whole span for every row in it, so rows that start later would
+  // waste work on w rows they already have).
+  tstart_.clear();
+  {
+    int64_t tlo = 0, thi = -1;
+    for (int64_t c = 0; c < m; ++c) {
+      const int64_t tq = tq_[cand[c]];
+      const int64_t n0 = tstart_.empty() ? 0 : c - tstart_.back();
+      if (tstart_.empty() || n0 == R || std::max(thi, tq) - std::min(tlo, tq) > kTileSpread) {
+        tstart_.push_back(c);
+        tlo = thi = tq;
+      } else {
+        tlo = std::min(tlo, tq);
+        thi = std::max(thi, tq);
+      }
+    }
+    tstart_.push_back(m);
+  }
+  const int64_t ntiles = static_cast<int64_t>(tstart_.size()) - 1;
   // Groups of up to GTMAX consecutive tiles with about equal work (catch-up rows of the tile's
   // widest row, times its rows), about four per thread, so that the dynamic schedule balances
   // even when the first (stalest) tiles cost far more than the rest.
@@ -235,7 +256,7 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
   tile_work_.resize(ntiles);
   for (int64_t x = 0; x < ntiles; ++x) {
     int64_t w = 0;
-    const int64_t b = x * R, e = std::min<int64_t>(m, b + R);
+    const int64_t b = tstart_[x], e = tstart_[x + 1];
     for (int64_t c = b; c < e; ++c)
       w = std::max(w, std::min<int64_t>(t_ - tq_[cand[c]], max_rows) + 1);
     tile_work_[x] = w * (e - b);
@@ -274,17 +295,23 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
       const int nt = static_cast<int>(gstart_[grp + 1] - t0);
       int64_t glo = t_, ghi = 0;
       for (int x = 0; x < nt; ++x) {
-        const int64_t b = (t0 + x) * R;
-        rcount[x] = static_cast<int>(std::min<int64_t>(R, m - b));
+        const int64_t b = tstart_[t0 + x];
+        rcount[x] = static_cast<int>(tstart_[t0 + x + 1] - b);
         lo[x] = t_;
         hi[x] = 0;
         for (int r = 0; r < rcount[x]; ++r) {
           const int64_t i = cand[b + r];
           rows[x][r] = row(i);
           lo[x] = std::min(lo[x], tq_[i]);
-          end[x][r] = t_ - tq_[i] > max_rows ? tq_[i] + max_rows : t_;
+          // Partial catch-ups end on multiples of max_rows, so that candidates left behind
+          // share their step tq_i and fill whole tiles the next time.
+          end[x][r] = t_ - tq_[i] > max_rows ? (tq_[i] + max_rows) / max_rows * max_rows : t_;
           hi[x] = std::max(hi[x], end[x][r]);
-          my_dots += end[x][r] - tq_[i];
+        }
+        // The kernel computes the tile's whole span for every row: rows go on to its end.
+        for (int r = 0; r < rcount[x]; ++r) {
+          end[x][r] = hi[x];
+          my_dots += end[x][r] - tq_[cand[b + r]];
         }
         glo = std::min(glo, lo[x]);
         ghi = std::max(ghi, hi[x]);
@@ -301,7 +328,7 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
           K_.dots_pf(G_.dtype, rows[x], rcount[x], vecs, 2, d, buf, x + 1 < nt ? rows[x + 1] : nullptr,
                      x + 1 < nt ? rcount[x + 1] : 0);
           for (int r = 0; r < rcount[x]; ++r) {
-            const int64_t i = cand[(t0 + x) * R + r];
+            const int64_t i = cand[tstart_[t0 + x] + r];
             const double v = buf[r * 2];
             const double q = q_[i] - v * v;
             q_[i] = q < 0.0 ? 0.0 : q;
@@ -323,7 +350,7 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
             K_.dots_pf(G_.dtype, rows[x], rcount[x], vecs + v0, nv, d, buf,
                        xn < nt ? rows[xn] : nullptr, xn < nt ? rcount[xn] : 0);
             for (int r = 0; r < rcount[x]; ++r) {
-              const int64_t i = cand[(t0 + x) * R + r];
+              const int64_t i = cand[tstart_[t0 + x] + r];
               double q = q_[i];
               for (int v = v0; v < v1; ++v) {
                 if (s0 + v < tq_[i] || s0 + v >= end[x][r]) continue;
@@ -350,7 +377,7 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
       }
       for (int x = 0; x < nt; ++x) {
         for (int r = 0; r < rcount[x]; ++r) {
-          const int64_t i = cand[(t0 + x) * R + r];
+          const int64_t i = cand[tstart_[t0 + x] + r];
           tq_[i] = end[x][r];
           const double q = q_[i];
           if (!(q > kRelTiny * norm2_[i])) {
@@ -807,6 +834,7 @@ void Engine::run_stochastic() {
     bool full_scan = false;
     if (!(best.score > kNegInf) && m < r) {  // sample all dead: look at everything left
       cand.assign(remaining.begin(), remaining.end());
+      sort_by_step(cand, tq_, sort_tmp);
       best = refresh(cand.data(), r, lambda_on());
       full_scan = true;
     }
