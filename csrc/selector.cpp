@@ -116,14 +116,22 @@ class LazyQueue {
   }
 };
 
-// Sort candidates by (tq, index) without chasing tq through memory in every comparison.
+// Order candidates by step tq (refresh tiles group equal steps): (tq, index) ascending, without
+// chasing tq through memory in every comparison. Candidates at the newest step `last` (refreshed
+// at the previous pick: most of a lazy batch) go to the end unsorted; only the rest is sorted.
 template <class TqOf>
 void sort_by_step(std::vector<int64_t>& cand, TqOf tq_of,
-                  std::vector<std::pair<int64_t, int64_t>>& tmp) {
-  tmp.resize(cand.size());
-  for (size_t k = 0; k < cand.size(); ++k) tmp[k] = {tq_of(cand[k]), cand[k]};
+                  std::vector<std::pair<int64_t, int64_t>>& tmp, int64_t last) {
+  tmp.clear();
+  size_t keep = 0;
+  for (size_t k = 0; k < cand.size(); ++k) {
+    const int64_t tq = tq_of(cand[k]);
+    if (tq == last) cand[keep++] = cand[k];
+    else tmp.push_back({tq, cand[k]});
+  }
   std::sort(tmp.begin(), tmp.end());
-  for (size_t k = 0; k < cand.size(); ++k) cand[k] = tmp[k].second;
+  std::move_backward(cand.begin(), cand.begin() + keep, cand.end());
+  for (size_t k = 0; k < tmp.size(); ++k) cand[k] = tmp[k].second;
 }
 
 class Engine {
@@ -789,7 +797,7 @@ void Engine::run_lazy() {
         }
       };
       // Tiles work best when rows in a tile need the same w rows: sort by staleness.
-      sort_by_step(batch, tq_of, sort_tmp);
+      sort_by_step(batch, tq_of, sort_tmp, t_ - 1);
       refresh(batch.data(), static_cast<int64_t>(batch.size()), lambda_on(), chunk);
       absorb(batch);
     }
@@ -853,7 +861,7 @@ void Engine::run_stochastic() {
       }
       cand.resize(keep);
     }
-    sort_by_step(cand, tq_of, sort_tmp);
+    sort_by_step(cand, tq_of, sort_tmp, t_ - 1);
     Best best = refresh(cand.data(), static_cast<int64_t>(cand.size()), lambda_on());
     if (!stale.empty()) {
       bound_from_inverse(stale, qub);
@@ -862,14 +870,14 @@ void Engine::run_stochastic() {
         const double key = std::log1p(opt_.alpha * qub[x]);
         if (key > best.score || (key == best.score && stale[x] < best.idx)) cand.push_back(stale[x]);
       }
-      sort_by_step(cand, tq_of, sort_tmp);
+      sort_by_step(cand, tq_of, sort_tmp, t_ - 1);
       const Best b2 = refresh(cand.data(), static_cast<int64_t>(cand.size()), lambda_on());
       if (b2.better_than(best)) best = b2;
     }
     bool full_scan = false;
     if (!(best.score > kNegInf) && m < r) {  // sample all dead: look at everything left
       cand.assign(remaining.begin(), remaining.end());
-      sort_by_step(cand, tq_of, sort_tmp);
+      sort_by_step(cand, tq_of, sort_tmp, t_ - 1);
       best = refresh(cand.data(), r, lambda_on());
       full_scan = true;
     }
