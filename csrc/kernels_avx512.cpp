@@ -116,7 +116,8 @@ void dots_t(const char* const* rows, int R, const double* const* vecs, int V, in
     for (int r = 0; r < npf; ++r) all[na++] = pf[r];
     int r = 0;
     for (; r + 3 <= R; r += 3) {
-      const int np = r + 3 < na ? (na - r - 3 < 3 ? na - r - 3 : 3) : 0;
+      const int left = na - r - 3;  // rows after this tile, the caller's next tile included
+      const int np = left < 0 ? 0 : left < 3 ? left : 3;
       const char* const* p = np ? all + r + 3 : nullptr;
       if (V == 2) micro<D, 3, 2>(rows + r, vecs, d, out + r * V, V, p, np);
       else micro<D, 3, 1>(rows + r, vecs, d, out + r * V, V, p, np);

@@ -116,24 +116,6 @@ class LazyQueue {
   }
 };
 
-// Order candidates by step tq (refresh tiles group equal steps): (tq, index) ascending, without
-// chasing tq through memory in every comparison. Candidates at the newest step `last` (refreshed
-// at the previous pick: most of a lazy batch) go to the end unsorted; only the rest is sorted.
-template <class TqOf>
-void sort_by_step(std::vector<int64_t>& cand, TqOf tq_of,
-                  std::vector<std::pair<int64_t, int64_t>>& tmp, int64_t last) {
-  tmp.clear();
-  size_t keep = 0;
-  for (size_t k = 0; k < cand.size(); ++k) {
-    const int64_t tq = tq_of(cand[k]);
-    if (tq == last) cand[keep++] = cand[k];
-    else tmp.push_back({tq, cand[k]});
-  }
-  std::sort(tmp.begin(), tmp.end());
-  std::move_backward(cand.begin(), cand.begin() + keep, cand.end());
-  for (size_t k = 0; k < tmp.size(); ++k) cand[k] = tmp[k].second;
-}
-
 class Engine {
  public:
   Engine(const MatrixView& G, const Options& opt, const ProgressHook& hook, double hook_dt)
@@ -165,7 +147,6 @@ class Engine {
   };
   static_assert(sizeof(RowState) == 64, "one cache line per candidate");
   std::vector<RowState> rs_;
-  bool qb_on_ = false;          // lazy, k > d: M^{-1} bounds in use
   std::vector<double> base_;
   // conflict factor max(0, -cos(g_i, sum of picks))
   double conf(int64_t i) const { return rs_[i].align < 0.0 ? -rs_[i].align : 0.0; }
@@ -174,6 +155,10 @@ class Engine {
   std::vector<double> minv_;    // d x d: M_t^{-1}, kept once t >= d (the k > d path)
   std::vector<double> ubuf_;    // per-thread scratch of bound_from_inverse
   std::vector<int64_t> tstart_, tile_work_, gstart_;  // refresh's tiles, their costs, groups
+  std::vector<std::pair<int64_t, int64_t>> sort_tmp_;  // sort_by_step's (tq, index) pairs
+  void sort_by_step(std::vector<int64_t>& cand);
+  // Far behind once M^{-1} is kept: its d^2 bound is cheaper than catching up (t - tq_i) d.
+  bool far_behind(int64_t i) const { return t_ - rs_[i].tq > kStaleSteps * d_; }
   int64_t minv_t_ = 0;          // minv_ = I - sum_{s < minv_t_} w_s w_s^T
   static constexpr int64_t kMinvLag = 32;
   void flush_minv();
@@ -203,6 +188,22 @@ class Engine {
   void run_diag_compat();
   void run_topk_compat();
 };
+
+// Order candidates by step tq (refresh tiles group equal steps): (tq, index) ascending, without
+// chasing tq through memory in every comparison. Candidates refreshed at the previous pick
+// (tq = t - 1: most of a lazy batch) go to the end unsorted; only the rest is sorted.
+void Engine::sort_by_step(std::vector<int64_t>& cand) {
+  sort_tmp_.clear();
+  size_t keep = 0;
+  for (size_t k = 0; k < cand.size(); ++k) {
+    const int64_t tq = rs_[cand[k]].tq;
+    if (tq == t_ - 1) cand[keep++] = cand[k];
+    else sort_tmp_.push_back({tq, cand[k]});
+  }
+  std::sort(sort_tmp_.begin(), sort_tmp_.end());
+  std::move_backward(cand.begin(), cand.begin() + keep, cand.end());
+  for (size_t k = 0; k < sort_tmp_.size(); ++k) cand[k] = sort_tmp_[k].second;
+}
 
 void Engine::init_norms() {
   std::vector<double> norm2(n_, 0.0);
@@ -302,8 +303,7 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
     double thr = kNegInf;  // alpha * q below this cannot beat `local`
     int64_t my_dots = 0;
     const char* rows[GTMAX][RM];
-    int64_t end[GTMAX][RM];
-    int64_t lo[GTMAX], hi[GTMAX];
+    int64_t lo[GTMAX], hi[GTMAX];  // a tile's rows are caught up from their own tq_i to hi
     int rcount[GTMAX];
     double buf[RM * VBMAX];
     const double* vecs[VBMAX];
@@ -322,15 +322,12 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
           rows[x][r] = row(i);
           lo[x] = std::min(lo[x], rs_[i].tq);
           // Partial catch-ups end on multiples of max_rows, so that candidates left behind
-          // share their step tq_i and fill whole tiles the next time.
-          end[x][r] = t_ - rs_[i].tq > max_rows ? (rs_[i].tq + max_rows) / max_rows * max_rows : t_;
-          hi[x] = std::max(hi[x], end[x][r]);
+          // share their step tq_i and fill whole tiles the next time. The kernel computes the
+          // tile's whole span for every row, so every row goes on to the tile's end.
+          const int64_t tq = rs_[i].tq;
+          hi[x] = std::max(hi[x], t_ - tq > max_rows ? (tq + max_rows) / max_rows * max_rows : t_);
         }
-        // The kernel computes the tile's whole span for every row: rows go on to its end.
-        for (int r = 0; r < rcount[x]; ++r) {
-          end[x][r] = hi[x];
-          my_dots += end[x][r] - rs_[cand[b + r]].tq;
-        }
+        for (int r = 0; r < rcount[x]; ++r) my_dots += hi[x] - rs_[cand[b + r]].tq;
         glo = std::min(glo, lo[x]);
         ghi = std::max(ghi, hi[x]);
       }
@@ -371,7 +368,7 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
               const int64_t i = cand[tstart_[t0 + x] + r];
               double q = rs_[i].q;
               for (int v = v0; v < v1; ++v) {
-                if (s0 + v < rs_[i].tq || s0 + v >= end[x][r]) continue;
+                if (s0 + v < rs_[i].tq) continue;
                 const double y = buf[r * nv + v - v0];
                 q = q - y * y;
                 if (q < 0.0) q = 0.0;
@@ -381,22 +378,14 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
           }
         }
         if (conflict) {
-          for (int x = 0; x < nt; ++x) {
-            bool all_cur = true;
-            for (int r = 0; r < rcount[x]; ++r) all_cur = all_cur && end[x][r] == t_;
-            if (all_cur) {
-              K_.dots(G_.dtype, rows[x], rcount[x], &sv, 1, d, a[x]);
-            } else {
-              for (int r = 0; r < rcount[x]; ++r)
-                if (end[x][r] == t_) K_.dots(G_.dtype, rows[x] + r, 1, &sv, 1, d, a[x] + r);
-            }
-          }
+          for (int x = 0; x < nt; ++x)
+            if (hi[x] == t_) K_.dots(G_.dtype, rows[x], rcount[x], &sv, 1, d, a[x]);
         }
       }
       for (int x = 0; x < nt; ++x) {
         for (int r = 0; r < rcount[x]; ++r) {
           const int64_t i = cand[tstart_[t0 + x] + r];
-          rs_[i].tq = end[x][r];
+          rs_[i].tq = hi[x];
           const double q = rs_[i].q;
           if (!(q > kRelTiny * rs_[i].norm2)) {
             rs_[i].state = kDead;
@@ -404,7 +393,7 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
             rs_[i].score = kNegInf;
             continue;
           }
-          if (!all_delta && end[x][r] == t_ && alpha * q < thr) {
+          if (!all_delta && hi[x] == t_ && alpha * q < thr) {
             rs_[i].score = kNegInf;  // cannot win; Delta not needed
             continue;
           }
@@ -415,7 +404,7 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
             rs_[i].score = kNegInf;
             continue;
           }
-          if (end[x][r] < t_) {  // partial: Delta is an upper bound, no score yet
+          if (hi[x] < t_) {  // partial: Delta is an upper bound, no score yet
             rs_[i].score = kNegInf;
             continue;
           }
@@ -718,7 +707,6 @@ void Engine::run_naive() {
 }
 
 void Engine::run_lazy() {
-  const auto tq_of = [this](int64_t i) { return rs_[i].tq; };
   std::vector<LazyQueue::Entry> store;
   store.reserve(n_);
   for (int64_t i = 0; i < n_; ++i)
@@ -737,7 +725,6 @@ void Engine::run_lazy() {
   std::vector<LazyQueue::Entry> hot, fresh, merged;
   size_t hc = 0;
   std::vector<double> qub;
-  std::vector<std::pair<int64_t, int64_t>> sort_tmp;
   while (t_ < opt_.k) {
     Best best;
     refreshed.clear();
@@ -759,11 +746,10 @@ void Engine::run_lazy() {
         // (t - tq_i) d; a fresh bound also rejects a candidate whose value fell since its last
         // one. The bound is remembered (q only decreases), so a contender's chunked catch-up
         // goes back to the queue under the tighter of its partial and M^{-1} bounds.
-        qb_on_ = true;
         stale.clear();
         size_t keep = 0;
         for (int64_t i : batch) {
-          if (t_ - rs_[i].tq > kStaleSteps * d_)
+          if (far_behind(i))
             stale.push_back(i);
           else
             batch[keep++] = i;
@@ -785,9 +771,9 @@ void Engine::run_lazy() {
         for (int64_t i : v) {
           if (rs_[i].state != kAlive) continue;
           if (rs_[i].tq < t_) {  // partly caught up: back in the queue with a tighter bound
-            const double key = !qb_on_ || !(rs_[i].qb < rs_[i].q)
-                                   ? rs_[i].delta
-                                   : std::min(rs_[i].delta, std::log1p(opt_.alpha * rs_[i].qb));
+            const double key = rs_[i].qb < rs_[i].q  // qb: +inf until an M^{-1} bound exists
+                                   ? std::min(rs_[i].delta, std::log1p(opt_.alpha * rs_[i].qb))
+                                   : rs_[i].delta;
             heap.push({key, i});
             continue;
           }
@@ -797,7 +783,7 @@ void Engine::run_lazy() {
         }
       };
       // Tiles work best when rows in a tile need the same w rows: sort by staleness.
-      sort_by_step(batch, tq_of, sort_tmp, t_ - 1);
+      sort_by_step(batch);
       refresh(batch.data(), static_cast<int64_t>(batch.size()), lambda_on(), chunk);
       absorb(batch);
     }
@@ -829,7 +815,6 @@ void Engine::run_lazy() {
 }
 
 void Engine::run_stochastic() {
-  const auto tq_of = [this](int64_t i) { return rs_[i].tq; };
   std::vector<int64_t> remaining;
   remaining.reserve(n_);
   for (int64_t i = 0; i < n_; ++i)
@@ -841,7 +826,6 @@ void Engine::run_stochastic() {
   SplitMix64 rng(opt_.seed);
   std::vector<int64_t> cand, stale;
   std::vector<double> qub;
-  std::vector<std::pair<int64_t, int64_t>> sort_tmp;
   while (t_ < opt_.k) {
     const int64_t r = static_cast<int64_t>(remaining.size());
     const int64_t m = std::min(sample, r);
@@ -856,12 +840,12 @@ void Engine::run_stochastic() {
     if (!minv_.empty()) {
       size_t keep = 0;
       for (int64_t i : cand) {
-        if (t_ - rs_[i].tq > kStaleSteps * d_) stale.push_back(i);
+        if (far_behind(i)) stale.push_back(i);
         else cand[keep++] = i;
       }
       cand.resize(keep);
     }
-    sort_by_step(cand, tq_of, sort_tmp, t_ - 1);
+    sort_by_step(cand);
     Best best = refresh(cand.data(), static_cast<int64_t>(cand.size()), lambda_on());
     if (!stale.empty()) {
       bound_from_inverse(stale, qub);
@@ -870,14 +854,14 @@ void Engine::run_stochastic() {
         const double key = std::log1p(opt_.alpha * qub[x]);
         if (key > best.score || (key == best.score && stale[x] < best.idx)) cand.push_back(stale[x]);
       }
-      sort_by_step(cand, tq_of, sort_tmp, t_ - 1);
+      sort_by_step(cand);
       const Best b2 = refresh(cand.data(), static_cast<int64_t>(cand.size()), lambda_on());
       if (b2.better_than(best)) best = b2;
     }
     bool full_scan = false;
     if (!(best.score > kNegInf) && m < r) {  // sample all dead: look at everything left
       cand.assign(remaining.begin(), remaining.end());
-      sort_by_step(cand, tq_of, sort_tmp, t_ - 1);
+      sort_by_step(cand);
       best = refresh(cand.data(), r, lambda_on());
       full_scan = true;
     }
