@@ -362,8 +362,12 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
             const int v0 = static_cast<int>(std::max<int64_t>(lo[x], s0) - s0);
             const int v1 = static_cast<int>(std::min<int64_t>(hi[x], s0 + V) - s0);
             const int nv = v1 - v0;
+            // Prefetch the next tile's rows only before their first use: rows already used
+            // in an earlier chunk are in L2, and pulling them into L1 early evicts this tile's
+            // (measured: 4.1 vs 5.0 FMA vectors a ns for L2-resident 6 x 32 tiles).
+            const bool pf = xn < nt && lo[xn] >= s0;
             K_.dots_pf(G_.dtype, rows[x], rcount[x], vecs + v0, nv, d, buf,
-                       xn < nt ? rows[xn] : nullptr, xn < nt ? rcount[xn] : 0);
+                       pf ? rows[xn] : nullptr, pf ? rcount[xn] : 0);
             for (int r = 0; r < rcount[x]; ++r) {
               const int64_t i = cand[tstart_[t0 + x] + r];
               double q = rs_[i].q;
@@ -513,13 +517,27 @@ void Engine::add_pick(int64_t j) {
       }
       const kern::Table& K = K_;
       const double* gv = g.data();
+      // Rows of M^{-1} in tiles of six (the 8 MB at d = 1024 stream from L3 or memory every
+      // step; one row per call ran a single dependency chain per row and no prefetch).
+      constexpr int64_t RB = 6;
+      const int64_t nrb = (d + RB - 1) / RB;
+      const double* M = minv_.data();
 #pragma omp parallel for num_threads(nt_) schedule(static)
-      for (int64_t a2 = 0; a2 < d; ++a2) {
-        const char* ra = reinterpret_cast<const char*>(minv_.data() + a2 * d);
-        double ua;
-        K.dots(DType::F64, &ra, 1, &gv, 1, d, &ua);
-        for (int64_t v = 0; v < np; ++v) ua -= c[v] * W_[(minv_t_ + v) * d + a2];
-        w[a2] = ua * scale;
+      for (int64_t rb = 0; rb < nrb; ++rb) {
+        const int64_t a0 = rb * RB, a1 = std::min(d, a0 + RB);
+        const char* ra[RB];
+        const char* pn[RB];
+        int npn = 0;
+        for (int64_t a2 = a0; a2 < a1; ++a2) ra[a2 - a0] = reinterpret_cast<const char*>(M + a2 * d);
+        for (int64_t a2 = a1; a2 < std::min(d, a1 + RB); ++a2)
+          pn[npn++] = reinterpret_cast<const char*>(M + a2 * d);
+        double ua[RB];
+        K.dots_pf(DType::F64, ra, static_cast<int>(a1 - a0), &gv, 1, d, ua, pn, npn);
+        for (int64_t a2 = a0; a2 < a1; ++a2) {
+          double u = ua[a2 - a0];
+          for (int64_t v = 0; v < np; ++v) u -= c[v] * W_[(minv_t_ + v) * d + a2];
+          w[a2] = u * scale;
+        }
       }
     } else {
       // c_s = <g_j, w_s>, u = g_j - sum_s c_s w_s, w_t = u * sqrt(alpha / (1 + alpha q_j)), in

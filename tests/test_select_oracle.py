@@ -60,16 +60,19 @@ def test_naive_equals_lazy_on_clustered_data(seed, lam, omega):
     assert b.evaluations <= a.evaluations
 
 
-@pytest.mark.parametrize("n,d,k", [(400, 24, 80), (700, 10, 400)])
-def test_lazy_batch_and_chunk_sizes_do_not_change_picks(n, d, k):
+@pytest.mark.parametrize("n,d,k,dtype", [(400, 24, 80, np.float32), (700, 10, 400, np.float32),
+                                         (300, 83, 150, np.float32), (300, 83, 150, np.float16)])
+def test_lazy_batch_and_chunk_sizes_do_not_change_picks(n, d, k, dtype):
     """Partial catch-ups (small chunks end on a grid of steps), refresh tiles that mix
-    candidates many steps apart, and k >> d (M^{-1} bounds): picks and gains bit-identical to
-    naive greedy."""
-    G = clustered(3, n, d)
+    candidates many steps apart (tiles of 1 to 6 rows against up to 32 w rows, each its own
+    register-tile shape), and k >> d (M^{-1} bounds): picks and gains bit-identical to naive
+    greedy."""
     from spice import _core
+    from spice._inputs import as_features
 
-    naive = _core.select(G, 0, k, 1.0, 0.1, 0.0, 0, 0, 0, 0.01, 0, 0, None, 1.0, 0)
-    runs = [_core.select(G, 0, k, 1.0, 0.1, 0.0, 1, 0, 0, 0.01, 0, batch, None, 1.0, chunk)
+    G, code = as_features(clustered(3, n, d).astype(dtype))
+    naive = _core.select(G, code, k, 1.0, 0.1, 0.0, 0, 0, 0, 0.01, 0, 0, None, 1.0, 0)
+    runs = [_core.select(G, code, k, 1.0, 0.1, 0.0, 1, 0, 0, 0.01, 0, batch, None, 1.0, chunk)
             for batch, chunk in ((1, 0), (3, 1), (64, 7), (5, 100), (0, 0), (0, 10**9))]
     for r in runs:
         np.testing.assert_array_equal(r["indices"], naive["indices"])
