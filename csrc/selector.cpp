@@ -24,8 +24,8 @@
 namespace spice {
 namespace {
 
-// Lazy greedy with M^{-1} kept: candidates more than kStaleSteps * d steps behind get the M^{-1}
-// bound before any catch-up.
+// Stochastic greedy with M^{-1} kept: candidates more than kStaleSteps * d steps behind get the
+// M^{-1} bound before any catch-up (lazy greedy sets its own threshold, see run_lazy).
 constexpr int64_t kStaleSteps = 4;
 // Refresh tiles hold candidates whose steps tq_i differ by at most this much.
 constexpr int64_t kTileSpread = 64;
@@ -144,6 +144,7 @@ class Engine {
     double qb = std::numeric_limits<double>::infinity();  // lazy, k > d: M^{-1} bound on q_i
     int64_t tq = 0;      // step at which q is current
     uint8_t state = 0;
+    uint32_t qb_at = 0;  // 1 + the step of its last M^{-1} bound (low 32 bits)
   };
   static_assert(sizeof(RowState) == 64, "one cache line per candidate");
   std::vector<RowState> rs_;
@@ -157,8 +158,13 @@ class Engine {
   std::vector<int64_t> tstart_, tile_work_, gstart_;  // refresh's tiles, their costs, groups
   std::vector<std::pair<int64_t, int64_t>> sort_tmp_;  // sort_by_step's (tq, index) pairs
   void sort_by_step(std::vector<int64_t>& cand);
-  // Far behind once M^{-1} is kept: its d^2 bound is cheaper than catching up (t - tq_i) d.
-  bool far_behind(int64_t i) const { return t_ - rs_[i].tq > kStaleSteps * d_; }
+  // Far behind once M^{-1} is kept: more than far_steps_ steps behind, and no M^{-1} bound yet
+  // at this step (a second one at the same step would be the same number).
+  bool far_behind(int64_t i) const {
+    const int64_t behind = t_ - rs_[i].tq;
+    return behind > far_steps_ && rs_[i].qb_at != static_cast<uint32_t>(t_ + 1);
+  }
+  int64_t far_steps_ = 0;       // set by the run: see far_behind
   int64_t minv_t_ = 0;          // minv_ = I - sum_{s < minv_t_} w_s w_s^T
   static constexpr int64_t kMinvLag = 32;
   void flush_minv();
@@ -735,6 +741,13 @@ void Engine::run_lazy() {
   // Catch-up rows per refresh: a stale candidate whose bound falls below the best score after
   // part of its catch-up is left there, so late steps do not pay for full catch-ups of losers.
   const int64_t chunk = opt_.chunk > 0 ? opt_.chunk : 256;
+  // A popped candidate more than max(d, 4 chunks) steps behind gets the M^{-1} bound (d^2)
+  // instead of another chunk. A chunk leaves such a candidate still far behind under a key from
+  // an old step, so it is popped again and again, a chunk each time; the bound is its current
+  // value (to round-off). Measured (bench/RESULTS.md): run 2 (d = 1024) 14.2 -> 11.5 s with the
+  // threshold at d instead of 4 d; a 3e5 x 256 proxy (d = chunk) is slower with a threshold
+  // below 4 d (20.1 s at 4 d, 22.3 s at 2 d, 24.2 s at d).
+  far_steps_ = std::max<int64_t>(d_, 4 * std::min<int64_t>(chunk, int64_t(1) << 40));
   std::vector<int64_t> batch, refreshed, stale;
   // Candidates refreshed at the previous step are mostly popped again at the next: they wait in
   // `hot`, sorted in the queue's order, instead of going through the heap (with 10^6 candidates
@@ -778,6 +791,7 @@ void Engine::run_lazy() {
           for (size_t x = 0; x < stale.size(); ++x) {
             const int64_t i = stale[x];
             rs_[i].qb = std::min(rs_[i].qb, qub[x]);
+            rs_[i].qb_at = static_cast<uint32_t>(t_ + 1);
             const double key = std::log1p(opt_.alpha * rs_[i].qb);
             if (key > best.score || (key == best.score && i < best.idx)) batch.push_back(i);
             else heap.push({key, i});
@@ -833,6 +847,7 @@ void Engine::run_lazy() {
 }
 
 void Engine::run_stochastic() {
+  far_steps_ = kStaleSteps * d_;
   std::vector<int64_t> remaining;
   remaining.reserve(n_);
   for (int64_t i = 0; i < n_; ++i)
