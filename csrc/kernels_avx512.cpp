@@ -208,32 +208,43 @@ void sqdots_t(const char* const* rows, int R, const double* vec, int64_t d, doub
   for (int r = 0; r < R; ++r) out[r] = sq1<D>(rows[r], vec, d);
 }
 
+// RA rows a of M from column b on, 32 columns: M[a][b..b+32) -= ws[s][a] * ws[s][b..b+32) for
+// s = 0 .. S-1 in order, one FMA per s and element.
+template <int RA>
+inline void rank_tile(const double* const* ws, int S, int64_t a, int64_t b, int64_t d, double* M) {
+  __m512d c[RA][4];
+  for (int r = 0; r < RA; ++r)
+    for (int u = 0; u < 4; ++u) c[r][u] = _mm512_loadu_pd(M + (a + r) * d + b + 8 * u);
+  for (int s = 0; s < S; ++s) {
+    const double* w = ws[s];
+    __m512d wb[4];
+    for (int u = 0; u < 4; ++u) wb[u] = _mm512_loadu_pd(w + b + 8 * u);
+    for (int r = 0; r < RA; ++r) {
+      const __m512d wa = _mm512_set1_pd(w[a + r]);
+      for (int u = 0; u < 4; ++u) c[r][u] = _mm512_fnmadd_pd(wa, wb[u], c[r][u]);
+    }
+  }
+  for (int r = 0; r < RA; ++r)
+    for (int u = 0; u < 4; ++u) _mm512_storeu_pd(M + (a + r) * d + b + 8 * u, c[r][u]);
+}
+
 // M[a * d + b] -= ws[s][a] * ws[s][b] for a in [a0, a1), all b, s = 0 .. S-1 in order (one
-// FMA per s). Columns in blocks so the block of the S w rows stays in cache across rows a.
+// FMA per s). Six rows of M at a time, so that each block of w loaded feeds six rows' FMAs (one
+// row at a time was bound by loads: five per four FMAs); columns in blocks so that the S w rows'
+// block stays in cache across rows a.
 void rank_sub(const double* const* ws, int S, int64_t a0, int64_t a1, int64_t d, double* M) {
   constexpr int64_t BB = 512;
   for (int64_t b0 = 0; b0 < d; b0 += BB) {
     const int64_t b1 = d - b0 < BB ? d : b0 + BB;
-    for (int64_t a = a0; a < a1; ++a) {
+    const int64_t bv = b0 + (b1 - b0) / 32 * 32;  // columns [b0, bv) in 32s, then one by one
+    int64_t a = a0;
+    for (; a + 6 <= a1; a += 6)
+      for (int64_t b = b0; b < bv; b += 32) rank_tile<6>(ws, S, a, b, d, M);
+    for (; a < a1; ++a)
+      for (int64_t b = b0; b < bv; b += 32) rank_tile<1>(ws, S, a, b, d, M);
+    for (a = a0; a < a1; ++a) {
       double* row = M + a * d;
-      int64_t b = b0;
-      for (; b + 32 <= b1; b += 32) {
-        __m512d c0 = _mm512_loadu_pd(row + b), c1 = _mm512_loadu_pd(row + b + 8);
-        __m512d c2 = _mm512_loadu_pd(row + b + 16), c3 = _mm512_loadu_pd(row + b + 24);
-        for (int s = 0; s < S; ++s) {
-          const __m512d wa = _mm512_set1_pd(ws[s][a]);
-          const double* w = ws[s] + b;
-          c0 = _mm512_fnmadd_pd(wa, _mm512_loadu_pd(w), c0);
-          c1 = _mm512_fnmadd_pd(wa, _mm512_loadu_pd(w + 8), c1);
-          c2 = _mm512_fnmadd_pd(wa, _mm512_loadu_pd(w + 16), c2);
-          c3 = _mm512_fnmadd_pd(wa, _mm512_loadu_pd(w + 24), c3);
-        }
-        _mm512_storeu_pd(row + b, c0);
-        _mm512_storeu_pd(row + b + 8, c1);
-        _mm512_storeu_pd(row + b + 16, c2);
-        _mm512_storeu_pd(row + b + 24, c3);
-      }
-      for (; b < b1; ++b) {
+      for (int64_t b = bv; b < b1; ++b) {
         double c = row[b];
         for (int s = 0; s < S; ++s) c = __builtin_fma(-ws[s][a], ws[s][b], c);
         row[b] = c;

@@ -632,7 +632,7 @@ void Engine::finish_bound() {
 // batch of rows (rank-kMinvLag update), row by row in parallel.
 void Engine::flush_minv() {
   const int64_t d = d_;
-  constexpr int64_t AB = 16;  // rows of minv_ per work item
+  constexpr int64_t AB = 24;  // rows of minv_ per work item (the kernel takes rows in sixes)
   const int64_t nab = (d + AB - 1) / AB;
   while (minv_t_ < t_) {
     const int64_t s0 = minv_t_, s1 = std::min<int64_t>(t_, s0 + kMinvLag);
