@@ -253,9 +253,29 @@ void rank_sub(const double* const* ws, int S, int64_t a0, int64_t a1, int64_t d,
   }
 }
 
+// z[b] += coef[r] * rows[r][b], r in order, one FMA each.
+void axpy_rows(const double* const* rows, const double* coef, int R, int64_t len, double* z) {
+  int64_t b = 0;
+  for (; b + 16 <= len; b += 16) {
+    __m512d z0 = _mm512_loadu_pd(z + b), z1 = _mm512_loadu_pd(z + b + 8);
+    for (int r = 0; r < R; ++r) {
+      const __m512d c = _mm512_set1_pd(coef[r]);
+      z0 = _mm512_fmadd_pd(c, _mm512_loadu_pd(rows[r] + b), z0);
+      z1 = _mm512_fmadd_pd(c, _mm512_loadu_pd(rows[r] + b + 8), z1);
+    }
+    _mm512_storeu_pd(z + b, z0);
+    _mm512_storeu_pd(z + b + 8, z1);
+  }
+  for (; b < len; ++b) {
+    double c = z[b];
+    for (int r = 0; r < R; ++r) c = __builtin_fma(coef[r], rows[r][b], c);
+    z[b] = c;
+  }
+}
+
 #include "kernels_dispatch.inc"
 
-const Table kAvx512{&dots, &sqdots, &dots_pf, &rank_sub, 6, "avx512"};
+const Table kAvx512{&dots, &sqdots, &dots_pf, &rank_sub, &axpy_rows, 6, "avx512"};
 
 }  // namespace
 

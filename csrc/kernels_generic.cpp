@@ -111,6 +111,15 @@ void rank_sub(const double* const* ws, int S, int64_t a0, int64_t a1, int64_t d,
   }
 }
 
+// z[b] += coef[r] * rows[r][b], r in order.
+void axpy_rows(const double* const* rows, const double* coef, int R, int64_t len, double* z) {
+  for (int64_t b = 0; b < len; ++b) {
+    double c = z[b];
+    for (int r = 0; r < R; ++r) c = c + coef[r] * rows[r][b];
+    z[b] = c;
+  }
+}
+
 #include "kernels_dispatch.inc"
 
 }  // namespace
@@ -131,7 +140,7 @@ void widen_row(DType dt, const char* row, int64_t d, double* out) {
 }
 
 const Table& generic_table() {
-  static const Table t{&dots, &sqdots, &dots_pf, &rank_sub, 4, "generic"};
+  static const Table t{&dots, &sqdots, &dots_pf, &rank_sub, &axpy_rows, 4, "generic"};
   return t;
 }
 

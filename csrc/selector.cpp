@@ -154,7 +154,8 @@ class Engine {
   std::vector<double> W_;       // t rows of length d: M_t^{-1} = I - sum_s w_s w_s^T
   std::vector<double> ssum_;    // sum of picked rows
   std::vector<double> minv_;    // d x d: M_t^{-1}, kept once t >= d (the k > d path)
-  std::vector<double> ubuf_;    // per-thread scratch of bound_from_inverse
+  std::vector<double> ubuf_;    // scratch of bound_from_inverse
+  std::vector<double> zbuf_;    // scratch of add_pick's M^{-1} g
   std::vector<int64_t> tstart_, tile_work_, gstart_;  // refresh's tiles, their costs, groups
   std::vector<std::pair<int64_t, int64_t>> sort_tmp_;  // sort_by_step's (tq, index) pairs
   void sort_by_step(std::vector<int64_t>& cand);
@@ -523,27 +524,41 @@ void Engine::add_pick(int64_t j) {
       }
       const kern::Table& K = K_;
       const double* gv = g.data();
-      // Rows of M^{-1} in tiles of six (the 8 MB at d = 1024 stream from L3 or memory every
-      // step; one row per call ran a single dependency chain per row and no prefetch).
-      constexpr int64_t RB = 6;
-      const int64_t nrb = (d + RB - 1) / RB;
+      // u = M^{-1} g reads only the upper triangle of M^{-1} (symmetric), which streams from
+      // memory every step (8 MB at d = 1024, 512 MB at d = 8192). Rows in blocks of RBK: a block
+      // [a0, a1) gives y_a = sum_{b >= a0} M_ab g_b for its rows and, from the same rows while
+      // they are in cache, z_blk[b] = sum_{a in blk} g_a M_ab for b >= a1: the products that
+      // rows b below the block need (M_ba = M_ab). u_a = y_a + the z of the blocks above a's,
+      // added in block order, so u does not depend on the thread count.
+      constexpr int64_t RBK = 48, RT = 6;
+      const int64_t nblk = (d + RBK - 1) / RBK;
+      if (zbuf_.size() < static_cast<size_t>(nblk * d)) zbuf_.resize(nblk * d);
+      double* zb = zbuf_.data();
       const double* M = minv_.data();
-#pragma omp parallel for num_threads(nt_) schedule(static)
-      for (int64_t rb = 0; rb < nrb; ++rb) {
-        const int64_t a0 = rb * RB, a1 = std::min(d, a0 + RB);
-        const char* ra[RB];
-        const char* pn[RB];
-        int npn = 0;
-        for (int64_t a2 = a0; a2 < a1; ++a2) ra[a2 - a0] = reinterpret_cast<const char*>(M + a2 * d);
-        for (int64_t a2 = a1; a2 < std::min(d, a1 + RB); ++a2)
-          pn[npn++] = reinterpret_cast<const char*>(M + a2 * d);
-        double ua[RB];
-        K.dots_pf(DType::F64, ra, static_cast<int>(a1 - a0), &gv, 1, d, ua, pn, npn);
-        for (int64_t a2 = a0; a2 < a1; ++a2) {
-          double u = ua[a2 - a0];
-          for (int64_t v = 0; v < np; ++v) u -= c[v] * W_[(minv_t_ + v) * d + a2];
-          w[a2] = u * scale;
+#pragma omp parallel for num_threads(nt_) schedule(dynamic, 1)
+      for (int64_t bk = 0; bk < nblk; ++bk) {
+        const int64_t a0 = bk * RBK, a1 = std::min(d, a0 + RBK);
+        double* z = zb + bk * d;
+        for (int64_t b = a1; b < d; ++b) z[b] = 0.0;
+        const double* gp = gv + a0;
+        for (int64_t r0 = a0; r0 < a1; r0 += RT) {
+          const int R = static_cast<int>(std::min(a1, r0 + RT) - r0);
+          const char* ra[RT];
+          const double* rz[RT];
+          for (int r = 0; r < R; ++r) {
+            ra[r] = reinterpret_cast<const char*>(M + (r0 + r) * d + a0);
+            rz[r] = M + (r0 + r) * d + a1;
+          }
+          K.dots(DType::F64, ra, R, &gp, 1, d - a0, w + r0);  // y, kept in w for now
+          if (a1 < d) K.axpy_rows(rz, gv + r0, R, d - a1, z + a1);
         }
+      }
+#pragma omp parallel for num_threads(nt_) schedule(static)
+      for (int64_t a2 = 0; a2 < d; ++a2) {
+        double u = w[a2];
+        for (int64_t bk = 0; bk < a2 / RBK; ++bk) u += zb[bk * d + a2];
+        for (int64_t v = 0; v < np; ++v) u -= c[v] * W_[(minv_t_ + v) * d + a2];
+        w[a2] = u * scale;
       }
     } else {
       // c_s = <g_j, w_s>, u = g_j - sum_s c_s w_s, w_t = u * sqrt(alpha / (1 + alpha q_j)), in

@@ -195,7 +195,7 @@ def test_every_kernel_table_agrees_with_reference(isa):
         "r = greedy_reference(G, 9, lam=0.3)\n"
         "assert s.indices.tolist() == r['indices'].tolist(), (s.indices, r['indices'])\n"
         "np.testing.assert_allclose(s.gains, r['gains'], rtol=1e-9)\n"
-        "G = np.random.default_rng(4).standard_normal((400, 40))\n"  # k > d: the inverse path
+        "G = np.random.default_rng(4).standard_normal((400, 100))\n"  # k > d: the inverse path
         "G[200:] *= 0.3\n"
         "s = spice.select(G, 260, conflict_penalty=0.3, method='lazy')\n"
         "r = greedy_reference(G, 260, lam=0.3)\n"

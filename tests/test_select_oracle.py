@@ -186,12 +186,13 @@ def test_k_much_larger_than_d_uses_the_inverse_path_exactly(lam):
         assert sel.logdet == pytest.approx(ref["logdet"], rel=1e-10)
 
 
-@pytest.mark.parametrize("lam", [0.0, 0.3])
-def test_inverse_path_with_simd_widths_and_stale_bounds(lam):
+@pytest.mark.parametrize("lam,d", [(0.0, 40), (0.3, 40), (0.3, 100)])
+def test_inverse_path_with_simd_widths_and_stale_bounds(lam, d):
     # d = 40 fills whole SIMD blocks of the rank-32 inverse updates. The 200 short rows wait in
     # the queue until the 200 long ones are taken (t = 200 > 4d), so lazy greedy first bounds
-    # them through M^{-1} and then catches them up.
-    G = np.random.default_rng(4).standard_normal((400, 40))
+    # them through M^{-1} and then catches them up. d = 100 spans three row blocks of
+    # u = M^{-1} g from the upper triangle.
+    G = np.random.default_rng(4).standard_normal((400, d))
     G[200:] *= 0.3
     ref = greedy_reference(G, 260, alpha=0.5, lam=lam)
     naive = spice.select(G, 260, alpha=0.5, conflict_penalty=lam, method="naive")
