@@ -13,6 +13,10 @@
 #include <stdexcept>
 #include <utility>
 
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
 #include "spice/core.hpp"
 #include "spice/kernels.hpp"
 #include "spice/rng.hpp"
@@ -195,6 +199,20 @@ class Engine {
   void run_diag_compat();
   void run_topk_compat();
 };
+
+// Ask for transparent huge pages on a large buffer of ours (W, M^{-1}): catch-ups stream W rows
+// from all over its range, and with 4 KB pages every W row is a TLB miss. A hint only.
+void advise_huge(void* p, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
+  if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
 
 // Order candidates by step tq (refresh tiles group equal steps): (tq, index) ascending, without
 // chasing tq through memory in every comparison. Candidates refreshed at the previous pick
@@ -509,6 +527,8 @@ void Engine::add_pick(int64_t j) {
       // minv_ holds I - sum_{s < minv_t_} w_s w_s^T; the newer w rows (fewer than kMinvLag) are
       // applied on the fly and folded in together, so minv_ is rewritten once per kMinvLag picks.
       if (minv_.empty()) {
+        minv_.reserve(static_cast<size_t>(d) * d);
+        advise_huge(minv_.data(), minv_.capacity() * sizeof(double));
         minv_.assign(static_cast<size_t>(d) * d, 0.0);
         for (int64_t a2 = 0; a2 < d; ++a2) minv_[a2 * d + a2] = 1.0;
         minv_t_ = 0;
@@ -1045,6 +1065,7 @@ Result Engine::run() {
   res_.indices.reserve(cap);
   if (opt_.objective == Objective::LogDet) {
     W_.reserve(std::min<size_t>(cap, static_cast<size_t>(n_)) * static_cast<size_t>(d_));
+    advise_huge(W_.data(), W_.capacity() * sizeof(double));
     switch (opt_.method) {
       case Method::Naive: run_naive(); break;
       case Method::Lazy: run_lazy(); break;
