@@ -89,6 +89,11 @@ class LazyQueue {
   static bool above(const Entry& a, const Entry& b) {
     return a.key > b.key || (a.key == b.key && a.idx < b.idx);
   }
+  // The same order as a function object, for std::sort / std::merge (a function pointer there
+  // is called, not inlined: sorting the refreshed candidates was 4% of run 3's samples).
+  struct Above {
+    bool operator()(const Entry& a, const Entry& b) const { return above(a, b); }
+  };
 
  private:
   std::vector<Entry> h_;
@@ -806,13 +811,16 @@ void Engine::run_lazy() {
   // Catch-up rows per refresh: a stale candidate whose bound falls below the best score after
   // part of its catch-up is left there, so late steps do not pay for full catch-ups of losers.
   const int64_t chunk = opt_.chunk > 0 ? opt_.chunk : 256;
-  // A popped candidate more than max(d, 4 chunks) steps behind gets the M^{-1} bound (d^2)
-  // instead of another chunk. A chunk leaves such a candidate still far behind under a key from
-  // an old step, so it is popped again and again, a chunk each time; the bound is its current
-  // value (to round-off). Measured (bench/RESULTS.md): run 2 (d = 1024) 14.2 -> 11.5 s with the
-  // threshold at d instead of 4 d; a 3e5 x 256 proxy (d = chunk) is slower with a threshold
-  // below 4 d (20.1 s at 4 d, 22.3 s at 2 d, 24.2 s at d).
-  far_steps_ = std::max<int64_t>(d_, 4 * std::min<int64_t>(chunk, int64_t(1) << 40));
+  // A popped candidate far enough behind gets the M^{-1} bound (d^2 / 2) instead of another
+  // chunk: a chunk leaves it still far behind under a key from an old step, so it is popped again
+  // and again, a chunk each time, while the bound is its current value (to round-off). But a
+  // bound does not move the candidate's step: one that keeps contending is bounded again at
+  // later steps, and late in a long run (k >> d) bounds come by the thousand and are mostly
+  // wasted. "Far enough" is max(d, 4 chunks, min(4 d, t / 5)) steps: d early, the former 4 d
+  // from t = 20 d on. Measured (session 4, same picks throughout): run 2 (k = 10 d) 11.5 s with
+  // 4 d, 9.4 s with d, 10.2 s with the ramp; the first 4e5 rows of run 4 (k = 4e4 = 39 d) 82 s,
+  // 112 s, 71 s; a 3e5 x 256 proxy (d = chunk) 20.1 s at 4 d, 24.2 s at d, 17-18 s (= 4 d).
+  const int64_t far_min = std::max<int64_t>(d_, 4 * std::min<int64_t>(chunk, int64_t(1) << 40));
   std::vector<int64_t> batch, refreshed, stale;
   // Candidates refreshed at the previous step are mostly popped again at the next: they wait in
   // `hot`, sorted in the queue's order, instead of going through the heap (with 10^6 candidates
@@ -822,6 +830,7 @@ void Engine::run_lazy() {
   size_t hc = 0;
   std::vector<double> qub;
   while (t_ < opt_.k) {
+    far_steps_ = std::max(far_min, std::min(4 * d_, t_ / 5));
     Best best;
     refreshed.clear();
     for (;;) {
@@ -894,7 +903,7 @@ void Engine::run_lazy() {
     fresh.clear();
     for (int64_t i : refreshed)
       if (i != best.idx) fresh.push_back({rs_[i].delta, i});
-    std::sort(fresh.begin(), fresh.end(), LazyQueue::above);
+    std::sort(fresh.begin(), fresh.end(), LazyQueue::Above());
     // Hot entries not popped this step keep their place only while hot stays small.
     const size_t left = hot.size() - hc;
     if (left > fresh.size()) {
@@ -903,7 +912,7 @@ void Engine::run_lazy() {
     } else {
       merged.resize(left + fresh.size());
       std::merge(hot.begin() + hc, hot.end(), fresh.begin(), fresh.end(), merged.begin(),
-                 LazyQueue::above);
+                 LazyQueue::Above());
       hot.swap(merged);
     }
     hc = 0;
