@@ -847,10 +847,11 @@ void Engine::run_lazy() {
       }
       if (batch.empty()) break;
       if (!minv_.empty()) {  // very stale candidates: a cheap bound first
-        // Far behind: bound through M^{-1} (d^2) at every pop instead of catching up
-        // (t - tq_i) d; a fresh bound also rejects a candidate whose value fell since its last
-        // one. The bound is remembered (q only decreases), so a contender's chunked catch-up
-        // goes back to the queue under the tighter of its partial and M^{-1} bounds.
+        // Far behind (see far_steps_ above): bound through M^{-1} (about d^2 / 2) instead of
+        // catching up (t - tq_i) d, at most once per candidate and step; a fresh bound also
+        // rejects a candidate whose value fell since its last one. The bound is remembered (q
+        // only decreases), so a contender's chunked catch-up goes back to the queue under the
+        // tighter of its partial and M^{-1} bounds.
         stale.clear();
         size_t keep = 0;
         for (int64_t i : batch) {

@@ -51,7 +51,9 @@ class Selection:
         Candidate refreshes performed (naive: every live candidate at every step; lazy: the
         queue's pops, a stale candidate being caught up at most 256 steps per pop).
     dot_products : int
-        Catch-up dot products g_i·w_s performed (naive: about n·k; what laziness saves).
+        Catch-up dot products g_i·w_s performed (naive: about n·k; what laziness saves), plus
+        the M⁻¹ bounds that lazy and stochastic greedy take once k > d, each counted as d/2
+        length-d dot products (d of them when d < 512).
     """
 
     indices: np.ndarray
