@@ -111,7 +111,7 @@ void rest_tile(const char* const* rows, const double* const* vecs, int V, int64_
   if (v < V) micro<D, RR, 1>(rows, vecs + v, d, out + v, ldo);
 }
 
-// Rows in tiles of 6 (6 x 4 accumulators: 24 of the 32 registers), then 4, then 1. Every dot
+// Rows in tiles of 6 (6 x 4 accumulators: 24 of the 32 registers), then the rest. Every dot
 // is computed in the canonical order whatever tile computes it. The first vecs block of each
 // tile prefetches the next tile's rows (or pf[] after the last tile).
 template <DType D>
@@ -153,30 +153,17 @@ void dots_t(const char* const* rows, int R, const double* const* vecs, int V, in
       micro<D, 6, 2>(rows + r, vecs + v, d, out + r * V + v, V, v == 0 ? nx : nullptr, nnx);
     if (v < V) micro<D, 6, 1>(rows + r, vecs + v, d, out + r * V + v, V, v == 0 ? nx : nullptr, nnx);
   }
-  if (V > 2) {
-    // The rows left over (a tile of R % 6 rows) against many vectors: wider register tiles for
-    // fewer rows (R x VW accumulators, 18-20 of the 32 registers), so that each row chunk loaded
-    // feeds enough independent FMAs. A 1 x 4 tile has four dependency chains and runs at about
-    // a quarter of the FMA throughput (measured 0.7-0.8 vs 3.9 FMA vectors a ns for 6 x 4).
-    switch (R - r) {
-      case 5: return rest_tile<D, 5, 4>(rows + r, vecs, V, d, out + r * V, V);
-      case 4: return rest_tile<D, 4, 4>(rows + r, vecs, V, d, out + r * V, V);
-      case 3: return rest_tile<D, 3, 6>(rows + r, vecs, V, d, out + r * V, V);
-      case 2: return rest_tile<D, 2, 8>(rows + r, vecs, V, d, out + r * V, V);
-      case 1: return rest_tile<D, 1, 8>(rows + r, vecs, V, d, out + r * V, V);
-      default: return;
-    }
-  }
-  for (; r + 4 <= R; r += 4) {
-    int v = 0;
-    for (; v + 4 <= V; v += 4) micro<D, 4, 4>(rows + r, vecs + v, d, out + r * V + v, V);
-    for (; v + 2 <= V; v += 2) micro<D, 4, 2>(rows + r, vecs + v, d, out + r * V + v, V);
-    if (v < V) micro<D, 4, 1>(rows + r, vecs + v, d, out + r * V + v, V);
-  }
-  for (; r < R; ++r) {
-    int v = 0;
-    for (; v + 4 <= V; v += 4) micro<D, 1, 4>(rows + r, vecs + v, d, out + r * V + v, V);
-    for (; v < V; ++v) micro<D, 1, 1>(rows + r, vecs + v, d, out + r * V + v, V);
+  // The rows left over (a tile of R % 6 rows): wider register tiles for fewer rows (R x VW
+  // accumulators, 18-20 of the 32 registers), so that each row chunk loaded feeds enough
+  // independent FMAs. A 1 x 4 tile has four dependency chains and runs at about a quarter of the
+  // FMA throughput (measured 0.7-0.8 vs 3.9 FMA vectors a ns for 6 x 4).
+  switch (R - r) {
+    case 5: return rest_tile<D, 5, 4>(rows + r, vecs, V, d, out + r * V, V);
+    case 4: return rest_tile<D, 4, 4>(rows + r, vecs, V, d, out + r * V, V);
+    case 3: return rest_tile<D, 3, 6>(rows + r, vecs, V, d, out + r * V, V);
+    case 2: return rest_tile<D, 2, 8>(rows + r, vecs, V, d, out + r * V, V);
+    case 1: return rest_tile<D, 1, 8>(rows + r, vecs, V, d, out + r * V, V);
+    default: return;
   }
 }
 

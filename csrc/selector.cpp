@@ -163,7 +163,7 @@ class Engine {
   std::vector<double> W_;       // t rows of length d: M_t^{-1} = I - sum_s w_s w_s^T
   std::vector<double> ssum_;    // sum of picked rows
   std::vector<double> minv_;    // d x d: M_t^{-1}, kept once t >= d (the k > d path)
-  std::vector<double> ubuf_;    // scratch of bound_from_inverse
+  std::vector<double> ubuf_;    // scratch of bound_from_inverse (per-block shares)
   std::vector<double> zbuf_;    // scratch of add_pick's M^{-1} g
   std::vector<int64_t> tstart_, tile_work_, gstart_;  // refresh's tiles, their costs, groups
   std::vector<std::pair<int64_t, int64_t>> sort_tmp_;  // sort_by_step's (tq, index) pairs
@@ -704,9 +704,8 @@ void Engine::bound_from_inverse(const std::vector<int64_t>& cand, std::vector<do
   const int R = K_.tile_rows;
   const int64_t block = static_cast<int64_t>(GT) * R;  // candidates per pass over M^{-1}
   const int64_t nach = (d + VB - 1) / VB;
-  if (ubuf_.size() < static_cast<size_t>(block * (d + nach))) ubuf_.resize(block * (d + nach));
-  double* gw = ubuf_.data();              // the block's rows widened to float64
-  double* part = ubuf_.data() + block * d;  // part[c * nach + ac]: block ac's share
+  if (ubuf_.size() < static_cast<size_t>(block * nach)) ubuf_.resize(block * nach);
+  double* part = ubuf_.data();  // part[c * nach + ac]: block ac's share of candidate c
   const int64_t np = t_ - minv_t_;  // w rows not folded into minv_ yet
   const int64_t es = static_cast<int64_t>(G_.elem_size());
   // Below d = 512 the halved rows are too short for the kernels (a 6 x 4 tile's 24 reductions
@@ -722,7 +721,6 @@ void Engine::bound_from_inverse(const std::vector<int64_t>& cand, std::vector<do
       rc[x] = static_cast<int>(std::min<int64_t>(R, nb - x * R));
       for (int r = 0; r < rc[x]; ++r) rows[x][r] = row(cand[b0 + x * R + r]);
     }
-    for (int64_t c = 0; c < nb; ++c) kern::widen_row(G_.dtype, row(cand[b0 + c]), d, gw + c * d);
     // Blocks of VB rows of M^{-1} per work item (so a few candidates still keep every thread
     // busy); each block of M^{-1} is read once per block of candidates. Blocks further down
     // are shorter: the work items go largest first.
@@ -734,7 +732,7 @@ void Engine::bound_from_inverse(const std::vector<int64_t>& cand, std::vector<do
       const int64_t c0 = tri ? a0 : 0, c1 = tri ? a1 : d;  // columns of the "in" part
       const double* vin[VB];
       const double* vout[VB];
-      double bin[RM * VB], bout[RM * VB];
+      double bin[RM * VB], bout[RM * VB], mix[VB];
       for (int v = 0; v < V; ++v) {
         vin[v] = minv_.data() + (a0 + v) * d + c0;
         vout[v] = minv_.data() + (a0 + v) * d + a1;
@@ -748,13 +746,13 @@ void Engine::bound_from_inverse(const std::vector<int64_t>& cand, std::vector<do
         }
         K_.dots(G_.dtype, rin, rc[x], vin, V, c1 - c0, bin);
         if (rest > 0) K_.dots(G_.dtype, rout, rc[x], vout, V, rest, bout);
+        // The share: g_i[a0, a1) . (in + 2 out), one dot over the row's own elements.
         for (int r = 0; r < rc[x]; ++r) {
-          const int64_t c = x * R + r;
-          const double* g = gw + c * d + a0;
-          double sh = 0.0;
           for (int v = 0; v < V; ++v)
-            sh += g[v] * (bin[r * V + v] + (rest > 0 ? 2.0 * bout[r * V + v] : 0.0));
-          part[c * nach + ac] = sh;
+            mix[v] = bin[r * V + v] + (rest > 0 ? 2.0 * bout[r * V + v] : 0.0);
+          const char* ga = rows[x][r] + a0 * es;
+          const double* mv = mix;
+          K_.dots(G_.dtype, &ga, 1, &mv, 1, V, &part[(x * R + r) * nach + ac]);
         }
       }
     }
