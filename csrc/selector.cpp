@@ -805,7 +805,8 @@ void Engine::run_lazy() {
     if (rs_[i].state == kAlive) store.push_back({base_[i], i});
   LazyQueue heap(std::move(store));
 
-  int64_t B = opt_.batch > 0 ? opt_.batch : 16;
+  constexpr int64_t kMinBatch = 64;
+  int64_t B = opt_.batch > 0 ? opt_.batch : kMinBatch;
   // Catch-up rows per refresh: a stale candidate whose bound falls below the best score after
   // part of its catch-up is left there, so late steps do not pay for full catch-ups of losers.
   const int64_t chunk = opt_.chunk > 0 ? opt_.chunk : 256;
@@ -827,10 +828,12 @@ void Engine::run_lazy() {
   std::vector<LazyQueue::Entry> hot, fresh, merged;
   size_t hc = 0;
   std::vector<double> qub;
+  std::vector<double> popped_keys;  // keys of this step's popped candidates (batch sizing)
   while (t_ < opt_.k) {
     far_steps_ = std::max(far_min, std::min(4 * d_, t_ / 5));
     Best best;
     refreshed.clear();
+    popped_keys.clear();
     for (;;) {
       batch.clear();
       while (static_cast<int64_t>(batch.size()) < B) {
@@ -840,6 +843,7 @@ void Engine::run_lazy() {
         const LazyQueue::Entry top = from_hot ? hot[hc] : heap.top();
         if (!(top.key > best.score || (top.key == best.score && top.idx < best.idx))) break;
         batch.push_back(top.idx);
+        popped_keys.push_back(top.key);
         if (from_hot) ++hc;
         else heap.pop();
       }
@@ -892,8 +896,16 @@ void Engine::run_lazy() {
       refresh(batch.data(), static_cast<int64_t>(batch.size()), lambda_on(), chunk);
       absorb(batch);
     }
-    if (opt_.batch <= 0)
-      B = std::max<int64_t>(16, std::min<int64_t>(4096, static_cast<int64_t>(refreshed.size())));
+    if (opt_.batch <= 0) {
+      // Next step's batch: the candidates this step had to look at, i.e. those popped with a
+      // key above the winning score (one-at-a-time lazy greedy pops each of them too), at least
+      // kMinBatch so that a refresh has enough tiles for both cores. Sizing it by everything
+      // refreshed fed back on itself: a large batch refreshes many candidates, which made the
+      // next batch as large (run 3: 2.2e6 evaluations, 0.45 s; now 2.6e5, 0.30 s).
+      int64_t need = 0;
+      for (double key : popped_keys) need += key > best.score;
+      B = std::max<int64_t>(kMinBatch, std::min<int64_t>(4096, need));
+    }
     if (check_stop_before_pick(best)) {
       for (int64_t i : refreshed) heap.push({rs_[i].delta, i});
       break;
