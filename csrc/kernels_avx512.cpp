@@ -60,6 +60,20 @@ inline double hsum(__m512d a) {
   return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
 }
 
+// hsum of eight accumulators at once, lane i = hsum(a[i]): the same addition tree (pairs, then
+// pairs of pairs, then the halves), so bit-identical to hsum.
+inline __m512d hsum8(const __m512d* a) {
+  __m512d u[4];
+  for (int p = 0; p < 4; ++p)
+    u[p] = _mm512_add_pd(_mm512_unpacklo_pd(a[2 * p], a[2 * p + 1]),
+                         _mm512_unpackhi_pd(a[2 * p], a[2 * p + 1]));
+  const __m512d v0 = _mm512_add_pd(_mm512_shuffle_f64x2(u[0], u[1], 0x88),
+                                   _mm512_shuffle_f64x2(u[0], u[1], 0xDD));
+  const __m512d v1 = _mm512_add_pd(_mm512_shuffle_f64x2(u[2], u[3], 0x88),
+                                   _mm512_shuffle_f64x2(u[2], u[3], 0xDD));
+  return _mm512_add_pd(_mm512_shuffle_f64x2(v0, v1, 0x88), _mm512_shuffle_f64x2(v0, v1, 0xDD));
+}
+
 // Bytes per element of a row.
 template <DType D>
 constexpr int64_t esize() {
@@ -91,9 +105,17 @@ inline void micro(const char* const* rows, const double* const* vecs, int64_t d,
       for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_pd(g, w[v], acc[r][v]);
     }
   }
+  // Reduce eight accumulators at a time (r-major order), then the tails.
+  constexpr int N = R * V, NG = (N + 7) / 8;
+  __m512d flat[NG * 8];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) flat[r * V + v] = acc[r][v];
+  for (int x = N; x < NG * 8; ++x) flat[x] = _mm512_setzero_pd();
+  alignas(64) double sums[NG * 8];
+  for (int g = 0; g < NG; ++g) _mm512_store_pd(sums + 8 * g, hsum8(flat + 8 * g));
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < V; ++v) {
-      double s = hsum(acc[r][v]);
+      double s = sums[r * V + v];
       for (int64_t j = d8; j < d; ++j) s = __builtin_fma(ld1<D>(rows[r], j), vecs[v][j], s);
       out[r * ldo + v] = s;
     }
