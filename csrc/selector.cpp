@@ -327,6 +327,10 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
   const double* sv = ssum_.data();
   Best best;
   int64_t dots_total = 0;
+  // Naive greedy (all_delta = false): every tile costs the same, so each thread takes one
+  // contiguous run of groups, i.e. one memory stream per core as a GEMV has (measured 5-8% a
+  // step at n = 1e5, d = 1024, 2 threads); lazy tiles differ in cost: dynamic schedule.
+  const bool contiguous = !all_delta;
 #pragma omp parallel num_threads(nt_) if (ngroups > 1 && work > kParallelWork)
   {
     Best local;
@@ -337,8 +341,7 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
     int rcount[GTMAX];
     double buf[RM * VBMAX];
     const double* vecs[VBMAX];
-#pragma omp for schedule(dynamic, 1) nowait
-    for (int64_t grp = 0; grp < ngroups; ++grp) {
+    auto do_group = [&](int64_t grp) {
       const int64_t t0 = gstart_[grp];
       const int nt = static_cast<int>(gstart_[grp + 1] - t0);
       int64_t glo = t_, ghi = 0;
@@ -458,6 +461,17 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
           }
         }
       }
+    };
+    if (contiguous) {
+#ifdef _OPENMP
+      const int64_t tid = omp_get_thread_num(), nth = omp_get_num_threads();
+#else
+      const int64_t tid = 0, nth = 1;
+#endif
+      for (int64_t grp = ngroups * tid / nth; grp < ngroups * (tid + 1) / nth; ++grp) do_group(grp);
+    } else {
+#pragma omp for schedule(dynamic, 1) nowait
+      for (int64_t grp = 0; grp < ngroups; ++grp) do_group(grp);
     }
 #pragma omp critical
     {
