@@ -161,18 +161,21 @@ void rank_sub(const double* const* ws, int S, int64_t a0, int64_t a1, int64_t d,
 }
 
 // z[b] += coef[r] * rows[r][b], r in order, one FMA each.
+template <int ZB>
+inline void axpy_block(const double* const* rows, const double* coef, int R, int64_t b, double* z) {
+  __m256d acc[ZB];
+  for (int u = 0; u < ZB; ++u) acc[u] = _mm256_loadu_pd(z + b + 4 * u);
+  for (int r = 0; r < R; ++r) {
+    const __m256d c = _mm256_set1_pd(coef[r]);
+    for (int u = 0; u < ZB; ++u) acc[u] = _mm256_fmadd_pd(c, _mm256_loadu_pd(rows[r] + b + 4 * u), acc[u]);
+  }
+  for (int u = 0; u < ZB; ++u) _mm256_storeu_pd(z + b + 4 * u, acc[u]);
+}
+
 void axpy_rows(const double* const* rows, const double* coef, int R, int64_t len, double* z) {
   int64_t b = 0;
-  for (; b + 8 <= len; b += 8) {
-    __m256d z0 = _mm256_loadu_pd(z + b), z1 = _mm256_loadu_pd(z + b + 4);
-    for (int r = 0; r < R; ++r) {
-      const __m256d c = _mm256_set1_pd(coef[r]);
-      z0 = _mm256_fmadd_pd(c, _mm256_loadu_pd(rows[r] + b), z0);
-      z1 = _mm256_fmadd_pd(c, _mm256_loadu_pd(rows[r] + b + 4), z1);
-    }
-    _mm256_storeu_pd(z + b, z0);
-    _mm256_storeu_pd(z + b + 4, z1);
-  }
+  for (; b + 32 <= len; b += 32) axpy_block<8>(rows, coef, R, b, z);
+  for (; b + 4 <= len; b += 4) axpy_block<1>(rows, coef, R, b, z);
   for (; b < len; ++b) {
     double c = z[b];
     for (int r = 0; r < R; ++r) c = __builtin_fma(coef[r], rows[r][b], c);

@@ -262,19 +262,24 @@ void rank_sub(const double* const* ws, int S, int64_t a0, int64_t a1, int64_t d,
   }
 }
 
-// z[b] += coef[r] * rows[r][b], r in order, one FMA each.
+// z[b] += coef[r] * rows[r][b], r in order, one FMA each. Blocks of ZB vectors: every row adds
+// into each of them, and with eight independent chains the FMA latency (4 cycles) is hidden;
+// two chains left a long row list (R = 64 in add_pick's sweep) latency-bound.
+template <int ZB>
+inline void axpy_block(const double* const* rows, const double* coef, int R, int64_t b, double* z) {
+  __m512d acc[ZB];
+  for (int u = 0; u < ZB; ++u) acc[u] = _mm512_loadu_pd(z + b + 8 * u);
+  for (int r = 0; r < R; ++r) {
+    const __m512d c = _mm512_set1_pd(coef[r]);
+    for (int u = 0; u < ZB; ++u) acc[u] = _mm512_fmadd_pd(c, _mm512_loadu_pd(rows[r] + b + 8 * u), acc[u]);
+  }
+  for (int u = 0; u < ZB; ++u) _mm512_storeu_pd(z + b + 8 * u, acc[u]);
+}
+
 void axpy_rows(const double* const* rows, const double* coef, int R, int64_t len, double* z) {
   int64_t b = 0;
-  for (; b + 16 <= len; b += 16) {
-    __m512d z0 = _mm512_loadu_pd(z + b), z1 = _mm512_loadu_pd(z + b + 8);
-    for (int r = 0; r < R; ++r) {
-      const __m512d c = _mm512_set1_pd(coef[r]);
-      z0 = _mm512_fmadd_pd(c, _mm512_loadu_pd(rows[r] + b), z0);
-      z1 = _mm512_fmadd_pd(c, _mm512_loadu_pd(rows[r] + b + 8), z1);
-    }
-    _mm512_storeu_pd(z + b, z0);
-    _mm512_storeu_pd(z + b + 8, z1);
-  }
+  for (; b + 64 <= len; b += 64) axpy_block<8>(rows, coef, R, b, z);
+  for (; b + 8 <= len; b += 8) axpy_block<1>(rows, coef, R, b, z);
   for (; b < len; ++b) {
     double c = z[b];
     for (int r = 0; r < R; ++r) c = __builtin_fma(coef[r], rows[r][b], c);

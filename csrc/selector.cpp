@@ -606,7 +606,9 @@ void Engine::add_pick(int64_t j) {
       // c_s w_s[x] in ascending s, whatever the thread count.
       std::vector<double> c(t);
       const char* rj = row(j);
-      const int64_t CH = std::max<int64_t>(4, std::min<int64_t>(64, 65536 / d)) & ~int64_t(3);
+      constexpr int64_t kMaxChunk = 64;
+      const int64_t CH = std::max<int64_t>(4, std::min<int64_t>(kMaxChunk, 65536 / d)) & ~int64_t(3);
+      const kern::Table& K = K_;
       constexpr int64_t CB = 256;
       const int64_t ncb = (d + CB - 1) / CB;
       for (int64_t x = 0; x < d; ++x) w[x] = g[x];
@@ -623,11 +625,13 @@ void Engine::add_pick(int64_t j) {
 #pragma omp for schedule(static)
         for (int64_t cb = 0; cb < ncb; ++cb) {
           const int64_t j0 = cb * CB, j1 = std::min(d, j0 + CB);
+          const double* ws[kMaxChunk];
+          double nc[kMaxChunk];
           for (int64_t s = s0; s < s0 + V; ++s) {
-            const double cs = c[s];
-            const double* ws = W_.data() + s * d;
-            for (int64_t x = j0; x < j1; ++x) w[x] -= cs * ws[x];
+            ws[s - s0] = W_.data() + s * d + j0;
+            nc[s - s0] = -c[s];
           }
+          K.axpy_rows(ws, nc, static_cast<int>(V), j1 - j0, w + j0);  // one FMA per s
         }
       }
       for (int64_t x = 0; x < d; ++x) w[x] *= scale;
