@@ -595,30 +595,33 @@ void Engine::add_pick(int64_t j) {
       if (zbuf_.size() < static_cast<size_t>(nblk * d)) zbuf_.resize(nblk * d);
       double* zb = zbuf_.data();
       const double* M = minv_.data();
-#pragma omp parallel for num_threads(nt_) schedule(dynamic, 1)
-      for (int64_t bk = 0; bk < nblk; ++bk) {
-        const int64_t a0 = bk * RBK, a1 = std::min(d, a0 + RBK);
-        double* z = zb + bk * d;
-        for (int64_t b = a1; b < d; ++b) z[b] = 0.0;
-        const double* gp = gv + a0;
-        for (int64_t r0 = a0; r0 < a1; r0 += RT) {
-          const int R = static_cast<int>(std::min(a1, r0 + RT) - r0);
-          const char* ra[RT];
-          const double* rz[RT];
-          for (int r = 0; r < R; ++r) {
-            ra[r] = reinterpret_cast<const char*>(M + (r0 + r) * d + a0);
-            rz[r] = M + (r0 + r) * d + a1;
+#pragma omp parallel num_threads(nt_)
+      {  // one team for both passes (a barrier between them, not a second fork and join)
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t bk = 0; bk < nblk; ++bk) {
+          const int64_t a0 = bk * RBK, a1 = std::min(d, a0 + RBK);
+          double* z = zb + bk * d;
+          for (int64_t b = a1; b < d; ++b) z[b] = 0.0;
+          const double* gp = gv + a0;
+          for (int64_t r0 = a0; r0 < a1; r0 += RT) {
+            const int R = static_cast<int>(std::min(a1, r0 + RT) - r0);
+            const char* ra[RT];
+            const double* rz[RT];
+            for (int r = 0; r < R; ++r) {
+              ra[r] = reinterpret_cast<const char*>(M + (r0 + r) * d + a0);
+              rz[r] = M + (r0 + r) * d + a1;
+            }
+            K.dots(DType::F64, ra, R, &gp, 1, d - a0, w + r0);  // y, kept in w for now
+            if (a1 < d) K.axpy_rows(rz, gv + r0, R, d - a1, z + a1);
           }
-          K.dots(DType::F64, ra, R, &gp, 1, d - a0, w + r0);  // y, kept in w for now
-          if (a1 < d) K.axpy_rows(rz, gv + r0, R, d - a1, z + a1);
         }
-      }
-#pragma omp parallel for num_threads(nt_) schedule(static)
-      for (int64_t a2 = 0; a2 < d; ++a2) {
-        double u = w[a2];
-        for (int64_t bk = 0; bk < a2 / RBK; ++bk) u += zb[bk * d + a2];
-        for (int64_t v = 0; v < np; ++v) u -= c[v] * W_[(minv_t_ + v) * d + a2];
-        w[a2] = u * scale;
+#pragma omp for schedule(static)
+        for (int64_t a2 = 0; a2 < d; ++a2) {
+          double u = w[a2];
+          for (int64_t bk = 0; bk < a2 / RBK; ++bk) u += zb[bk * d + a2];
+          for (int64_t v = 0; v < np; ++v) u -= c[v] * W_[(minv_t_ + v) * d + a2];
+          w[a2] = u * scale;
+        }
       }
     } else {
       // c_s = <g_j, w_s>, u = g_j - sum_s c_s w_s, w_t = u * sqrt(alpha / (1 + alpha q_j)), in
