@@ -62,7 +62,7 @@ const char* stop_name(spice::StopReason s) {
 py::dict py_select(const py::array& G, int dtype_code, int64_t k, double alpha, double lam,
                 double omega, int method, int objective, uint64_t seed, double stochastic_eps,
                 int threads, int64_t batch, const py::object& progress, double interval_s,
-                   int64_t chunk, const py::object& base_out) {
+                   int64_t chunk, const py::object& base_out, const std::string& spill_dir) {
   spice::MatrixView view = view_of(G, dtype_code);
   spice::Options opt;
   opt.k = k;
@@ -78,6 +78,7 @@ py::dict py_select(const py::array& G, int dtype_code, int64_t k, double alpha, 
   opt.threads = threads;
   opt.batch = batch;
   opt.chunk = chunk;
+  opt.spill_dir = spill_dir;
   if (!base_out.is_none()) {
     if (!py::isinstance<py::array_t<double, 0>>(base_out))
       throw py::value_error("base_out must be a float64 numpy array");
@@ -144,7 +145,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("lam"), py::arg("omega"), py::arg("method"), py::arg("objective"),
         py::arg("seed"), py::arg("stochastic_eps"), py::arg("threads"), py::arg("batch"),
         py::arg("progress"), py::arg("interval_s"), py::arg("chunk") = 0,
-        py::arg("base_out") = py::none());
+        py::arg("base_out") = py::none(), py::arg("spill_dir") = std::string());
   m.def("row_norms2", &py_row_norms2, py::arg("G"), py::arg("dtype_code"), py::arg("threads") = 0);
   m.def("kernel_isa", &spice::kernel_isa);
 #ifdef _OPENMP

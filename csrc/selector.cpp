@@ -13,13 +13,10 @@
 #include <stdexcept>
 #include <utility>
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
-
 #include "spice/core.hpp"
 #include "spice/kernels.hpp"
 #include "spice/rng.hpp"
+#include "spice/row_store.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -158,7 +155,7 @@ class Engine {
   std::vector<double> base_;
   // conflict factor max(0, -cos(g_i, sum of picks))
   double conf(int64_t i) const { return rs_[i].align < 0.0 ? -rs_[i].align : 0.0; }
-  std::vector<double> W_;       // t rows of length d: M_t^{-1} = I - sum_s w_s w_s^T
+  RowStore W_;                  // t rows of length d: M_t^{-1} = I - sum_s w_s w_s^T
   std::vector<double> ssum_;    // sum of picked rows
   std::vector<double> minv_;    // d x d: M_t^{-1}, kept once t >= d (the k > d path)
   std::vector<double> ubuf_;    // scratch of bound_from_inverse (per-block shares)
@@ -204,20 +201,6 @@ class Engine {
   void run_diag_compat();
   void run_topk_compat();
 };
-
-// Ask for transparent huge pages on a large buffer of ours (W, M^{-1}): catch-ups stream W rows
-// from all over its range, and with 4 KB pages every W row is a TLB miss. A hint only.
-void advise_huge(void* p, size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
-  const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
-  if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE);
-#else
-  (void)p;
-  (void)bytes;
-#endif
-}
 
 // Order candidates by step tq (refresh tiles group equal steps): (tq, index) ascending, without
 // chasing tq through memory in every comparison. Candidates refreshed at the previous pick
@@ -560,7 +543,7 @@ void Engine::add_pick(int64_t j) {
   kern::widen_row(G_.dtype, row(j), d, g.data());
   if (opt_.objective == Objective::LogDet) {
     const double scale = std::sqrt(opt_.alpha / (1.0 + opt_.alpha * rs_[j].q));
-    W_.resize(static_cast<size_t>(t + 1) * d);
+    W_.grow(static_cast<size_t>(t + 1) * d);
     double* w = W_.data() + t * d;
     if (t >= d) {
       // t >= d: u = M^{-1} g from an explicit d x d inverse, O(d^2) a step instead of O(t d).
@@ -1126,8 +1109,8 @@ Result Engine::run() {
   const size_t cap = static_cast<size_t>(std::max<int64_t>(0, opt_.k));
   res_.indices.reserve(cap);
   if (opt_.objective == Objective::LogDet) {
-    W_.reserve(std::min<size_t>(cap, static_cast<size_t>(n_)) * static_cast<size_t>(d_));
-    advise_huge(W_.data(), W_.capacity() * sizeof(double));
+    // Rows of W are never moved: catch-ups hold pointers into it while it grows.
+    W_.open(std::min<size_t>(cap, static_cast<size_t>(n_)) * static_cast<size_t>(d_), opt_.spill_dir);
     switch (opt_.method) {
       case Method::Naive: run_naive(); break;
       case Method::Lazy: run_lazy(); break;

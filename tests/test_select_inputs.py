@@ -314,3 +314,39 @@ def test_base_out_holds_every_rows_base_gain():
         spice.select(G, 3, base_out=np.zeros(300, np.float32))
     with pytest.raises(ValueError, match="base_out"):
         spice.select(G, 3, base_out=np.zeros(299))
+
+
+@pytest.mark.parametrize("method", ["lazy", "naive", "stochastic"])
+def test_spill_dir_gives_identical_results_and_leaves_nothing(tmp_path, method):
+    """w rows in a mapped temporary file instead of RAM: same arithmetic, so the same picks and
+    bit-identical gains (k > d, so the M^{-1} path and its bounds run too); the file is unlinked
+    at once, so the directory is empty during and after the run."""
+    G = clustered(5, 600, 24)
+    seen = []
+
+    def cb(picks, budget, evaluations, elapsed):
+        seen.append(sorted(os.listdir(tmp_path)))
+
+    a = spice.select(G, 120, method=method, seed=3)
+    b = spice.select(G, 120, method=method, seed=3, spill_dir=tmp_path, progress=cb)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_array_equal(a.gains, b.gains)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    assert seen and all(s == [] for s in seen)
+    assert os.listdir(tmp_path) == []
+
+
+def test_spill_dir_errors_are_named(tmp_path):
+    G = clustered(5, 50, 8)
+    with pytest.raises(ValueError, match="not an existing directory"):
+        spice.select(G, 5, spill_dir=tmp_path / "missing")
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ValueError, match="not an existing directory"):
+        spice.select(G, 5, spill_dir=f)
+    if hasattr(os, "geteuid") and os.geteuid() != 0:  # root may write anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        with pytest.raises(RuntimeError, match="spill_dir: cannot create a file in"):
+            spice.select(G, 5, spill_dir=ro)

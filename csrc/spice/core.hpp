@@ -48,6 +48,8 @@ struct Options {
   int64_t chunk = 0;             // lazy catch-up rows per refresh; 0 = default (256)
   double* base_out = nullptr;    // optional, n entries: log(1 + alpha ||g_i||^2) of every row,
                                  // filled from the norms the run computes anyway
+  std::string spill_dir;         // non-empty: keep the w rows (k x d float64) in a temporary
+                                 // file there (mapped; the OS may page it out), not in RAM
 };
 
 // What a progress hook sees; returning false from the hook cancels the run.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -173,6 +174,7 @@ def select(
     bf16: bool = False,
     device: str | None = None,
     base_out: np.ndarray | None = None,
+    spill_dir: str | os.PathLike[str] | None = None,
 ) -> Selection:
     """Greedily pick rows of ``G`` maximising the SPICE score.
 
@@ -220,6 +222,14 @@ def select(
     base_out : (n,) float64 array, optional
         Filled with log(1 + α‖g_i‖²) of every row, from the norms the run computes anyway (saves
         a second pass over G, e.g. for per-record scores). CPU backend only.
+    spill_dir : path or None
+        Keep the run's w rows (k × d float64, the state exact greedy needs: 800 MB at k = 10⁵,
+        d = 1024) in a temporary file in this directory, mapped into memory, instead of in RAM:
+        the operating system can page them out, so resident anonymous memory stays near
+        n × 64 bytes + d² × 8 bytes however large k is. The file is unlinked as soon as it is
+        created (nothing is left behind) and its disk space is reserved up front (a full disk
+        is an error at the start, not a crash later). Results are identical either way. CPU
+        backend only.
 
     Returns
     -------
@@ -261,13 +271,20 @@ def select(
     t0 = time.perf_counter()
     if base_out is not None and on_gpu:
         raise ValueError("base_out is filled by the CPU backend only")
+    spill = ""
+    if spill_dir is not None:
+        if on_gpu:
+            raise ValueError("spill_dir is for the CPU backend only")
+        spill = os.fspath(spill_dir)
+        if not os.path.isdir(spill):
+            raise ValueError(f"spill_dir {spill!r} is not an existing directory")
     if on_gpu:
         raw = _gpu.select_gpu(arr, kk, a, lam, omega, method, int(seed), seps,
                               objective=objective, progress=cb, code=code)
     else:
         raw = _core.select(arr, code, kk, a, lam, omega, METHODS[method], OBJECTIVES[objective],
                            int(seed) & 0xFFFFFFFFFFFFFFFF, seps, nthreads, 0, cb, 0.2, 0,
-                           base_out)
+                           base_out, spill)
     elapsed = time.perf_counter() - t0
     if raw["bad_row"] >= 0:
         raise ValueError(describe_bad_row(arr, code, int(raw["bad_row"]), a))
