@@ -3,6 +3,7 @@
     python bench/scale_bench.py --quick            # seconds; CI runs this so it cannot rot
     python bench/scale_bench.py --only 1,2,3       # the comparisons recorded in bench/RESULTS.md
     python bench/scale_bench.py --only 4,5 --budget 900
+    python bench/scale_bench.py --only 4 --methods lazy --spill /tmp   # w rows in a file
 
 1. roofline: one naive step vs one numpy GEMV over the same G (float32, float16)
 2. n=1e5, d=1024, k=1e4, λ=0.1: lazy vs vectorised numpy non-lazy (prefix, extrapolated)
@@ -187,7 +188,7 @@ def run_budgeted(G, k: int, method: str, budget: float, **kw):
 
 
 def bench_big(tag: str, n: int, d: int, k: int, budget: float, methods: list[str],
-              out: str = OUT) -> None:
+              out: str = OUT, spill: str | None = None) -> None:
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, f"feats_{n}x{d}_f16.bin")
     t = time.perf_counter()
@@ -198,8 +199,10 @@ def bench_big(tag: str, n: int, d: int, k: int, budget: float, methods: list[str
           "| peak anonymous (MiB) |")
     print("|---|---|---|---|---|---|---|---|")
     for m in methods:
-        sel, el, anon = run_budgeted(G, k, m, budget, conflict_penalty=0.1)
-        print(f"| {m} | {len(sel)} | {el:.1f} | {sel.stop_reason} | {sel.logdet:.6g} "
+        kw = {"spill_dir": spill} if spill else {}
+        sel, el, anon = run_budgeted(G, k, m, budget, conflict_penalty=0.1, **kw)
+        name = f"{m}, w rows spilled" if spill else m
+        print(f"| {name} | {len(sel)} | {el:.1f} | {sel.stop_reason} | {sel.logdet:.6g} "
               f"| {sel.evaluations:.3g} | {rss_mb():.0f} | {anon:.0f} |", flush=True)
 
 
@@ -213,6 +216,9 @@ def main() -> int:
     ap.add_argument("--prefix", type=int, default=500)
     ap.add_argument("--methods", default=None, help="runs 4/5: comma list of methods")
     ap.add_argument("--out", default=OUT, help="runs 4/5: folder of the generated memmaps")
+    ap.add_argument("--spill", default=None,
+                    help="runs 4/5: keep the w rows in a temporary file in this folder "
+                         "(spice.select's spill_dir) instead of RAM")
     args = ap.parse_args()
     print(f"# spice {spice.__version__}, kernels {spice.kernel_isa()}, {os.cpu_count()} CPUs")
     if args.quick:
@@ -220,6 +226,8 @@ def main() -> int:
         bench_vs_numpy(3000, 64, 300, 100)
         bench_vs_dpp(1500, 32, 150)
         bench_big("4 (quick)", 20_000, 64, 2_000, args.budget, ["stochastic", "lazy"], args.out)
+        bench_big("4 (quick)", 20_000, 64, 2_000, args.budget, ["lazy"], args.out,
+                  spill=args.spill or args.out)
         return 0
     only = {int(x) for x in args.only.split(",")}
     if 1 in only:
@@ -230,10 +238,10 @@ def main() -> int:
         bench_vs_dpp(20_000, 512, 2_000)
     if 4 in only:
         m4 = args.methods.split(",") if args.methods else ["stochastic", "lazy"]
-        bench_big("4", 1_000_000, 1024, 100_000, args.budget, m4, args.out)
+        bench_big("4", 1_000_000, 1024, 100_000, args.budget, m4, args.out, args.spill)
     if 5 in only:
         bench_big("5", 270_000, 8192, 27_000, args.budget,
-                  args.methods.split(",") if args.methods else ["lazy"], args.out)
+                  args.methods.split(",") if args.methods else ["lazy"], args.out, args.spill)
     return 0
 
 

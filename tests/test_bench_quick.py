@@ -34,6 +34,9 @@ def test_scale_bench_quick(tmp_path):
     assert "identical picks: True" in out  # run 3: lazy == explicit-kernel DPP MAP
     # runs 4/5 path: a float16 memmap, both methods to the end
     assert "| stochastic | 2000 |" in out and "| lazy | 2000 |" in out
+    assert "| lazy, w rows spilled | 2000 |" in out  # spill_dir: same picks, same log det
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| lazy")]
+    assert len({r[5].strip() for r in rows}) == 1
     assert (tmp_path / "feats_20000x64_f16.bin").stat().st_size == 20000 * 64 * 2
 
 
