@@ -32,22 +32,21 @@ RowStore::~RowStore() { close_map(); }
 void RowStore::close_map() {
 #ifdef SPICE_HAVE_MMAP
   if (map_bytes_ != 0) munmap(ptr_, map_bytes_);
-  if (fd_ >= 0) ::close(fd_);
 #endif
   map_bytes_ = 0;
-  fd_ = -1;
+  ptr_ = nullptr;
 }
 
 void RowStore::open(size_t cap, const std::string& spill_dir) {
   close_map();
   vec_.clear();
   vec_.shrink_to_fit();
-  size_ = 0;
-  cap_ = cap;
+  cap_ = 0;
   if (spill_dir.empty()) {
     vec_.reserve(cap);
     ptr_ = vec_.data();
     advise_huge(ptr_, cap * sizeof(double));
+    cap_ = cap;
     return;
   }
 #ifdef SPICE_HAVE_MMAP
@@ -55,31 +54,32 @@ void RowStore::open(size_t cap, const std::string& spill_dir) {
   std::string path = spill_dir + "/spice-w-XXXXXX";
   std::vector<char> buf(path.begin(), path.end());
   buf.push_back('\0');
-  fd_ = mkstemp(buf.data());
-  if (fd_ < 0)
+  const int fd = mkstemp(buf.data());
+  if (fd < 0)
     throw std::runtime_error("spill_dir: cannot create a file in '" + spill_dir +
                              "': " + std::strerror(errno));
   unlink(buf.data());  // the mapping keeps it alive; nothing is left behind
-  // Reserve the disk space now: a write into a sparse mapping on a full disk is a SIGBUS.
+  // Reserve the disk space now (Linux): a write into a sparse mapping on a full disk is a
+  // SIGBUS. Elsewhere the file is only sized (sparse), without that guarantee.
 #ifdef __linux__
-  const int fe = posix_fallocate(fd_, 0, static_cast<off_t>(bytes));
+  const int fe = posix_fallocate(fd, 0, static_cast<off_t>(bytes));
 #else
-  const int fe = ftruncate(fd_, static_cast<off_t>(bytes)) == 0 ? 0 : errno;
+  const int fe = ftruncate(fd, static_cast<off_t>(bytes)) == 0 ? 0 : errno;
 #endif
   if (fe != 0) {
-    close_map();
+    ::close(fd);
     throw std::runtime_error("spill_dir: cannot reserve " + std::to_string(bytes) +
                              " bytes in '" + spill_dir + "': " + std::strerror(fe));
   }
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
-  if (p == MAP_FAILED) {
-    const int e = errno;
-    close_map();
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  const int me = errno;
+  ::close(fd);  // the mapping keeps the file open
+  if (p == MAP_FAILED)
     throw std::runtime_error("spill_dir: cannot map a file in '" + spill_dir +
-                             "': " + std::strerror(e));
-  }
+                             "': " + std::strerror(me));
   ptr_ = static_cast<double*>(p);
   map_bytes_ = bytes;
+  cap_ = cap;
 #else
   throw std::runtime_error("spill_dir is not supported on this platform");
 #endif
@@ -91,7 +91,6 @@ void RowStore::grow(size_t n) {
     vec_.resize(n);  // within the reserved capacity: the rows do not move
     ptr_ = vec_.data();
   }
-  size_ = n;
 }
 
 }  // namespace spice

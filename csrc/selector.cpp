@@ -161,6 +161,7 @@ class Engine {
   std::vector<double> ubuf_;    // scratch of bound_from_inverse (per-block shares)
   std::vector<double> zbuf_;    // scratch of add_pick's M^{-1} g
   std::vector<int64_t> tstart_, tile_work_, gstart_;  // refresh's tiles, their costs, groups
+  std::vector<int64_t> ctq_;      // refresh: the candidates' steps tq_i, in their order
   std::vector<int64_t> dp_cost_;  // refresh's tile cut: least cost of the first e candidates
   std::vector<int> dp_rows_;      // ... and the rows of its last tile
   std::vector<std::pair<int64_t, int64_t>> sort_tmp_;  // sort_by_step's (tq, index) pairs
@@ -185,6 +186,12 @@ class Engine {
   const char* row(int64_t i) const { return G_.row(i); }
   bool lambda_on() const { return opt_.lambda > 0.0; }
 
+  // Where a refresh takes a candidate at step tq: the current step, or (more than max_rows
+  // behind) the last multiple of max_rows up to tq + max_rows, so that candidates left behind
+  // share their step and fill whole tiles the next time.
+  int64_t catchup_end(int64_t tq, int64_t max_rows) const {
+    return t_ - tq > max_rows ? (tq + max_rows) / max_rows * max_rows : t_;
+  }
   void init_norms();
   Best refresh(const int64_t* cand, int64_t m, bool need_conflict,
                int64_t max_rows = std::numeric_limits<int64_t>::max(), bool all_delta = true);
@@ -270,43 +277,48 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
   // 2-3x what 4-6 rows do (each w element loaded serves fewer rows). The cut minimises
   // sum over tiles of kRowCost[rows] * rows * span by dynamic programming (O(R m)).
   // The naive step (all_delta = false) refreshes every alive candidate at every step, so they
-  // all share one step tq0: its serial passes over the candidates' records are skipped (at
-  // n = 1e5 each pass reads 6.4 MB on one core while the other waits).
+  // all share one step tq0, and the serial passes over the candidates' records below are
+  // skipped (at n = 1e5 each reads 6.4 MB on one core while the other waits). Otherwise their
+  // steps are read once, into ctq_.
   const int64_t tq0 = m > 0 ? rs_[cand[0]].tq : 0;
-  tstart_.clear();
-  {
-    bool same = true;  // the naive step: every candidate is at the same step (no need to look)
-    for (int64_t c = 1; c < m && same && all_delta; ++c) same = rs_[cand[c]].tq == tq0;
-    if (same) {  // the naive step, or candidates that share their step: every R rows
-      for (int64_t c = 0; c < m; c += R) tstart_.push_back(c);
-    } else {
-      // kRowCost[r]: time per row product of an r-row tile, relative (catch-up micro-benchmark,
-      // AVX-512, d = 512, 141 w rows: 1.9, 2.5, 2.8, 5.3, 5.9, 5.5 FMA vectors a ns).
-      static constexpr int64_t kRowCost[kern::kMaxTileRows + 1] = {0, 30, 22, 20, 11, 10, 10, 10, 10};
-      dp_cost_.assign(m + 1, 0);
-      dp_rows_.assign(m + 1, 0);
-      for (int64_t e = 1; e <= m; ++e) {
-        int64_t lo = std::numeric_limits<int64_t>::max(), hi = 0, bestc = -1;
-        int bestr = 1;
-        for (int r = 1; r <= R && r <= e; ++r) {
-          const int64_t tq = rs_[cand[e - r]].tq;
-          const int64_t end = t_ - tq > max_rows ? (tq + max_rows) / max_rows * max_rows : t_;
-          lo = std::min(lo, tq);
-          hi = std::max(hi, end);
-          const int64_t c = dp_cost_[e - r] + kRowCost[r] * r * std::max<int64_t>(1, hi - lo);
-          if (bestc < 0 || c <= bestc) {
-            bestc = c;
-            bestr = r;
-          }
-        }
-        dp_cost_[e] = bestc;
-        dp_rows_[e] = bestr;
-      }
-      for (int64_t e = m; e > 0; e -= dp_rows_[e]) tstart_.push_back(e - dp_rows_[e]);
-      std::reverse(tstart_.begin(), tstart_.end());
+  bool same = true;
+  if (all_delta) {
+    ctq_.resize(m);
+    for (int64_t c = 0; c < m; ++c) {
+      ctq_[c] = rs_[cand[c]].tq;
+      same = same && ctq_[c] == tq0;
     }
-    tstart_.push_back(m);
   }
+  tstart_.clear();
+  if (same) {  // every R rows
+    for (int64_t c = 0; c < m; c += R) tstart_.push_back(c);
+  } else {
+    // kRowCost[r]: time per row product of an r-row tile, relative (catch-up micro-benchmark,
+    // AVX-512 6 x 4 tiles, d = 512, 141 w rows: 1.9, 2.5, 2.8, 5.3, 5.9, 5.5 FMA vectors a ns;
+    // the AVX2 and portable tables, with 4-row tiles, use the same shape).
+    static constexpr int64_t kRowCost[kern::kMaxTileRows + 1] = {0, 30, 22, 20, 11, 10, 10, 10, 10};
+    dp_cost_.assign(m + 1, 0);
+    dp_rows_.assign(m + 1, 0);
+    for (int64_t e = 1; e <= m; ++e) {
+      int64_t lo = std::numeric_limits<int64_t>::max(), hi = 0, bestc = -1;
+      int bestr = 1;
+      for (int r = 1; r <= R && r <= e; ++r) {
+        const int64_t tq = ctq_[e - r];
+        lo = std::min(lo, tq);
+        hi = std::max(hi, catchup_end(tq, max_rows));
+        const int64_t c = dp_cost_[e - r] + kRowCost[r] * r * std::max<int64_t>(1, hi - lo);
+        if (bestc < 0 || c <= bestc) {
+          bestc = c;
+          bestr = r;
+        }
+      }
+      dp_cost_[e] = bestc;
+      dp_rows_[e] = bestr;
+    }
+    for (int64_t e = m; e > 0; e -= dp_rows_[e]) tstart_.push_back(e - dp_rows_[e]);
+    std::reverse(tstart_.begin(), tstart_.end());
+  }
+  tstart_.push_back(m);
   const int64_t ntiles = static_cast<int64_t>(tstart_.size()) - 1;
   // Groups of up to GTMAX consecutive tiles with about equal work (catch-up rows of the tile's
   // widest row, times its rows), about four per thread, so that the dynamic schedule balances
@@ -316,9 +328,10 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
   for (int64_t x = 0; x < ntiles; ++x) {
     const int64_t b = tstart_[x], e = tstart_[x + 1];
     int64_t w = std::min<int64_t>(t_ - tq0, max_rows) + 1;
-    if (all_delta)
-      for (int64_t c = b; c < e; ++c)
-        w = std::max(w, std::min<int64_t>(t_ - rs_[cand[c]].tq, max_rows) + 1);
+    if (!same) {
+      w = 0;
+      for (int64_t c = b; c < e; ++c) w = std::max(w, std::min<int64_t>(t_ - ctq_[c], max_rows) + 1);
+    }
     tile_work_[x] = w * (e - b);
     work += tile_work_[x];
   }
@@ -368,8 +381,7 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
           // Partial catch-ups end on multiples of max_rows, so that candidates left behind
           // share their step tq_i and fill whole tiles the next time. The kernel computes the
           // tile's whole span for every row, so every row goes on to the tile's end.
-          const int64_t tq = rs_[i].tq;
-          hi[x] = std::max(hi[x], t_ - tq > max_rows ? (tq + max_rows) / max_rows * max_rows : t_);
+          hi[x] = std::max(hi[x], catchup_end(rs_[i].tq, max_rows));
         }
         for (int r = 0; r < rcount[x]; ++r) my_dots += hi[x] - rs_[cand[b + r]].tq;
         glo = std::min(glo, lo[x]);
@@ -939,7 +951,8 @@ void Engine::run_lazy() {
     if (opt_.batch <= 0) {
       // Next step's batch: the candidates this step had to look at, i.e. those popped with a
       // key above the winning score (one-at-a-time lazy greedy pops each of them too), at least
-      // kMinBatch so that a refresh has enough tiles for both cores. Sizing it by everything
+      // kMinBatch so that a refresh has tiles enough to share between threads (measured on 2
+      // cores: 16/32/64/128 gave run 3 0.32/0.31/0.30/0.30 s). Sizing it by everything
       // refreshed fed back on itself: a large batch refreshes many candidates, which made the
       // next batch as large (run 3: 2.2e6 evaluations, 0.45 s; now 2.6e5, 0.30 s).
       int64_t need = 0;

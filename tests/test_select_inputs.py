@@ -322,10 +322,13 @@ def test_spill_dir_gives_identical_results_and_leaves_nothing(tmp_path, method):
     bit-identical gains (k > d, so the M^{-1} path and its bounds run too); the file is unlinked
     at once, so the directory is empty during and after the run."""
     G = clustered(5, 600, 24)
-    seen = []
+    seen, mapped = [], []
 
     def cb(picks, budget, evaluations, elapsed):
         seen.append(sorted(os.listdir(tmp_path)))
+        if os.path.exists("/proc/self/maps"):  # Linux: the rows really are in that file
+            with open("/proc/self/maps") as f:
+                mapped.append(any(str(tmp_path) in line and "spice-w-" in line for line in f))
 
     a = spice.select(G, 120, method=method, seed=3)
     b = spice.select(G, 120, method=method, seed=3, spill_dir=tmp_path, progress=cb)
@@ -334,6 +337,8 @@ def test_spill_dir_gives_identical_results_and_leaves_nothing(tmp_path, method):
     np.testing.assert_array_equal(a.scores, b.scores)
     assert seen and all(s == [] for s in seen)
     assert os.listdir(tmp_path) == []
+    if mapped:
+        assert all(mapped)
 
 
 def test_spill_dir_errors_are_named(tmp_path):

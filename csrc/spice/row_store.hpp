@@ -20,7 +20,8 @@ class RowStore {
 
   // Room for cap elements. spill_dir empty: anonymous memory (transparent huge pages asked
   // for); otherwise a file created in that directory and unlinked at once (nothing is left
-  // behind, even on a crash). Throws std::runtime_error naming the directory on failure.
+  // behind, even on a crash), its space reserved on Linux. Throws std::runtime_error naming the
+  // directory on failure (the store is then empty).
   void open(size_t cap, const std::string& spill_dir);
   // Make the first n elements usable (n <= capacity); rows already written keep their values.
   void grow(size_t n);
@@ -28,14 +29,11 @@ class RowStore {
   const double* data() const { return ptr_; }
   double& operator[](size_t i) { return ptr_[i]; }
   double operator[](size_t i) const { return ptr_[i]; }
-  size_t size() const { return size_; }
-  bool spilled() const { return map_bytes_ != 0; }
 
  private:
   std::vector<double> vec_;
   double* ptr_ = nullptr;
-  size_t size_ = 0, cap_ = 0, map_bytes_ = 0;
-  int fd_ = -1;
+  size_t cap_ = 0, map_bytes_ = 0;  // map_bytes_ > 0: a file mapping
   void close_map();
 };
 

@@ -225,11 +225,11 @@ def select(
     spill_dir : path or None
         Keep the run's w rows (k × d float64, the state exact greedy needs: 800 MB at k = 10⁵,
         d = 1024) in a temporary file in this directory, mapped into memory, instead of in RAM:
-        the operating system can page them out, so resident anonymous memory stays near
-        n × 64 bytes + d² × 8 bytes however large k is. The file is unlinked as soon as it is
-        created (nothing is left behind) and its disk space is reserved up front (a full disk
-        is an error at the start, not a crash later). Results are identical either way. CPU
-        backend only.
+        the operating system can page them out, so resident anonymous memory stays about
+        n × 90 bytes + d² × 8 bytes however large k is. The file is unlinked as soon as it is
+        created (nothing is left behind); on Linux its disk space is reserved up front (a full
+        disk is an error at the start, not a crash later). Results are identical either way.
+        CPU backend only.
 
     Returns
     -------
