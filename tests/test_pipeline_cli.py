@@ -63,10 +63,13 @@ def test_features_select_report_end_to_end(workdir):
 
     ref = spice.select(FeatureStore.open(d / "store"), 8, conflict_penalty=0.2)
     assert ref.indices.tolist() == sel["indices"]
-    # rerun with the same inputs gives identical files
+    # rerun with the same inputs gives identical files (here with the w rows spilled to disk)
     first = {p.name: p.read_bytes() for p in (d / "sel").iterdir() if p.name != "timing.json"}
+    (d / "spill").mkdir()
     spice_cli("select", "--features", str(d / "store"), "--data", str(d / "data.jsonl"),
-              "--k", "8", "--penalty", "0.2", "--out", str(d / "sel"), "--overwrite")
+              "--k", "8", "--penalty", "0.2", "--out", str(d / "sel"), "--overwrite",
+              "--spill-dir", str(d / "spill"))
+    assert list((d / "spill").iterdir()) == []
     again = {p.name: p.read_bytes() for p in (d / "sel").iterdir() if p.name != "timing.json"}
     assert first == again
     spice_cli("report", str(d / "sel"))

@@ -56,7 +56,7 @@ def _select_into(args: argparse.Namespace, store: Any, out: Path, extra: dict) -
     sel = select_to_dir(store, args.data, out, _budget(args), alpha=args.alpha,
                         conflict_penalty=args.penalty, early_stop=args.early_stop,
                         method=args.method, objective=args.objective, seed=args.seed,
-                        overwrite=args.overwrite, extra_config=extra)
+                        overwrite=args.overwrite, extra_config=extra, spill_dir=args.spill_dir)
     print(sel.summary())
     print(f"spice: subset, selection.json, scores.csv and dataset_info.json are in {out}")
     return 0
@@ -168,6 +168,9 @@ def _add_select_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objective", default="logdet",
                    choices=["logdet", "diag-compat", "topk-compat"])
     p.add_argument("--overwrite", action="store_true", help="replace an existing result")
+    p.add_argument("--spill-dir", default=None,
+                   help="keep the run's w rows (k x d float64) in a temporary file in this "
+                        "directory instead of RAM (same results)")
 
 
 def build_parser() -> argparse.ArgumentParser:

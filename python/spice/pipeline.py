@@ -116,19 +116,22 @@ def select_to_dir(
     seed: int = 0,
     overwrite: bool = False,
     extra_config: dict | None = None,
+    spill_dir: str | os.PathLike | None = None,
 ) -> Selection:
     """Select from ``store`` (a :class:`spice.FeatureStore`) and write the run directory ``out``:
     ``subset.<ext>`` (the chosen records in pick order, in the data's own format),
     ``selection.json``, ``scores.csv``, ``dataset_info.json`` and ``timing.json``.
 
-    Everything except ``timing.json`` is identical when rerun with the same inputs and seed.
+    Everything except ``timing.json`` is identical when rerun with the same inputs and seed
+    (``spill_dir``, passed on to :func:`spice.select`, changes where the run keeps its state,
+    not its results).
     """
     out = prepare_out_dir(out, overwrite, "selection.json")
     fp = check_store_matches(store, data)
     base = np.empty(len(store))  # per-record base gains, filled by the run (no second pass)
     sel = select(store, k, alpha=alpha, conflict_penalty=conflict_penalty,
                  early_stop=early_stop, method=method, objective=objective, seed=seed,
-                 base_out=base)
+                 base_out=base, spill_dir=spill_dir)
     data = Path(data)
     ext = ".jsonl" if data.suffix.lower() in (".jsonl", ".ndjson") else data.suffix.lower()
     subset_name = f"subset{ext}"
