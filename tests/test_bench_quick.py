@@ -16,9 +16,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_bench(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    import spice
+
+    # The scripts must import the spice this test imported (an installed wheel in CI, the
+    # source tree with an in-place build for developers), not whatever the tree holds.
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT / "python")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    home = str(Path(spice.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([home] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH")
+                                                  else []))
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TRANSFORMERS_OFFLINE", "1")
     return subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], env=env,
