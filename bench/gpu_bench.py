@@ -14,12 +14,14 @@ Writes a Markdown table (default bench/RESULTS_gpu.md) and prints it.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
+if importlib.util.find_spec("spice") is None:  # an installed spice (or PYTHONPATH) comes first
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
 
 from spice import gpu  # noqa: E402
 
