@@ -128,9 +128,10 @@ void sqdots_t(const char* const* rows, int R, const double* vec, int64_t d, doub
 
 // M[a * d + b] -= ws[s][a] * ws[s][b] for a in [a0, a1), all b, s = 0 .. S-1 in order (one
 // FMA per s). Columns in blocks so the block of the S w rows stays in cache across rows a.
-void rank_sub(const double* const* ws, int S, int64_t a0, int64_t a1, int64_t d, double* M) {
+void rank_sub(const double* const* ws, int S, int64_t a0, int64_t a1, int64_t bs, int64_t d,
+              double* M) {
   constexpr int64_t BB = 512;
-  for (int64_t b0 = 0; b0 < d; b0 += BB) {
+  for (int64_t b0 = bs; b0 < d; b0 += BB) {
     const int64_t b1 = d - b0 < BB ? d : b0 + BB;
     for (int64_t a = a0; a < a1; ++a) {
       double* row = M + a * d;

@@ -313,13 +313,14 @@ inline void rank_tile(const double* const* ws, int S, int64_t a, int64_t b, int6
     for (int u = 0; u < 4; ++u) _mm512_storeu_pd(M + (a + r) * d + b + 8 * u, c[r][u]);
 }
 
-// M[a * d + b] -= ws[s][a] * ws[s][b] for a in [a0, a1), all b, s = 0 .. S-1 in order (one
-// FMA per s). Six rows of M at a time, so that each block of w loaded feeds six rows' FMAs (one
+// M[a * d + b] -= ws[s][a] * ws[s][b] for a in [a0, a1), b in [bs, d), s = 0 .. S-1 in order
+// (one FMA per s). Six rows of M at a time, so that each block of w loaded feeds six rows' FMAs (one
 // row at a time was bound by loads: five per four FMAs); columns in blocks so that the S w rows'
 // block stays in cache across rows a.
-void rank_sub(const double* const* ws, int S, int64_t a0, int64_t a1, int64_t d, double* M) {
+void rank_sub(const double* const* ws, int S, int64_t a0, int64_t a1, int64_t bs, int64_t d,
+              double* M) {
   constexpr int64_t BB = 512;
-  for (int64_t b0 = 0; b0 < d; b0 += BB) {
+  for (int64_t b0 = bs; b0 < d; b0 += BB) {
     const int64_t b1 = d - b0 < BB ? d : b0 + BB;
     const int64_t bv = b0 + (b1 - b0) / 32 * 32;  // columns [b0, bv) in 32s, then one by one
     int64_t a = a0;

@@ -100,13 +100,14 @@ void sqdots_t(const char* const* rows, int R, const double* vec, int64_t d, doub
 }
 
 // M[a * d + b] -= ws[s][a] * ws[s][b] for a in [a0, a1), all b, s = 0 .. S-1 in order.
-void rank_sub(const double* const* ws, int S, int64_t a0, int64_t a1, int64_t d, double* M) {
+void rank_sub(const double* const* ws, int S, int64_t a0, int64_t a1, int64_t b0, int64_t d,
+              double* M) {
   for (int64_t a = a0; a < a1; ++a) {
     double* row = M + a * d;
     for (int s = 0; s < S; ++s) {
       const double wa = ws[s][a];
       const double* w = ws[s];
-      for (int64_t b = 0; b < d; ++b) row[b] = row[b] - wa * w[b];
+      for (int64_t b = b0; b < d; ++b) row[b] = row[b] - wa * w[b];
     }
   }
 }

@@ -175,6 +175,12 @@ class Engine {
   int64_t far_steps_ = 0;       // set by the run: see far_behind
   int64_t minv_t_ = 0;          // minv_ = I - sum_{s < minv_t_} w_s w_s^T
   static constexpr int64_t kMinvLag = 32;
+  // Who reads which part of minv_: u = M^{-1} g (add_pick) reads row a from the start of its
+  // block of kUBlock rows; the M^{-1} bound reads whole rows below d = kTriMinD and, from it,
+  // row a from the start of its block of kBoundBlock rows. The folds write what is read: from
+  // d = kTriMinD, row a from the start of its block of kFoldAlign rows (a multiple of both).
+  static constexpr int64_t kUBlock = 48, kBoundBlock = 32, kTriMinD = 512, kFoldAlign = 96;
+  static_assert(kFoldAlign % kUBlock == 0 && kFoldAlign % kBoundBlock == 0, "fold alignment");
   void flush_minv();
   double snorm_ = 0.0;
   int64_t t_ = 0;
@@ -595,7 +601,7 @@ void Engine::add_pick(int64_t j) {
       // they are in cache, z_blk[b] = sum_{a in blk} g_a M_ab for b >= a1: the products that
       // rows b below the block need (M_ba = M_ab). u_a = y_a + the z of the blocks above a's,
       // added in block order, so u does not depend on the thread count.
-      constexpr int64_t RBK = 48, RT = 6;
+      constexpr int64_t RBK = kUBlock, RT = 6;
       const int64_t nblk = (d + RBK - 1) / RBK;
       if (zbuf_.size() < static_cast<size_t>(nblk * d)) zbuf_.resize(nblk * d);
       double* zb = zbuf_.data();
@@ -716,11 +722,15 @@ void Engine::finish_bound() {
 }
 
 // Fold the pending w rows (minv_t_ .. t_-1) into minv_: one pass over the d x d matrix per
-// batch of rows (rank-kMinvLag update), row by row in parallel.
+// batch of rows (rank-kMinvLag update), row by row in parallel. From d = kTriMinD only the
+// upper triangle (plus the diagonal blocks) is ever read, so only that is written: about half
+// the arithmetic and memory traffic of a fold.
 void Engine::flush_minv() {
   const int64_t d = d_;
   constexpr int64_t AB = 24;  // rows of minv_ per work item (the kernel takes rows in sixes)
+  static_assert(kFoldAlign % AB == 0, "a work item's rows share their first column");
   const int64_t nab = (d + AB - 1) / AB;
+  const bool upper = d >= kTriMinD;
   while (minv_t_ < t_) {
     const int64_t s0 = minv_t_, s1 = std::min<int64_t>(t_, s0 + kMinvLag);
     const double* ws[kMinvLag];
@@ -728,9 +738,12 @@ void Engine::flush_minv() {
     const int S = static_cast<int>(s1 - s0);
     const kern::Table& K = K_;
     double* M = minv_.data();
-#pragma omp parallel for num_threads(nt_) schedule(static)
-    for (int64_t ab = 0; ab < nab; ++ab)
-      K.rank_sub(ws, S, ab * AB, std::min(d, ab * AB + AB), d, M);
+    // Interleaved work items: with the triangle, items further down hold less of it.
+#pragma omp parallel for num_threads(nt_) schedule(static, 1)
+    for (int64_t ab = 0; ab < nab; ++ab) {
+      const int64_t a0 = ab * AB, b0 = upper ? a0 / kFoldAlign * kFoldAlign : 0;
+      K.rank_sub(ws, S, a0, std::min(d, a0 + AB), b0, d, M);
+    }
     minv_t_ = s1;
   }
 }
@@ -747,7 +760,7 @@ void Engine::flush_minv() {
 void Engine::bound_from_inverse(const std::vector<int64_t>& cand, std::vector<double>& qub) {
   const int64_t m = static_cast<int64_t>(cand.size()), d = d_;
   qub.assign(m, 0.0);
-  constexpr int RM = kern::kMaxTileRows, VB = 32, GT = 16;
+  constexpr int RM = kern::kMaxTileRows, VB = static_cast<int>(kBoundBlock), GT = 16;
   const int R = K_.tile_rows;
   const int64_t block = static_cast<int64_t>(GT) * R;  // candidates per pass over M^{-1}
   const int64_t nach = (d + VB - 1) / VB;
@@ -758,7 +771,7 @@ void Engine::bound_from_inverse(const std::vector<int64_t>& cand, std::vector<do
   // Below d = 512 the halved rows are too short for the kernels (a 6 x 4 tile's 24 reductions
   // outweigh its FMAs): whole rows of M^{-1}, as M^{-1} g (measured: a 3e5 x 256 proxy 7% slower
   // with the triangle, run 2 at d = 1024 8% faster).
-  const bool tri = d >= 512;
+  const bool tri = d >= kTriMinD;
   for (int64_t b0 = 0; b0 < m; b0 += block) {
     const int64_t nb = std::min(block, m - b0);
     const int ntl = static_cast<int>((nb + R - 1) / R);
