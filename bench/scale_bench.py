@@ -59,6 +59,15 @@ def step_time(G: np.ndarray, lam: float, k: int = 40, threads: int | None = None
     return max(1e-9, (tk - t1) / (k - 1))
 
 
+def gemv_time(G: np.ndarray, w: np.ndarray, reps: int = 20) -> float:
+    """Seconds per numpy GEMV G @ w (mean of reps, after one warm-up)."""
+    G @ w
+    t = time.perf_counter()
+    for _ in range(reps):
+        G @ w
+    return (time.perf_counter() - t) / reps
+
+
 def bench_roofline(n: int, d: int, rounds: int = 3) -> None:
     """Naive step time against one numpy GEMV over the same G, and 1 vs 2 threads. This
     machine's memory bandwidth drifts within minutes, so each comparison alternates its two
@@ -67,15 +76,10 @@ def bench_roofline(n: int, d: int, rounds: int = 3) -> None:
     G = clustered_features(n, d, seed=2)
     w = np.random.default_rng(0).standard_normal(d).astype(np.float32)
     halves = {np.float32: G, np.float16: G.astype(np.float16)}
-    G @ w
-    reps = 20
     gemv = float("inf")
     steps: dict[tuple, float] = {}
     for _ in range(rounds):
-        t = time.perf_counter()
-        for _ in range(reps):
-            G @ w
-        gemv = min(gemv, (time.perf_counter() - t) / reps)
+        gemv = min(gemv, gemv_time(G, w))
         time.sleep(0.2)
         for dt, H in halves.items():
             for lam in (0.0, 0.1):
@@ -106,11 +110,7 @@ def bench_roofline(n: int, d: int, rounds: int = 3) -> None:
     for _ in range(rounds):
         for th in (1, 2):
             with threadpool_limits(th):
-                G @ w
-                t = time.perf_counter()
-                for _ in range(reps):
-                    G @ w
-                ref[th] = min(ref.get(th, float("inf")), (time.perf_counter() - t) / reps)
+                ref[th] = min(ref.get(th, float("inf")), gemv_time(G, w))
             time.sleep(0.2)
     print(f"numpy float32 GEMV, threads=1: {ref[1] * 1e3:.2f} ms, threads=2: {ref[2] * 1e3:.2f} ms "
           f"-> {ref[1] / ref[2]:.2f}× (the bus's own scaling)", flush=True)

@@ -80,19 +80,20 @@ constexpr int64_t esize() {
   return D == DType::F64 ? 8 : D == DType::F32 ? 4 : 2;
 }
 
-// R x V register tile over the whole row. With pf != nullptr the npf rows pf[] are prefetched
+// acc[r][v] += rows[r] . vecs[v] over columns [j0, j1) (multiples of 8), lane l taking the
+// columns j = l (mod 8) in ascending order. With pf != nullptr the npf rows pf[] are prefetched
 // into L1 along the way (the caller's next tile: rows of G are cold, and a short catch-up leaves
-// the hardware prefetcher no time to ramp up).
+// the hardware prefetcher no time to ramp up); pfw[] likewise for the next w vectors.
 template <DType D, int R, int V>
-inline void micro(const char* const* rows, const double* const* vecs, int64_t d, double* out,
-                  int ldo, const char* const* pf = nullptr, int npf = 0,
-                  const double* const* pfw = nullptr, int npfw = 0) {
-  __m512d acc[R][V];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_pd();
-  const int64_t d8 = d & ~int64_t(7);
+__attribute__((always_inline)) inline void accumulate(__m512d (&acc)[R][V],
+                                                      const char* const* rows,
+                                                      const double* const* vecs, int64_t j0,
+                                                      int64_t j1, const char* const* pf = nullptr,
+                                                      int npf = 0,
+                                                      const double* const* pfw = nullptr,
+                                                      int npfw = 0) {
   constexpr int64_t kLineElems = 64 / esize<D>();
-  for (int64_t j = 0; j < d8; j += 8) {
+  for (int64_t j = j0; j < j1; j += 8) {
     if (pf && (j & (kLineElems - 1)) == 0)
       for (int p = 0; p < npf; ++p) _mm_prefetch(pf[p] + j * esize<D>(), _MM_HINT_T0);
     if (pfw)
@@ -105,7 +106,15 @@ inline void micro(const char* const* rows, const double* const* vecs, int64_t d,
       for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_pd(g, w[v], acc[r][v]);
     }
   }
-  // Reduce eight accumulators at a time (r-major order), then the tails.
+}
+
+// out[r * ldo + v] = the reduction of acc[r][v] (eight accumulators at a time), then the tail
+// columns [d - d % 8, d) in order: the canonical order of this table.
+template <DType D, int R, int V>
+__attribute__((always_inline)) inline void finish(const __m512d (&acc)[R][V],
+                                                  const char* const* rows,
+                                                  const double* const* vecs, int64_t d,
+                                                  double* out, int ldo) {
   constexpr int N = R * V, NG = (N + 7) / 8;
   __m512d flat[NG * 8];
   for (int r = 0; r < R; ++r)
@@ -113,12 +122,25 @@ inline void micro(const char* const* rows, const double* const* vecs, int64_t d,
   for (int x = N; x < NG * 8; ++x) flat[x] = _mm512_setzero_pd();
   alignas(64) double sums[NG * 8];
   for (int g = 0; g < NG; ++g) _mm512_store_pd(sums + 8 * g, hsum8(flat + 8 * g));
+  const int64_t d8 = d & ~int64_t(7);
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < V; ++v) {
       double s = sums[r * V + v];
       for (int64_t j = d8; j < d; ++j) s = __builtin_fma(ld1<D>(rows[r], j), vecs[v][j], s);
       out[r * ldo + v] = s;
     }
+}
+
+// R x V register tile over the whole row (prefetching as in accumulate).
+template <DType D, int R, int V>
+inline void micro(const char* const* rows, const double* const* vecs, int64_t d, double* out,
+                  int ldo, const char* const* pf = nullptr, int npf = 0,
+                  const double* const* pfw = nullptr, int npfw = 0) {
+  __m512d acc[R][V];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_pd();
+  accumulate<D, R, V>(acc, rows, vecs, 0, d & ~int64_t(7), pf, npf, pfw, npfw);
+  finish<D, R, V>(acc, rows, vecs, d, out, ldo);
 }
 
 // Column-blocked R x V tile: the accumulators wait in acc_mem (R * V vectors) between column
@@ -131,14 +153,7 @@ inline void micro_blk(const char* const* rows, const double* const* vecs, int64_
   __m512d acc[R][V];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < V; ++v) acc[r][v] = acc_mem[r * V + v];
-  for (int64_t j = j0; j < j1; j += 8) {
-    __m512d w[V];
-    for (int v = 0; v < V; ++v) w[v] = _mm512_loadu_pd(vecs[v] + j);
-    for (int r = 0; r < R; ++r) {
-      const __m512d g = ld8<D>(rows[r], j);
-      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_pd(g, w[v], acc[r][v]);
-    }
-  }
+  accumulate<D, R, V>(acc, rows, vecs, j0, j1);
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < V; ++v) acc_mem[r * V + v] = acc[r][v];
 }
@@ -159,19 +174,10 @@ void dots_blocked(const char* const* rows, const double* const* vecs, int V, int
     const int64_t j1 = d8 - j0 > kColBlock ? j0 + kColBlock : d8;
     for (int v = 0; v < V; v += 4) micro_blk<D, R, 4>(rows, vecs + v, j0, j1, acc + R * v);
   }
-  constexpr int N = R * 4, NG = (N + 7) / 8;
   for (int v = 0; v < V; v += 4) {
-    __m512d flat[NG * 8];
-    for (int x = 0; x < N; ++x) flat[x] = acc[R * v + x];
-    for (int x = N; x < NG * 8; ++x) flat[x] = _mm512_setzero_pd();
-    alignas(64) double sums[NG * 8];
-    for (int g = 0; g < NG; ++g) _mm512_store_pd(sums + 8 * g, hsum8(flat + 8 * g));
-    for (int r = 0; r < R; ++r)
-      for (int u = 0; u < 4; ++u) {
-        double s = sums[r * 4 + u];
-        for (int64_t j = d8; j < d; ++j) s = __builtin_fma(ld1<D>(rows[r], j), vecs[v + u][j], s);
-        out[r * ldo + v + u] = s;
-      }
+    __m512d a[R][4];
+    for (int x = 0; x < R * 4; ++x) a[x / 4][x % 4] = acc[R * v + x];
+    finish<D, R, 4>(a, rows, vecs + v, d, out + v, ldo);
   }
 }
 
@@ -179,15 +185,10 @@ void dots_blocked(const char* const* rows, const double* const* vecs, int V, int
 template <DType D, int R>
 void dots_long(const char* const* rows, const double* const* vecs, int V, int64_t d, double* out,
                int ldo) {
-  int v = 0;
-  for (; v + 4 <= V; v += 32) {
-    const int nv = (V - v) / 4 * 4 < 32 ? (V - v) / 4 * 4 : 32;
-    dots_blocked<D, R>(rows, vecs + v, nv, d, out + v, ldo);
-    if (nv < 32) {
-      v += nv;
-      break;
-    }
-  }
+  const int V4 = V / 4 * 4;
+  for (int v = 0; v < V4; v += 32)
+    dots_blocked<D, R>(rows, vecs + v, V4 - v < 32 ? V4 - v : 32, d, out + v, ldo);
+  int v = V4;
   for (; v + 2 <= V; v += 2) micro<D, R, 2>(rows, vecs + v, d, out + v, ldo);
   if (v < V) micro<D, R, 1>(rows, vecs + v, d, out + v, ldo);
 }

@@ -181,6 +181,7 @@ class Engine {
   // d = kTriMinD, row a from the start of its block of kFoldAlign rows (a multiple of both).
   static constexpr int64_t kUBlock = 48, kBoundBlock = 32, kTriMinD = 512, kFoldAlign = 96;
   static_assert(kFoldAlign % kUBlock == 0 && kFoldAlign % kBoundBlock == 0, "fold alignment");
+  bool upper_only() const { return d_ >= kTriMinD; }  // M^{-1} read (and folded) as a triangle
   void flush_minv();
   double snorm_ = 0.0;
   int64_t t_ = 0;
@@ -333,11 +334,10 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
   tile_work_.resize(ntiles);
   for (int64_t x = 0; x < ntiles; ++x) {
     const int64_t b = tstart_[x], e = tstart_[x + 1];
-    int64_t w = std::min<int64_t>(t_ - tq0, max_rows) + 1;
-    if (!same) {
-      w = 0;
+    int64_t w = 0;  // the tile's widest catch-up, plus one
+    if (same) w = std::min<int64_t>(t_ - tq0, max_rows) + 1;
+    else
       for (int64_t c = b; c < e; ++c) w = std::max(w, std::min<int64_t>(t_ - ctq_[c], max_rows) + 1);
-    }
     tile_work_[x] = w * (e - b);
     work += tile_work_[x];
   }
@@ -730,7 +730,7 @@ void Engine::flush_minv() {
   constexpr int64_t AB = 24;  // rows of minv_ per work item (the kernel takes rows in sixes)
   static_assert(kFoldAlign % AB == 0, "a work item's rows share their first column");
   const int64_t nab = (d + AB - 1) / AB;
-  const bool upper = d >= kTriMinD;
+  const bool upper = upper_only();
   while (minv_t_ < t_) {
     const int64_t s0 = minv_t_, s1 = std::min<int64_t>(t_, s0 + kMinvLag);
     const double* ws[kMinvLag];
@@ -771,7 +771,7 @@ void Engine::bound_from_inverse(const std::vector<int64_t>& cand, std::vector<do
   // Below d = 512 the halved rows are too short for the kernels (a 6 x 4 tile's 24 reductions
   // outweigh its FMAs): whole rows of M^{-1}, as M^{-1} g (measured: a 3e5 x 256 proxy 7% slower
   // with the triangle, run 2 at d = 1024 8% faster).
-  const bool tri = d >= kTriMinD;
+  const bool tri = upper_only();
   for (int64_t b0 = 0; b0 < m; b0 += block) {
     const int64_t nb = std::min(block, m - b0);
     const int ntl = static_cast<int>((nb + R - 1) / R);
