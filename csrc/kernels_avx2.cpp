@@ -84,7 +84,8 @@ inline void micro(const char* const* rows, const double* const* vecs, int64_t d,
 
 template <DType D>
 void dots_t(const char* const* rows, int R, const double* const* vecs, int V, int64_t d,
-            double* out, const char* const* /*pf*/ = nullptr, int /*npf*/ = 0) {
+            double* out, const char* const* /*pf*/ = nullptr, int /*npf*/ = 0,
+            bool /*cold_vecs*/ = false) {
   int r = 0;
   for (; r + 4 <= R; r += 4) {
     int v = 0;

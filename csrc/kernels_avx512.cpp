@@ -149,11 +149,11 @@ inline void micro(const char* const* rows, const double* const* vecs, int64_t d,
 // ascending j: bit-identical to micro.
 template <DType D, int R, int V>
 inline void micro_blk(const char* const* rows, const double* const* vecs, int64_t j0, int64_t j1,
-                      __m512d* acc_mem) {
+                      __m512d* acc_mem, const double* const* pfw = nullptr, int npfw = 0) {
   __m512d acc[R][V];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < V; ++v) acc[r][v] = acc_mem[r * V + v];
-  accumulate<D, R, V>(acc, rows, vecs, j0, j1);
+  accumulate<D, R, V>(acc, rows, vecs, j0, j1, nullptr, 0, pfw, npfw);
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < V; ++v) acc_mem[r * V + v] = acc[r][v];
 }
@@ -166,13 +166,26 @@ constexpr int64_t kColBlock = 512;
 // R rows against V vectors (V % 4 == 0, V <= 32) in R x 4 tiles, column-blocked.
 template <DType D, int R>
 void dots_blocked(const char* const* rows, const double* const* vecs, int V, int64_t d,
-                  double* out, int ldo) {
+                  double* out, int ldo, bool cold_vecs) {
   alignas(64) __m512d acc[R * 32];
   for (int x = 0; x < R * V; ++x) acc[x] = _mm512_setzero_pd();
   const int64_t d8 = d & ~int64_t(7);
   for (int64_t j0 = 0; j0 < d8; j0 += kColBlock) {
     const int64_t j1 = d8 - j0 > kColBlock ? j0 + kColBlock : d8;
-    for (int v = 0; v < V; v += 4) micro_blk<D, R, 4>(rows, vecs + v, j0, j1, acc + R * v);
+    for (int v = 0; v < V; v += 4) {
+      // Vectors not in L2 yet (cold_vecs: the first tile of a chunk reads them from L3): fetch
+      // the next step's (the next four in this column block, else the first four of the next
+      // block) along the way; their 4 KB pieces are too short for the hardware prefetcher.
+      // Vectors already in L2 go without (prefetching them into L1 evicts this tile's).
+      const double* nx[4];
+      int nn = 0;
+      if (cold_vecs && v + 4 < V) {
+        for (int u = 0; u < 4; ++u) nx[nn++] = vecs[v + 4 + u];
+      } else if (cold_vecs && j1 < d8) {
+        for (int u = 0; u < 4; ++u) nx[nn++] = vecs[u] + (j1 - j0);
+      }
+      micro_blk<D, R, 4>(rows, vecs + v, j0, j1, acc + R * v, nn ? nx : nullptr, nn);
+    }
   }
   for (int v = 0; v < V; v += 4) {
     __m512d a[R][4];
@@ -184,10 +197,10 @@ void dots_blocked(const char* const* rows, const double* const* vecs, int V, int
 // R rows: the whole groups of four vectors column-blocked (32 at a time), the rest as micro.
 template <DType D, int R>
 void dots_long(const char* const* rows, const double* const* vecs, int V, int64_t d, double* out,
-               int ldo) {
+               int ldo, bool cold_vecs) {
   const int V4 = V / 4 * 4;
   for (int v = 0; v < V4; v += 32)
-    dots_blocked<D, R>(rows, vecs + v, V4 - v < 32 ? V4 - v : 32, d, out + v, ldo);
+    dots_blocked<D, R>(rows, vecs + v, V4 - v < 32 ? V4 - v : 32, d, out + v, ldo, cold_vecs);
   int v = V4;
   for (; v + 2 <= V; v += 2) micro<D, R, 2>(rows, vecs + v, d, out + v, ldo);
   if (v < V) micro<D, R, 1>(rows, vecs + v, d, out + v, ldo);
@@ -210,7 +223,7 @@ void rest_tile(const char* const* rows, const double* const* vecs, int V, int64_
 // tile prefetches the next tile's rows (or pf[] after the last tile).
 template <DType D>
 void dots_t(const char* const* rows, int R, const double* const* vecs, int V, int64_t d,
-            double* out, const char* const* pf = nullptr, int npf = 0) {
+            double* out, const char* const* pf = nullptr, int npf = 0, bool cold_vecs = false) {
   if (V <= 2 && esize<D>() >= 4 && npf > 0) {
     // The naive step (one or two vectors) over float32/float64 rows streaming from memory (the
     // caller prefetches): little arithmetic per byte, so the rows' memory stream decides. One row at a time, each prefetching the row
@@ -233,9 +246,12 @@ void dots_t(const char* const* rows, int R, const double* const* vecs, int V, in
   }
   int r = 0;
   if (d > kColBlock && V >= 4) {  // long rows: column blocks (no prefetch needed: L1-sized)
-    for (; r + 6 <= R; r += 6) dots_long<D, 6>(rows + r, vecs, V, d, out + r * V, V);
-    if (R - r == 5) return dots_long<D, 5>(rows + r, vecs, V, d, out + r * V, V);
-    if (R - r == 4) return dots_long<D, 4>(rows + r, vecs, V, d, out + r * V, V);
+    for (; r + 6 <= R; r += 6) {
+      dots_long<D, 6>(rows + r, vecs, V, d, out + r * V, V, cold_vecs);
+      cold_vecs = false;  // the next 6 rows find them in cache
+    }
+    if (R - r == 5) return dots_long<D, 5>(rows + r, vecs, V, d, out + r * V, V, cold_vecs);
+    if (R - r == 4) return dots_long<D, 4>(rows + r, vecs, V, d, out + r * V, V, cold_vecs);
   }
   for (; r + 6 <= R; r += 6) {
     const char* const* nx = r + 12 <= R ? rows + r + 6 : pf;

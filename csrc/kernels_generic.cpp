@@ -89,7 +89,8 @@ double sq1(const char* row, const double* w, int64_t d) {
 
 template <DType D>
 void dots_t(const char* const* rows, int R, const double* const* vecs, int V, int64_t d,
-            double* out, const char* const* /*pf*/ = nullptr, int /*npf*/ = 0) {
+            double* out, const char* const* /*pf*/ = nullptr, int /*npf*/ = 0,
+            bool /*cold_vecs*/ = false) {
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < V; ++v) out[r * V + v] = dot1<D>(rows[r], vecs[v], d);
 }

@@ -403,7 +403,7 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
         vecs[1] = sv;
         for (int x = 0; x < nt; ++x) {
           K_.dots_pf(G_.dtype, rows[x], rcount[x], vecs, 2, d, buf, x + 1 < nt ? rows[x + 1] : nullptr,
-                     x + 1 < nt ? rcount[x + 1] : 0);
+                     x + 1 < nt ? rcount[x + 1] : 0, false);
           for (int r = 0; r < rcount[x]; ++r) {
             const int64_t i = cand[tstart_[t0 + x] + r];
             const double v = buf[r * 2];
@@ -416,6 +416,7 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
         for (int64_t s0 = glo; s0 < ghi; s0 += VB) {
           const int V = static_cast<int>(std::min<int64_t>(VB, ghi - s0));
           for (int v = 0; v < V; ++v) vecs[v] = W_.data() + (s0 + v) * d;
+          bool cold = true;  // the first tile to use this chunk reads it from L3
           for (int x = 0; x < nt; ++x) {
             if (hi[x] <= s0 || lo[x] >= s0 + V) continue;
             int xn = x + 1;  // the next tile this chunk touches: its rows are prefetched
@@ -429,7 +430,8 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
             // (measured: 4.1 vs 5.0 FMA vectors a ns for L2-resident 6 x 32 tiles).
             const bool pf = xn < nt && lo[xn] >= s0;
             K_.dots_pf(G_.dtype, rows[x], rcount[x], vecs + v0, nv, d, buf,
-                       pf ? rows[xn] : nullptr, pf ? rcount[xn] : 0);
+                       pf ? rows[xn] : nullptr, pf ? rcount[xn] : 0, cold);
+            cold = false;
             for (int r = 0; r < rcount[x]; ++r) {
               const int64_t i = cand[tstart_[t0 + x] + r];
               double q = rs_[i].q;

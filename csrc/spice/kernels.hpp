@@ -25,9 +25,10 @@ struct Table {
   // out[r] = sum_j row_r[j]^2 * vec[j]  (vec == nullptr: plain squared norm).
   void (*sqdots)(DType dt, const char* const* rows, int R, const double* vec, int64_t d,
                  double* out);
-  // dots, prefetching the npf rows pf[] (the caller's next tile) into cache along the way.
+  // dots, prefetching the npf rows pf[] (the caller's next tile) into cache along the way;
+  // cold_vecs: the vecs are not in L2 yet (the first tile to read them), so prefetch them too.
   void (*dots_pf)(DType dt, const char* const* rows, int R, const double* const* vecs, int V,
-                  int64_t d, double* out, const char* const* pf, int npf);
+                  int64_t d, double* out, const char* const* pf, int npf, bool cold_vecs);
   // M[a * d + b] -= ws[s][a] * ws[s][b] for rows a in [a0, a1) of the d x d matrix M, columns
   // b in [b0, d), s = 0 .. S-1 in order (the order of updates per element is fixed, so the
   // result does not depend on how callers split the rows a between threads).
