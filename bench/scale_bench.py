@@ -4,13 +4,15 @@
     python bench/scale_bench.py --only 1,2,3       # the comparisons recorded in bench/RESULTS.md
     python bench/scale_bench.py --only 4,5 --budget 900
     python bench/scale_bench.py --only 4 --methods lazy --spill /tmp   # w rows in a file
+    python bench/scale_bench.py --only 6 --methods lazy --spill bench/out   # the 10 GB file
 
 1. roofline: one naive step vs one numpy GEMV over the same G (float32, float16)
 2. n=1e5, d=1024, k=1e4, λ=0.1: lazy vs vectorised numpy non-lazy (prefix, extrapolated)
 3. n=2e4, d=512, k=2e3: lazy vs greedy DPP MAP over an explicit n×n kernel (fast-map-dpp way)
 4. n=1e6, d=1024, float16 memmap (2 GB), k=1e5: lazy and stochastic
 5. n=2.7e5, d=8192, float16 (4.4 GB memmap), k=2.7e4: lazy
-Runs 4 and 5 stop at --budget seconds (through the progress callback) and report how far they got.
+6. n=5e6, d=1024, float16 memmap (10 GB), k=1e4: lazy (anonymous memory against the file's size)
+Runs 4-6 stop at --budget seconds (through the progress callback) and report how far they got.
 Every comparison runs in one process on the same data. Data are generated deterministically.
 """
 
@@ -214,10 +216,10 @@ def main() -> int:
     ap.add_argument("--only", default="1,2,3")
     ap.add_argument("--budget", type=float, default=900.0)
     ap.add_argument("--prefix", type=int, default=500)
-    ap.add_argument("--methods", default=None, help="runs 4/5: comma list of methods")
-    ap.add_argument("--out", default=OUT, help="runs 4/5: folder of the generated memmaps")
+    ap.add_argument("--methods", default=None, help="runs 4-6: comma list of methods")
+    ap.add_argument("--out", default=OUT, help="runs 4-6: folder of the generated memmaps")
     ap.add_argument("--spill", default=None,
-                    help="runs 4/5: keep the w rows in a temporary file in this folder "
+                    help="runs 4-6: keep the w rows in a temporary file in this folder "
                          "(spice.select's spill_dir) instead of RAM")
     args = ap.parse_args()
     print(f"# spice {spice.__version__}, kernels {spice.kernel_isa()}, {os.cpu_count()} CPUs")
@@ -241,6 +243,9 @@ def main() -> int:
         bench_big("4", 1_000_000, 1024, 100_000, args.budget, m4, args.out, args.spill)
     if 5 in only:
         bench_big("5", 270_000, 8192, 27_000, args.budget,
+                  args.methods.split(",") if args.methods else ["lazy"], args.out, args.spill)
+    if 6 in only:
+        bench_big("6", 5_000_000, 1024, 10_000, args.budget,
                   args.methods.split(",") if args.methods else ["lazy"], args.out, args.spill)
     return 0
 
