@@ -628,12 +628,27 @@ void Engine::add_pick(int64_t j) {
             if (a1 < d) K.axpy_rows(rz, gv + r0, R, d - a1, z + a1);
           }
         }
+        // u_a = y_a + z of the blocks above a's (block order), then minus c_v w_v[a] for the
+        // pending rows (ascending v, one FMA each), times the scale: in column blocks, each a
+        // contiguous sweep (element by element, the z and w rows were strided reads).
+        constexpr int64_t CBU = RBK;  // columns per work item: one z block boundary per item
 #pragma omp for schedule(static)
-        for (int64_t a2 = 0; a2 < d; ++a2) {
-          double u = w[a2];
-          for (int64_t bk = 0; bk < a2 / RBK; ++bk) u += zb[bk * d + a2];
-          for (int64_t v = 0; v < np; ++v) u -= c[v] * W_[(minv_t_ + v) * d + a2];
-          w[a2] = u * scale;
+        for (int64_t j0 = 0; j0 < d; j0 += CBU) {
+          const int64_t j1 = std::min(d, j0 + CBU);
+          for (int64_t bk = 0; bk < j0 / RBK; ++bk) {
+            const double* zr = zb + bk * d;
+            for (int64_t a2 = j0; a2 < j1; ++a2) w[a2] += zr[a2];
+          }
+          if (np > 0) {
+            const double* ws[kMinvLag];
+            double nc[kMinvLag];
+            for (int64_t v = 0; v < np; ++v) {
+              ws[v] = W_.data() + (minv_t_ + v) * d + j0;
+              nc[v] = -c[v];
+            }
+            K.axpy_rows(ws, nc, static_cast<int>(np), j1 - j0, w + j0);
+          }
+          for (int64_t a2 = j0; a2 < j1; ++a2) w[a2] *= scale;
         }
       }
     } else {
