@@ -629,8 +629,8 @@ void Engine::add_pick(int64_t j) {
           }
         }
         // u_a = y_a + z of the blocks above a's (block order), then minus c_v w_v[a] for the
-        // pending rows (ascending v, one FMA each), times the scale: in column blocks, each a
-        // contiguous sweep (element by element, the z and w rows were strided reads).
+        // pending rows (ascending v, one FMA each), times the scale: by column blocks, so that
+        // the z and w rows are read as contiguous pieces, not with a stride of d.
         constexpr int64_t CBU = RBK;  // columns per work item: one z block boundary per item
 #pragma omp for schedule(static)
         for (int64_t j0 = 0; j0 < d; j0 += CBU) {
