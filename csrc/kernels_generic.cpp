@@ -100,7 +100,7 @@ void sqdots_t(const char* const* rows, int R, const double* vec, int64_t d, doub
   for (int r = 0; r < R; ++r) out[r] = sq1<D>(rows[r], vec, d);
 }
 
-// M[a * d + b] -= ws[s][a] * ws[s][b] for a in [a0, a1), all b, s = 0 .. S-1 in order.
+// M[a * d + b] -= ws[s][a] * ws[s][b] for a in [a0, a1), b in [b0, d), s = 0 .. S-1 in order.
 void rank_sub(const double* const* ws, int S, int64_t a0, int64_t a1, int64_t b0, int64_t d,
               double* M) {
   for (int64_t a = a0; a < a1; ++a) {

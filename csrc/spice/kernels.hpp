@@ -26,7 +26,8 @@ struct Table {
   void (*sqdots)(DType dt, const char* const* rows, int R, const double* vec, int64_t d,
                  double* out);
   // dots, prefetching the npf rows pf[] (the caller's next tile) into cache along the way;
-  // cold_vecs: the vecs are not in L2 yet (the first tile to read them), so prefetch them too.
+  // cold_vecs: the vecs are not in L2 yet (the first tile to read them), so prefetch them too
+  // (rows longer than the column block; shorter ones always prefetch the next vecs).
   void (*dots_pf)(DType dt, const char* const* rows, int R, const double* const* vecs, int V,
                   int64_t d, double* out, const char* const* pf, int npf, bool cold_vecs);
   // M[a * d + b] -= ws[s][a] * ws[s][b] for rows a in [a0, a1) of the d x d matrix M, columns

@@ -27,8 +27,6 @@ class RowStore {
   void grow(size_t n);
   double* data() { return ptr_; }
   const double* data() const { return ptr_; }
-  double& operator[](size_t i) { return ptr_[i]; }
-  double operator[](size_t i) const { return ptr_[i]; }
 
  private:
   std::vector<double> vec_;
