@@ -36,6 +36,7 @@ def test_scale_bench_quick(tmp_path):
     out = r.stdout
     assert "## 1. Roofline" in out and "threads=2" in out
     assert "first 100 picks equal: 100/100" in out  # run 2: lazy == numpy non-lazy
+    assert re.search(r"ceiling: .* FMAs take [0-9.]+ s at numpy's float64 GEMM rate", out)
     assert "identical picks: True" in out  # run 3: lazy == explicit-kernel DPP MAP
     # runs 4/5 path: a float16 memmap, both methods to the end
     assert "| stochastic | 2000 |" in out and "| lazy | 2000 |" in out
