@@ -1,14 +1,15 @@
 // Arithmetic ceilings of this machine next to spice's catch-up kernel (bench/RESULTS.md cites both).
 // Needs an x86-64 CPU with AVX-512 (the register-only loop is written with its intrinsics).
 //
-//   ./dev-build.sh && g++ -O3 -march=native -fopenmp -std=c++17 -Icsrc bench/kernel_rates.cpp \
-//       build/dev/libspice_core.a -o /tmp/kernel_rates && /tmp/kernel_rates
+//   ./dev-build.sh
+//   g++ -O3 -march=native -fopenmp -std=c++17 -Icsrc bench/kernel_rates.cpp build/dev/libspice_core.a -o /tmp/kernel_rates
+//   /tmp/kernel_rates
 //
 // 1. Register-only peak: 12 independent chains of 512-bit float64 FMAs per thread, every thread
 //    at once (FMA vectors a ns per thread: the most any float64 kernel can do here).
 // 2. spice's catch-up kernel (the kernel table picked at run time, as spice.select uses it):
-//    R feature rows (float32 or float64) against V float64 vectors of length d, the data
-//    L2-resident, every thread at once on its own copy. FMA vectors = R * V * d / 8.
+//    R feature rows (float32, float16 or float64) against V float64 vectors of length d, the
+//    data L2-resident, every thread at once on its own copy. FMA vectors = R * V * d / 8.
 #include <immintrin.h>
 #include <omp.h>
 
@@ -43,21 +44,26 @@ static void peak() {
   }
 }
 
-static void catchup(int64_t d, int V, int R, bool f64) {
+static void catchup(int64_t d, int V, int R, DType dt) {
   const kern::Table& K = kern::table();
   std::vector<double> rate(omp_get_max_threads());
 #pragma omp parallel
   {
     std::vector<float> Gf(R * d);
+    std::vector<uint16_t> Gh(R * d);
     std::vector<double> Gd(R * d), W(V * d);
     std::mt19937 rng(1 + omp_get_thread_num());
     std::normal_distribution<float> nd;
-    for (int64_t i = 0; i < R * d; ++i) Gd[i] = Gf[i] = nd(rng);
+    for (int64_t i = 0; i < R * d; ++i) {
+      Gd[i] = Gf[i] = nd(rng);
+      Gh[i] = _cvtss_sh(Gf[i], 0);
+    }
     for (auto& x : W) x = nd(rng) * 0.01;
     const char* rows[kern::kMaxTileRows];
     for (int r = 0; r < R; ++r)
-      rows[r] = f64 ? reinterpret_cast<const char*>(Gd.data() + r * d)
-                    : reinterpret_cast<const char*>(Gf.data() + r * d);
+      rows[r] = dt == DType::F64   ? reinterpret_cast<const char*>(Gd.data() + r * d)
+                : dt == DType::F16 ? reinterpret_cast<const char*>(Gh.data() + r * d)
+                                   : reinterpret_cast<const char*>(Gf.data() + r * d);
     std::vector<const double*> vecs(V);
     for (int v = 0; v < V; ++v) vecs[v] = W.data() + v * d;
     std::vector<double> out(R * V);
@@ -67,7 +73,7 @@ static void catchup(int64_t d, int V, int R, bool f64) {
 #pragma omp barrier
       const auto t0 = clk::now();
       for (int rep = 0; rep < reps; ++rep) {
-        K.dots(f64 ? DType::F64 : DType::F32, rows, R, vecs.data(), V, d, out.data());
+        K.dots(dt, rows, R, vecs.data(), V, d, out.data());
         sink += out[0];
       }
       best = std::min(best, std::chrono::duration<double>(clk::now() - t0).count());
@@ -75,14 +81,16 @@ static void catchup(int64_t d, int V, int R, bool f64) {
     rate[omp_get_thread_num()] = static_cast<double>(reps) * R * V * d / 8 / best / 1e9 + 0 * sink;
   }
   std::printf("catch-up kernel (%s), d=%ld, %d rows x %d vectors, %s rows:", K.isa,
-              static_cast<long>(d), R, V, f64 ? "float64" : "float32");
+              static_cast<long>(d), R, V,
+              dt == DType::F64 ? "float64" : dt == DType::F16 ? "float16" : "float32");
   for (double r : rate) std::printf(" %.2f", r);
   std::printf(" FMA vectors/ns per thread\n");
 }
 
 int main() {
   peak();
-  for (bool f64 : {false, true})
-    for (int V : {4, 32}) catchup(1024, V, 6, f64);
+  for (int64_t d : {1024, 8192})
+    for (DType dt : {DType::F32, DType::F16, DType::F64})
+      for (int V : {4, 32}) catchup(d, V, 6, dt);
   return 0;
 }
