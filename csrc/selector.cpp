@@ -34,6 +34,10 @@ constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 // Below this many row elements a parallel region costs more than it saves (and on a busy machine
 // a descheduled thread stalls the whole region).
 constexpr int64_t kParallelWork = int64_t(1) << 18;
+// From this d lazy and stochastic refreshes share each W chunk between all tiles (see
+// refresh_shared). Measured: run 5 (d = 8192) +3-5% picks a minute; at d = 1024 (run 2) 5%
+// slower, at d = 512 (run 3) 1-4% slower: there W stays mostly in L3.
+constexpr int64_t kSharedMinD = 4096;
 
 enum : uint8_t { kAlive = 0, kPicked = 1, kDead = 2 };
 
@@ -202,6 +206,12 @@ class Engine {
   void init_norms();
   Best refresh(const int64_t* cand, int64_t m, bool need_conflict,
                int64_t max_rows = std::numeric_limits<int64_t>::max(), bool all_delta = true);
+  bool refresh_shared(const int64_t* cand, int64_t ntiles, bool conflict, int64_t max_rows,
+                      int VB, Best& best);
+  void finish_row(int64_t i, int64_t hi, bool conflict, double a, Best& local, int64_t& dead);
+  std::vector<int64_t> tlo_, thi_, yoff_, ibeg_;  // refresh_shared's tiles and work items
+  std::vector<std::pair<int64_t, int64_t>> pairs_;          // (chunk, tile) of refresh_shared
+  std::vector<double> ybuf_;                                // its products, tile by tile
   void conflict_of(int64_t i, double a);
   Best argmax(const int64_t* cand, int64_t m) const;
   void bound_from_inverse(const std::vector<int64_t>& cand, std::vector<double>& qub);
@@ -353,9 +363,14 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
   gstart_.push_back(ntiles);
   work *= d;
   const bool conflict = need_conflict && t_ > 0;
-  const double alpha = opt_.alpha, lambda = opt_.lambda;
+  const double alpha = opt_.alpha;
   const double* sv = ssum_.data();
   Best best;
+  if (all_delta && d >= kSharedMinD && work > kParallelWork &&
+      refresh_shared(cand, ntiles, conflict, max_rows, VB, best)) {
+    res_.evaluations += m;
+    return best;
+  }
   int64_t dots_total = 0;
   // Naive greedy (all_delta = false): every tile costs the same, so each thread takes one
   // contiguous run of groups, i.e. one memory stream per core as a GEMV has (measured 5-8% a
@@ -453,45 +468,18 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
       for (int x = 0; x < nt; ++x) {
         for (int r = 0; r < rcount[x]; ++r) {
           const int64_t i = cand[tstart_[t0 + x] + r];
-          rs_[i].tq = hi[x];
           const double q = rs_[i].q;
-          if (!(q > kRelTiny * rs_[i].norm2)) {
-            ++my_dead;
-            rs_[i].state = kDead;
-            rs_[i].delta = 0.0;
-            rs_[i].score = kNegInf;
-            continue;
-          }
-          if (!all_delta && hi[x] == t_ && alpha * q < thr) {
+          if (!all_delta && hi[x] == t_ && q > kRelTiny * rs_[i].norm2 && alpha * q < thr) {
+            rs_[i].tq = hi[x];
             rs_[i].score = kNegInf;  // cannot win; Delta not needed
             continue;
           }
-          const double dl = std::log1p(alpha * q);
-          rs_[i].delta = dl;
-          if (!(dl > 0.0)) {
-            ++my_dead;
-            rs_[i].state = kDead;
-            rs_[i].score = kNegInf;
-            continue;
-          }
-          if (hi[x] < t_) {  // partial: Delta is an upper bound, no score yet
-            rs_[i].score = kNegInf;
-            continue;
-          }
-          if (conflict) {
-            conflict_of(i, a[x][r]);
-          } else {
-            rs_[i].align = 0.0;
-          }
-          rs_[i].score = dl - lambda * conf(i);
-          const Best c{rs_[i].score, i};
-          if (c.better_than(local)) {
-            local = c;
-            // log1p(alpha q) < best needs alpha q < expm1(best); keep a relative margin for the
-            // rounding of expm1 and log1p.
-            if (!all_delta && local.score > 0.0)
-              thr = std::expm1(local.score) * (1.0 - 1e-9) - 1e-300;
-          }
+          const int64_t before = local.idx;
+          finish_row(i, hi[x], conflict, a[x][r], local, my_dead);
+          // log1p(alpha q) < best needs alpha q < expm1(best); keep a relative margin for the
+          // rounding of expm1 and log1p.
+          if (!all_delta && local.idx != before && local.score > 0.0)
+            thr = std::expm1(local.score) * (1.0 - 1e-9) - 1e-300;
         }
       }
     };
@@ -516,6 +504,166 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
   dots_ += dots_total;
   res_.evaluations += m;
   return best;
+}
+
+// A candidate caught up to hi: its q is final for this refresh. Marks it dead (q in span(S)),
+// or sets Delta (an upper bound when hi < t_) and, at t_, its conflict and score.
+void Engine::finish_row(int64_t i, int64_t hi, bool conflict, double a, Best& local,
+                        int64_t& dead) {
+  RowState& st = rs_[i];
+  st.tq = hi;
+  const double q = st.q;
+  if (!(q > kRelTiny * st.norm2)) {
+    ++dead;
+    st.state = kDead;
+    st.delta = 0.0;
+    st.score = kNegInf;
+    return;
+  }
+  const double dl = std::log1p(opt_.alpha * q);
+  st.delta = dl;
+  if (!(dl > 0.0)) {
+    ++dead;
+    st.state = kDead;
+    st.score = kNegInf;
+    return;
+  }
+  if (hi < t_) {  // partial: Delta is an upper bound, no score yet
+    st.score = kNegInf;
+    return;
+  }
+  if (conflict) conflict_of(i, a);
+  else st.align = 0.0;
+  st.score = dl - opt_.lambda * conf(i);
+  const Best c{st.score, i};
+  if (c.better_than(local)) local = c;
+}
+
+// refresh's catch-up with the tiles' W chunks shared: each chunk of VB w rows is read once per
+// refresh (by one thread) and applied to every tile that needs it, instead of once per group of
+// tiles; the products go to a buffer, then each candidate's q takes them in ascending s, exactly
+// as the group loop does (same dot products, same order: bit-identical results). Measured at
+// d = 8192 (run 5): the first tile to read a chunk from memory is bound by W's bandwidth, and
+// groups let each chunk read feed about 2 tiles. Returns false (nothing done) when the buffer
+// would be too large or every tile needs only the last w row (the group loop fuses that with
+// the conflict dot).
+bool Engine::refresh_shared(const int64_t* cand, int64_t ntiles, bool conflict, int64_t max_rows,
+                            int VB, Best& best) {
+  const int64_t d = d_;
+  tlo_.resize(ntiles);
+  thi_.resize(ntiles);
+  yoff_.resize(ntiles + 1);
+  bool all_last = true;
+  int64_t y = 0, npairs = 0;
+  for (int64_t x = 0; x < ntiles; ++x) {
+    int64_t lo = t_, hi = 0;
+    for (int64_t c = tstart_[x]; c < tstart_[x + 1]; ++c) {
+      lo = std::min(lo, ctq_[c]);
+      hi = std::max(hi, catchup_end(ctq_[c], max_rows));
+    }
+    tlo_[x] = lo;
+    thi_[x] = hi;
+    yoff_[x] = y;
+    y += (tstart_[x + 1] - tstart_[x]) * std::max<int64_t>(0, hi - lo);
+    if (hi > lo) npairs += (hi - 1) / VB - lo / VB + 1;
+    all_last = all_last && lo == t_ - 1 && hi == t_;
+  }
+  yoff_[ntiles] = y;
+  constexpr int64_t kMaxBuf = int64_t(1) << 23;  // doubles (64 MB)
+  if ((all_last && conflict) || y > kMaxBuf) return false;
+  if (ybuf_.size() < static_cast<size_t>(y)) ybuf_.resize(y);
+  // (chunk, tile) pairs in chunk order, tiles ascending within a chunk.
+  pairs_.clear();
+  pairs_.reserve(npairs);
+  for (int64_t x = 0; x < ntiles; ++x)
+    if (thi_[x] > tlo_[x])
+      for (int64_t c = tlo_[x] / VB; c <= (thi_[x] - 1) / VB; ++c) pairs_.push_back({c, x});
+  std::sort(pairs_.begin(), pairs_.end());
+  // Work items: a chunk's pairs, split when there are too few chunks to share between threads.
+  int64_t nchunks = 0;
+  for (size_t k = 0; k < pairs_.size(); ++k) nchunks += k == 0 || pairs_[k].first != pairs_[k - 1].first;
+  const int64_t want = 8 * static_cast<int64_t>(nt_);
+  const int64_t per = nchunks >= want ? std::numeric_limits<int64_t>::max()
+                                      : std::max<int64_t>(1, static_cast<int64_t>(pairs_.size()) / want);
+  ibeg_.clear();
+  for (size_t k = 0; k < pairs_.size(); ++k)
+    if (k == 0 || pairs_[k].first != pairs_[k - 1].first ||
+        static_cast<int64_t>(k) - ibeg_.back() >= per)
+      ibeg_.push_back(static_cast<int64_t>(k));
+  const int64_t nitems = static_cast<int64_t>(ibeg_.size());
+  ibeg_.push_back(static_cast<int64_t>(pairs_.size()));
+  const double* sv = ssum_.data();
+  double* yb = ybuf_.data();
+  int64_t dots_total = 0;
+#pragma omp parallel num_threads(nt_)
+  {
+    constexpr int RM = kern::kMaxTileRows;
+    const char* rows[RM];
+    const char* nrows[RM];
+    const double* vecs[32];
+    Best local;
+    int64_t my_dots = 0, my_dead = 0;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < nitems; ++it) {
+      const int64_t c = pairs_[ibeg_[it]].first, s0 = c * VB;
+      for (int v = 0; v < VB && s0 + v < t_; ++v) vecs[v] = W_.data() + (s0 + v) * d;
+      for (int64_t k = ibeg_[it]; k < ibeg_[it + 1]; ++k) {
+        const int64_t x = pairs_[k].second, b = tstart_[x];
+        const int rc = static_cast<int>(tstart_[x + 1] - b);
+        for (int r = 0; r < rc; ++r) rows[r] = row(cand[b + r]);
+        const int v0 = static_cast<int>(std::max(tlo_[x], s0) - s0);
+        const int v1 = static_cast<int>(std::min<int64_t>(thi_[x], s0 + VB) - s0);
+        // The next tile's rows are prefetched before their first use only (see refresh).
+        int nrc = 0;
+        if (k + 1 < ibeg_[it + 1] && tlo_[pairs_[k + 1].second] >= s0) {
+          const int64_t xn = pairs_[k + 1].second, bn = tstart_[xn];
+          nrc = static_cast<int>(tstart_[xn + 1] - bn);
+          for (int r = 0; r < nrc; ++r) nrows[r] = row(cand[bn + r]);
+        }
+        K_.dots_pf(G_.dtype, rows, rc, vecs + v0, v1 - v0, d,
+                   yb + yoff_[x] + rc * (s0 + v0 - tlo_[x]), nrc ? nrows : nullptr, nrc,
+                   k == ibeg_[it]);
+      }
+    }
+    // Each candidate's q takes its products in ascending s (blocks of the buffer, chunk by
+    // chunk), then its Delta, conflict and score.
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t x = 0; x < ntiles; ++x) {
+      const int64_t b = tstart_[x], lo = tlo_[x], hi = thi_[x];
+      const int rc = static_cast<int>(tstart_[x + 1] - b);
+      double a[RM] = {};
+      if (conflict && hi == t_) {
+        for (int r = 0; r < rc; ++r) rows[r] = row(cand[b + r]);
+        K_.dots(G_.dtype, rows, rc, &sv, 1, d, a);
+      }
+      for (int r = 0; r < rc; ++r) {
+        const int64_t i = cand[b + r], tq = ctq_[b + r];
+        double q = rs_[i].q;
+        for (int64_t sb = lo; sb < hi;) {
+          const int64_t se = std::min(hi, (sb / VB + 1) * VB);
+          const int nv = static_cast<int>(se - sb);
+          const double* blk = yb + yoff_[x] + rc * (sb - lo) + r * nv;
+          for (int v = 0; v < nv; ++v) {
+            if (sb + v < tq) continue;
+            q = q - blk[v] * blk[v];
+            if (q < 0.0) q = 0.0;
+          }
+          sb = se;
+        }
+        rs_[i].q = q;
+        my_dots += hi - tq;
+        finish_row(i, hi, conflict, a[r], local, my_dead);
+      }
+    }
+#pragma omp critical
+    {
+      if (local.better_than(best)) best = local;
+      dots_total += my_dots;
+      deaths_ += my_dead;
+    }
+  }
+  dots_ += dots_total;
+  return true;
 }
 
 Best Engine::argmax(const int64_t* cand, int64_t m) const {

@@ -62,12 +62,15 @@ def test_naive_equals_lazy_on_clustered_data(seed, lam, omega):
 
 @pytest.mark.parametrize("n,d,k,dtype", [(400, 24, 80, np.float32), (700, 10, 400, np.float32),
                                          (300, 83, 150, np.float32), (300, 83, 150, np.float16),
-                                         (900, 520, 800, np.float32)])
+                                         (900, 520, 800, np.float32),
+                                         (500, 4096, 120, np.float16),
+                                         (500, 4096, 120, np.float32)])
 def test_lazy_batch_and_chunk_sizes_do_not_change_picks(n, d, k, dtype):
     """Partial catch-ups (small chunks end on a grid of steps), refresh tiles that mix
     candidates many steps apart (tiles of 1 to 6 rows against up to 32 w rows, each its own
-    register-tile shape), and k > d (M^{-1} bounds; from d = 512 from its upper triangle): picks
-    and gains bit-identical to naive greedy."""
+    register-tile shape), k > d (M^{-1} bounds; from d = 512 from its upper triangle), and from
+    d = 4096 refreshes whose W chunks are shared by all tiles (products buffered, then applied
+    in ascending s): picks and gains bit-identical to naive greedy."""
     from spice import _core
     from spice._inputs import as_features
 
