@@ -41,6 +41,18 @@ constexpr int64_t kSharedMinD = 4096;
 
 enum : uint8_t { kAlive = 0, kPicked = 1, kDead = 2 };
 
+// The canonical catch-up of q_i: minus the square of each product y[v] = <g_i, w_{s0 + v}>,
+// v < n, in ascending s, skipping the steps before tq (products q_i already has), clamped at 0
+// after each. Every refresh path goes through here, so their q_i are bit-identical.
+inline double take_products(double q, const double* y, int64_t s0, int n, int64_t tq) {
+  for (int v = 0; v < n; ++v) {
+    if (s0 + v < tq) continue;
+    q = q - y[v] * y[v];
+    if (q < 0.0) q = 0.0;
+  }
+  return q;
+}
+
 int resolve_threads(int t) {
 #ifdef _OPENMP
   return t > 0 ? t : omp_get_max_threads();
@@ -206,10 +218,10 @@ class Engine {
   void init_norms();
   Best refresh(const int64_t* cand, int64_t m, bool need_conflict,
                int64_t max_rows = std::numeric_limits<int64_t>::max(), bool all_delta = true);
-  bool refresh_shared(const int64_t* cand, int64_t ntiles, bool conflict, int64_t max_rows,
-                      int VB, Best& best);
+  bool refresh_shared(const int64_t* cand, int64_t ntiles, bool conflict, int VB, Best& best);
   void finish_row(int64_t i, int64_t hi, bool conflict, double a, Best& local, int64_t& dead);
-  std::vector<int64_t> tlo_, thi_, yoff_, ibeg_;  // refresh_shared's tiles and work items
+  std::vector<int64_t> tlo_, thi_;  // refresh: each tile's span of steps (see there)
+  std::vector<int64_t> yoff_, ibeg_;  // refresh_shared's buffer offsets and work items
   std::vector<std::pair<int64_t, int64_t>> pairs_;          // (chunk, tile) of refresh_shared
   std::vector<double> ybuf_;                                // its products, tile by tile
   void conflict_of(int64_t i, double a);
@@ -340,16 +352,40 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
   // Groups of up to GTMAX consecutive tiles with about equal work (catch-up rows of the tile's
   // widest row, times its rows), about four per thread, so that the dynamic schedule balances
   // even when the first (stalest) tiles cost far more than the rest.
+  // Each tile's span [tlo_, thi_): its rows are caught up from their own tq_i to thi_. Partial
+  // catch-ups end on multiples of max_rows, so that candidates left behind share their step
+  // tq_i and fill whole tiles the next time; the kernel computes the tile's whole span for every
+  // row, so every row goes on to the tile's end.
   int64_t work = 0;  // row elements touched: (catch-up rows + 1) * d per tile row
   tile_work_.resize(ntiles);
+  tlo_.resize(ntiles);
+  thi_.resize(ntiles);
   for (int64_t x = 0; x < ntiles; ++x) {
     const int64_t b = tstart_[x], e = tstart_[x + 1];
     int64_t w = 0;  // the tile's widest catch-up, plus one
-    if (same) w = std::min<int64_t>(t_ - tq0, max_rows) + 1;
-    else
-      for (int64_t c = b; c < e; ++c) w = std::max(w, std::min<int64_t>(t_ - ctq_[c], max_rows) + 1);
+    if (same) {
+      w = std::min<int64_t>(t_ - tq0, max_rows) + 1;
+      tlo_[x] = tq0;
+      thi_[x] = catchup_end(tq0, max_rows);
+    } else {
+      int64_t lo = t_, hi = 0;
+      for (int64_t c = b; c < e; ++c) {
+        w = std::max(w, std::min<int64_t>(t_ - ctq_[c], max_rows) + 1);
+        lo = std::min(lo, ctq_[c]);
+        hi = std::max(hi, catchup_end(ctq_[c], max_rows));
+      }
+      tlo_[x] = lo;
+      thi_[x] = hi;
+    }
     tile_work_[x] = w * (e - b);
     work += tile_work_[x];
+  }
+  const bool conflict = need_conflict && t_ > 0;
+  Best best;
+  if (all_delta && d >= kSharedMinD && work * d > kParallelWork &&
+      refresh_shared(cand, ntiles, conflict, VB, best)) {
+    res_.evaluations += m;
+    return best;
   }
   const int64_t target = std::max<int64_t>(1, work / (4 * nt_));
   gstart_.clear();
@@ -362,15 +398,8 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
   const int64_t ngroups = static_cast<int64_t>(gstart_.size());
   gstart_.push_back(ntiles);
   work *= d;
-  const bool conflict = need_conflict && t_ > 0;
   const double alpha = opt_.alpha;
   const double* sv = ssum_.data();
-  Best best;
-  if (all_delta && d >= kSharedMinD && work > kParallelWork &&
-      refresh_shared(cand, ntiles, conflict, max_rows, VB, best)) {
-    res_.evaluations += m;
-    return best;
-  }
   int64_t dots_total = 0;
   // Naive greedy (all_delta = false): every tile costs the same, so each thread takes one
   // contiguous run of groups, i.e. one memory stream per core as a GEMV has (measured 5-8% a
@@ -393,18 +422,12 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
       for (int x = 0; x < nt; ++x) {
         const int64_t b = tstart_[t0 + x];
         rcount[x] = static_cast<int>(tstart_[t0 + x + 1] - b);
-        lo[x] = t_;
-        hi[x] = 0;
+        lo[x] = tlo_[t0 + x];
+        hi[x] = thi_[t0 + x];
         for (int r = 0; r < rcount[x]; ++r) {
-          const int64_t i = cand[b + r];
-          rows[x][r] = row(i);
-          lo[x] = std::min(lo[x], rs_[i].tq);
-          // Partial catch-ups end on multiples of max_rows, so that candidates left behind
-          // share their step tq_i and fill whole tiles the next time. The kernel computes the
-          // tile's whole span for every row, so every row goes on to the tile's end.
-          hi[x] = std::max(hi[x], catchup_end(rs_[i].tq, max_rows));
+          rows[x][r] = row(cand[b + r]);
+          my_dots += hi[x] - rs_[cand[b + r]].tq;
         }
-        for (int r = 0; r < rcount[x]; ++r) my_dots += hi[x] - rs_[cand[b + r]].tq;
         glo = std::min(glo, lo[x]);
         ghi = std::max(ghi, hi[x]);
       }
@@ -449,14 +472,7 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
             cold = false;
             for (int r = 0; r < rcount[x]; ++r) {
               const int64_t i = cand[tstart_[t0 + x] + r];
-              double q = rs_[i].q;
-              for (int v = v0; v < v1; ++v) {
-                if (s0 + v < rs_[i].tq) continue;
-                const double y = buf[r * nv + v - v0];
-                q = q - y * y;
-                if (q < 0.0) q = 0.0;
-              }
-              rs_[i].q = q;
+              rs_[i].q = take_products(rs_[i].q, buf + r * nv, s0 + v0, nv, rs_[i].tq);
             }
           }
         }
@@ -547,22 +563,14 @@ void Engine::finish_row(int64_t i, int64_t hi, bool conflict, double a, Best& lo
 // groups let each chunk read feed about 2 tiles. Returns false (nothing done) when the buffer
 // would be too large or every tile needs only the last w row (the group loop fuses that with
 // the conflict dot).
-bool Engine::refresh_shared(const int64_t* cand, int64_t ntiles, bool conflict, int64_t max_rows,
-                            int VB, Best& best) {
+bool Engine::refresh_shared(const int64_t* cand, int64_t ntiles, bool conflict, int VB,
+                            Best& best) {
   const int64_t d = d_;
-  tlo_.resize(ntiles);
-  thi_.resize(ntiles);
   yoff_.resize(ntiles + 1);
   bool all_last = true;
   int64_t y = 0, npairs = 0;
   for (int64_t x = 0; x < ntiles; ++x) {
-    int64_t lo = t_, hi = 0;
-    for (int64_t c = tstart_[x]; c < tstart_[x + 1]; ++c) {
-      lo = std::min(lo, ctq_[c]);
-      hi = std::max(hi, catchup_end(ctq_[c], max_rows));
-    }
-    tlo_[x] = lo;
-    thi_[x] = hi;
+    const int64_t lo = tlo_[x], hi = thi_[x];
     yoff_[x] = y;
     y += (tstart_[x + 1] - tstart_[x]) * std::max<int64_t>(0, hi - lo);
     if (hi > lo) npairs += (hi - 1) / VB - lo / VB + 1;
@@ -639,15 +647,10 @@ bool Engine::refresh_shared(const int64_t* cand, int64_t ntiles, bool conflict, 
       for (int r = 0; r < rc; ++r) {
         const int64_t i = cand[b + r], tq = ctq_[b + r];
         double q = rs_[i].q;
-        for (int64_t sb = lo; sb < hi;) {
+        for (int64_t sb = lo; sb < hi;) {  // the tile's blocks, one per chunk
           const int64_t se = std::min(hi, (sb / VB + 1) * VB);
           const int nv = static_cast<int>(se - sb);
-          const double* blk = yb + yoff_[x] + rc * (sb - lo) + r * nv;
-          for (int v = 0; v < nv; ++v) {
-            if (sb + v < tq) continue;
-            q = q - blk[v] * blk[v];
-            if (q < 0.0) q = 0.0;
-          }
+          q = take_products(q, yb + yoff_[x] + rc * (sb - lo) + r * nv, sb, nv, tq);
           sb = se;
         }
         rs_[i].q = q;
