@@ -54,8 +54,14 @@ def test_all_file_kinds_agree(tmp_path):
     for other in (b, c, d, e):
         assert [(r.id, r.prompt, r.response) for r in other] == key
     fp1 = data_fingerprint(tmp_path / "d.jsonl")
-    assert fp1["kind"] == "file" and len(fp1["sha256"]) == 64
+    assert fp1["kind"] == "records" and len(fp1["sha256"]) == 64
+    # the fingerprint is of the content: every container of the same records agrees
+    for src in (tmp_path / "d.json", tmp_path / "d.parquet", flat):
+        assert data_fingerprint(src)["sha256"] == fp1["sha256"]
     assert data_fingerprint(flat)["sha256"] == data_fingerprint(e, e)["sha256"]
+    changed = [dict(r) for r in flat]
+    changed[3]["response"] = "r3 "
+    assert data_fingerprint(changed)["sha256"] != fp1["sha256"]
 
 
 @pytest.mark.parametrize(
@@ -141,9 +147,16 @@ def test_chat_template_masks_assistant_turns(chat_tokenizer):
     assert chat_tokenizer.decode(no_tmpl.input_ids[no_tmpl.loss_mask]) == "3\n4\n</s>"
 
 
-def test_truncation_flags(tokenizer):
+def test_truncation_keeps_the_response(tokenizer):
     r = load_records([{"prompt": "step by step " * 30, "response": "done"}])[0]
+    full = tokenize_record(r, tokenizer, max_length=4096)
     t = tokenize_record(r, tokenizer, max_length=20)
     assert len(t.input_ids) == 20 and t.truncated
-    assert t.flags == ["truncated", "empty_response"] and t.n_loss_tokens == 0
+    assert t.flags == ["truncated", "prompt_truncated"]
+    # the response and EOS survive whole; the prompt lost its beginning, not its end
+    assert _decoded_response(tokenizer, t) == "done</s>"
+    n_resp = int(full.loss_mask.sum())
+    assert (t.input_ids[-n_resp:] == full.input_ids[-n_resp:]).all()
+    assert t.input_ids[0] == full.input_ids[0]  # BOS kept
+    assert (t.input_ids[1:] == full.input_ids[len(full.input_ids) - 19 :]).all()
     assert isinstance(t.input_ids, np.ndarray) and t.input_ids.dtype == np.int64

@@ -74,14 +74,16 @@ def load_model(spec: str, gguf_file: str | None = None) -> tuple[Any, Any, str]:
 
 def check_store_matches(store: Any, data: str | os.PathLike) -> dict:
     """Refuse a feature store that was not made from ``data`` (row count and fingerprint)."""
-    from .features.records import data_fingerprint
+    from .features.records import data_fingerprint, file_sha256
 
     want = store.config.get("data", {})
     fp = data_fingerprint(data)
-    if want.get("sha256") and want["sha256"] != fp["sha256"]:
+    # stores written before content fingerprints recorded the file's bytes
+    have = file_sha256(data) if want.get("kind") == "file" else fp["sha256"]
+    if want.get("sha256") and want["sha256"] != have:
         raise PipelineError(
-            f"feature store {store.path} was made from other data (fingerprint "
-            f"{want['sha256'][:12]}…, {data} is {fp['sha256'][:12]}…)"
+            f"feature store {store.path} was made from other data: the records' content differs "
+            f"(fingerprint {want['sha256'][:12]}…, {data} is {have[:12]}…)"
         )
     rows = len(store)
     if want.get("records") is not None and int(want["records"]) != rows:
