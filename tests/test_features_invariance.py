@@ -106,7 +106,8 @@ def test_loss_on_all_differs_from_response(tmp_path, tiny_llama, tokenizer, reco
     assert np.abs(got - base).max() > 1e-3 * np.abs(base).max()
 
 
-def test_empty_response_after_truncation(tmp_path, tiny_llama, tokenizer, records, base, capsys):
+def test_truncation_keeps_the_response_and_skips_empty_ones(tmp_path, tiny_llama, tokenizer,
+                                                            records, base, capsys):
     long = {"id": "too-long", "prompt": "write a function " * 80, "response": "ok"}
     empty = {"id": "empty", "prompt": "hello", "response": ""}
     recs = [records[0], long, records[1], empty]
@@ -115,16 +116,19 @@ def test_empty_response_after_truncation(tmp_path, tiny_llama, tokenizer, record
         max_length=160, batch_size=4, progress=True,
     )  # fmt: skip
     f = np.array(store.features)
-    assert not f[1].any() and not f[3].any()
+    assert f[1].any() and not f[3].any()
     close_rows(f[[0, 2]], base[[0, 1]])
     idx = store.index
-    assert list(idx.flagged("empty_response")) == [1, 3]
-    assert "truncated" in idx.flags[1]
-    assert np.isnan(idx.loss[1]) and idx.loss_tokens[1] == 0
-    assert np.isfinite(idx.loss[0]) and idx.loss_tokens[0] > 0
-    assert store.manifest["flags"]["empty_response"] == 2
+    assert list(idx.skipped()) == [3] and list(idx.flagged("empty_response")) == [3]
+    assert idx.flags[1] == ("prompt_truncated", "truncated") and idx.tokens[1] == 160
+    # the response survives the cut: "ok" and EOS are its loss tokens, as without truncation
+    want = tokenize_record(load_records([long])[0], tokenizer, max_length=4096).n_loss_tokens
+    assert idx.loss_tokens[1] == want and np.isfinite(idx.loss[1])
+    assert np.isnan(idx.loss[3]) and idx.loss_tokens[3] == 0
+    assert store.manifest["skipped"]["reasons"] == {"empty_response": 1}
     err = capsys.readouterr().err
-    assert "2 record(s) with an empty response" in err and "too-long" in err
+    assert "1 skipped with a zero row (1 empty_response" in err
+    assert "1 truncated to max_length=160 (1 prompt truncated)" in err
 
 
 def test_unit_normalisation(tmp_path, tiny_llama, tokenizer, records, base):
@@ -140,3 +144,17 @@ def test_float16_store(tmp_path, tiny_llama, tokenizer, records, base):
     )  # fmt: skip
     assert store.features.dtype == np.float16 and isinstance(store.features, np.memmap)
     close_rows(store.features.astype(np.float32), base, rtol=2e-3)
+
+
+def test_lm_head_runs_only_where_the_loss_is(tmp_path, tiny_llama, tokenizer, records):
+    """The vocabulary projection sees only positions whose next token is a loss target."""
+    seen = []
+    h = tiny_llama.lm_head.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    try:
+        store = extract(tiny_llama, tokenizer, records[:6], tmp_path / "s", dim=64, lora=LORA,
+                        batch_size=1, progress=False)
+    finally:
+        h.remove()
+    assert len(seen) == 6
+    assert sorted(seen) == sorted(int(n) for n in store.index.loss_tokens)
+    assert sum(seen) < int(store.index.tokens.sum())

@@ -101,3 +101,73 @@ def test_other_data_or_model_is_refused(tmp_path, tiny_qwen2, tiny_llama, tokeni
         extract(tiny_llama, tokenizer, other, reference.path, **KW)
     with pytest.raises(StoreMismatchError, match=r"config\.model"):
         extract(tiny_qwen2, tokenizer, data_file, reference.path, **KW)
+
+
+def test_partial_chunk_progress_survives_a_crash(
+    tmp_path, monkeypatch, tiny_llama, tokenizer, data_file, reference
+):
+    """With a checkpoint after every batch, a crash inside a chunk loses only the batch it was
+    running; the resumed run computes the rest of that chunk and gives the same bytes."""
+    real = ex.batch_features
+    calls = {"n": 0}
+
+    def crashing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 6:  # chunk 0: 2 batches, chunk 1: 2, chunk 2: batch 1 done, crash in 2
+            raise Crash("simulated crash")
+        return real(*a, **k)
+
+    monkeypatch.setattr(ex, "batch_features", crashing)
+    out = tmp_path / "s"
+    kw = {**KW, "checkpoint_seconds": 1e-9}
+    with pytest.raises(Crash):
+        extract(tiny_llama, tokenizer, data_file, out, **kw)
+    names = sorted(p.name for p in (out / "shards").iterdir())
+    assert "chunk-00002.partial.json" in names and "chunk-00002.json" not in names
+    assert "chunk-00000.partial.json" not in names  # a finished chunk drops its partial files
+    meta = json.loads((out / "shards" / "chunk-00002.partial.json").read_text())
+    assert len(meta["done"]) == 3  # batch_size 3: the first batch of chunk 2
+    calls["n"] = -1000
+    store = extract(tiny_llama, tokenizer, data_file, out, **kw)
+    assert calls["n"] == -1000 + 2  # the rest of chunk 2 (1 batch) and chunk 3 (1 batch)
+    assert files(store.path) == files(reference.path)
+
+
+def test_a_damaged_partial_is_recomputed(tmp_path, monkeypatch, tiny_llama, tokenizer, data_file,
+                                         reference):  # fmt: skip
+    real = ex.batch_features
+    calls = {"n": 0}
+
+    def crashing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Crash("simulated crash")
+        return real(*a, **k)
+
+    monkeypatch.setattr(ex, "batch_features", crashing)
+    out = tmp_path / "s"
+    kw = {**KW, "checkpoint_seconds": 1e-9}
+    with pytest.raises(Crash):
+        extract(tiny_llama, tokenizer, data_file, out, **kw)
+    npy = out / "shards" / "chunk-00000.partial.npy"
+    raw = bytearray(npy.read_bytes())
+    raw[-3] ^= 0xFF
+    npy.write_bytes(bytes(raw))
+    calls["n"] = -1000
+    store = extract(tiny_llama, tokenizer, data_file, out, **kw)
+    assert calls["n"] == -1000 + 2 + 2 + 2 + 1  # nothing trusted from the damaged partial
+    assert files(store.path) == files(reference.path)
+
+
+@pytest.mark.parametrize("budget", [None, 1, 7, 40])
+def test_batches_respect_the_token_budget(budget):
+    import random
+
+    rng = random.Random(budget)
+    lengths = [rng.randint(1, 20) for _ in range(57)]
+    plan = ex._batches(lengths, 6, budget)
+    assert sorted(i for b in plan for i in b) == list(range(57))
+    for b in plan:
+        assert len(b) <= 6
+        padded = len(b) * max(lengths[i] for i in b)
+        assert budget is None or len(b) == 1 or padded <= budget

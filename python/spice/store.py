@@ -5,10 +5,13 @@ Layout of a finished store directory::
     manifest.json    what the rows are (model, tokenizer, LoRA, projection, data fingerprint, ...)
     features.npy     one contiguous (rows, dim) little-endian float16/float32 array (memory-mapped)
     index.jsonl      one line per row: global row, record id, token counts, loss, flags
+    skipped.jsonl    the rows that got no features (zero rows) and why: row, id, reason, detail
 
 While a run is in progress the rows live in ``shards/chunk-NNNNN.npy`` files, each made complete
 by a ``chunk-NNNNN.json`` marker (its index rows and the sha256 of its row bytes) written atomically
-after the rows. A resumed run keeps every complete chunk and recomputes the others; finalising
+after the rows. Inside a chunk, partial progress is saved as ``chunk-NNNNN.partial.{npy,json}``
+(the rows done so far, float32, and their index rows), so a long chunk is not lost to a crash.
+A resumed run keeps every complete chunk and the partial rows, and recomputes the rest; finalising
 streams the chunks into ``features.npy`` in chunk order, so an interrupted-then-resumed run produces
 the same bytes as an uninterrupted one.
 
@@ -24,7 +27,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
@@ -38,6 +41,8 @@ __all__ = [
     "StoreIncompleteError",
     "StoreWriter",
     "merge_stores",
+    "SKIP_REASONS",
+    "skip_reason",
     "FORMAT",
     "FORMAT_VERSION",
 ]
@@ -160,7 +165,9 @@ class StoreIndex:
         tokens: int32 sequence length after truncation, in tokens.
         loss_tokens: int32 number of tokens the loss was averaged over (0 for an empty response).
         loss: float64 per-sample mean cross-entropy (nats/token); NaN when ``loss_tokens == 0``.
-        flags: per-row tuples of flag names, e.g. ``("empty_response",)`` or ``("truncated",)``.
+        flags: per-row tuples of flag names, e.g. ``("empty_response", "skipped")`` or
+            ``("truncated",)``.
+        details: per-row text saying why a row was skipped ("" for the others).
     """
 
     rows: np.ndarray
@@ -169,6 +176,7 @@ class StoreIndex:
     loss_tokens: np.ndarray
     loss: np.ndarray
     flags: list[tuple[str, ...]]
+    details: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -188,7 +196,12 @@ class StoreIndex:
                 [np.nan if r["loss"] is None else r["loss"] for r in rows], dtype=np.float64
             ),
             flags=[tuple(r.get("flags", ())) for r in rows],
+            details=[str(r.get("detail", "")) for r in rows],
         )
+
+    def skipped(self) -> np.ndarray:
+        """Positions of the rows that got no features (flag ``"skipped"``); int64 array."""
+        return self.flagged("skipped")
 
 
 class FeatureStore:
@@ -453,6 +466,52 @@ class StoreWriter:
                 done.add(c)
         return done
 
+    def _partial_paths(self, chunk: int) -> tuple[Path, Path]:
+        return (self.shards / f"chunk-{chunk:05d}.partial.npy",
+                self.shards / f"chunk-{chunk:05d}.partial.json")
+
+    def save_partial(self, chunk: int, done: Sequence[int], rows: np.ndarray,
+                     index_rows: Sequence[dict]) -> None:
+        """Atomically save the progress of an unfinished chunk.
+
+        Args:
+            chunk: the chunk.
+            done: positions within the chunk (0-based) of the rows computed so far.
+            rows: (len(done), d) float32, those rows as computed (before any normalisation or
+                dtype conversion, so that the finished chunk is the same bytes either way).
+            index_rows: their index rows, in the same order.
+        """
+        a, b = self.chunk_rows(chunk)
+        arr = np.ascontiguousarray(rows, dtype=np.float32)
+        if arr.shape != (len(done), self.dim) or len(index_rows) != len(done):
+            raise ValueError(f"chunk {chunk}: partial rows {arr.shape} / {len(index_rows)} index "
+                             f"rows do not match {len(done)} done rows")
+        if any(not 0 <= int(i) < b - a for i in done):
+            raise ValueError(f"chunk {chunk}: done positions outside [0, {b - a})")
+        npy, marker = self._partial_paths(chunk)
+        _atomic_save_npy(npy, arr)
+        meta = {"chunk": chunk, "done": [int(i) for i in done], "sha256": rows_sha256(arr),
+                "index": [_norm_index_row(r) for r in index_rows]}
+        _atomic_write_text(marker, _dumps(meta))
+
+    def load_partial(self, chunk: int) -> tuple[list[int], np.ndarray, list[dict]] | None:
+        """The saved progress of a chunk: (done positions, (m, d) float32 rows, index rows), or
+        None when there is none or it does not check out (then the chunk is recomputed)."""
+        npy, marker = self._partial_paths(chunk)
+        if not (npy.is_file() and marker.is_file()):
+            return None
+        try:
+            meta = json.loads(marker.read_text(encoding="utf-8"))
+            arr = np.load(npy, allow_pickle=False)
+            done = [int(i) for i in meta["done"]]
+            a, b = self.chunk_rows(chunk)
+            ok = (arr.shape == (len(done), self.dim) and arr.dtype == np.float32
+                  and rows_sha256(arr) == meta["sha256"] and len(meta["index"]) == len(done)
+                  and all(0 <= i < b - a for i in done))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return (done, arr, list(meta["index"])) if ok else None
+
     def write_chunk(self, chunk: int, rows: np.ndarray, index_rows: Sequence[dict]) -> None:
         """Atomically write one chunk: its (m, d) rows, then the marker that makes it complete."""
         a, b = self.chunk_rows(chunk)
@@ -471,6 +530,8 @@ class StoreWriter:
             "index": [_norm_index_row(r) for r in index_rows],
         }
         _atomic_write_text(marker, _dumps(meta))
+        for p in self._partial_paths(chunk):
+            p.unlink(missing_ok=True)
 
     def finalize(self) -> FeatureStore:
         """Join all chunks into ``features.npy`` + ``index.jsonl``, mark complete, drop shards."""
@@ -490,7 +551,7 @@ class StoreWriter:
 
 
 def _norm_index_row(r: dict) -> dict:
-    return {
+    out = {
         "row": int(r["row"]),
         "id": str(r["id"]),
         "tokens": int(r["tokens"]),
@@ -498,6 +559,28 @@ def _norm_index_row(r: dict) -> dict:
         "loss": None if r.get("loss") is None else _json_float(r["loss"]),
         "flags": sorted(str(f) for f in r.get("flags", ())),
     }
+    if r.get("detail"):
+        out["detail"] = str(r["detail"])
+    return out
+
+
+# Why a row got no features; the first of these among a skipped row's flags is its reason.
+SKIP_REASONS = {
+    "invalid_record": "the record is malformed (read with invalid='skip')",
+    "empty_conversation": "the conversation has no messages",
+    "no_user_turn_before_assistant": "no assistant turn follows a user turn",
+    "no_assistant_turn": "the conversation has no assistant turn",
+    "empty_response": "nothing is left to learn: the response is empty",
+    "template_error": "the tokenizer's chat template refused the conversation",
+}
+
+
+def skip_reason(flags: Iterable[str]) -> str:
+    """The reason a skipped row was skipped, from its flags ("" when it was not skipped)."""
+    flags = tuple(flags)
+    if "skipped" not in flags:
+        return ""
+    return next((f for f in SKIP_REASONS if f in flags), "other")
 
 
 def _write_final(
@@ -516,6 +599,8 @@ def _write_final(
     chunks = []
     flags: dict[str, int] = {}
     lines = []
+    skipped_lines = []
+    reasons: dict[str, int] = {}
     off = 0
     for meta, arr in sources:
         m = int(meta["rows"])
@@ -536,6 +621,12 @@ def _write_final(
             for f in r["flags"]:
                 flags[f] = flags.get(f, 0) + 1
             lines.append(json.dumps(r, sort_keys=True, ensure_ascii=False, allow_nan=False))
+            why = skip_reason(r["flags"])
+            if why:
+                reasons[why] = reasons.get(why, 0) + 1
+                entry = {"row": r["row"], "id": r["id"], "reason": why,
+                         "detail": r.get("detail") or SKIP_REASONS.get(why, "")}
+                skipped_lines.append(json.dumps(entry, sort_keys=True, ensure_ascii=False))
         off += m
     mm.flush()
     del mm
@@ -543,8 +634,11 @@ def _write_final(
         os.fsync(f.fileno())
     os.replace(tmp, fpath)
     _atomic_write_text(path / "index.jsonl", "".join(line + "\n" for line in lines))
+    _atomic_write_text(path / "skipped.jsonl", "".join(line + "\n" for line in skipped_lines))
     final = dict(manifest)
-    final.update({"status": "complete", "rows": n, "chunks": chunks, "flags": flags})
+    final.update({"status": "complete", "rows": n, "chunks": chunks, "flags": flags,
+                  "skipped": {"rows": len(skipped_lines), "reasons": reasons,
+                              "list": "skipped.jsonl"}})
     final.pop("my_chunks", None)
     _atomic_write_text(path / "manifest.json", _dumps(final))
 
@@ -621,13 +715,15 @@ def merge_stores(parts: Sequence[PathLike] | PathLike, out: PathLike | None = No
                     "loss_tokens": int(idx.loss_tokens[k]),
                     "loss": _json_float(idx.loss[k]) if np.isfinite(idx.loss[k]) else None,
                     "flags": list(idx.flags[k]),
+                    "detail": idx.details[k] if idx.details else "",
                 }
                 for k in range(a, a + m)
             ]
             meta = {**ch, "index": [_norm_index_row(r) for r in rows]}
             yield meta, s.features[a : a + m]
 
-    base = {k: v for k, v in ref.items() if k not in ("status", "rows", "chunks", "flags")}
+    base = {k: v for k, v in ref.items()
+            if k not in ("status", "rows", "chunks", "flags", "skipped")}
     base["part"] = [0, 1]
     _write_final(out_p, base, sources(), int(ref["dim"]), np.dtype(_DTYPES[ref["dtype"]]))
     return FeatureStore.open(out_p)

@@ -11,7 +11,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +21,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..store import FeatureStore, StoreError, StoreMismatchError, StoreWriter, merge_stores
+from ..store import (
+    FeatureStore,
+    StoreError,
+    StoreMismatchError,
+    StoreWriter,
+    merge_stores,
+    skip_reason,
+)
 from ..store import config_mismatch_message as _mismatch
 from .hooks import GradientCollector, batch_features
 from .projection import LayerSpec, derive_seed, make_projector
@@ -29,17 +36,28 @@ from .records import (
     ALPACA_PROMPT,
     ALPACA_PROMPT_WITH_INPUT,
     Record,
+    RecordError,
     TokenizedRecord,
     data_fingerprint,
     load_records,
     tokenize_record,
 )
 
-__all__ = ["extract", "LoraSpec", "DEFAULT_TARGETS", "prepared_model", "describe_tokenizer"]
+__all__ = [
+    "extract",
+    "LoraSpec",
+    "DEFAULT_TARGETS",
+    "DEFAULT_BATCH_TOKENS",
+    "prepared_model",
+    "describe_tokenizer",
+    "summarize",
+]
 
 log = logging.getLogger("spice.features")
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj")
+# Padded tokens per batch: bounds activation, logit and hook memory (bench/RESULTS.md, features).
+DEFAULT_BATCH_TOKENS = 1024
 
 
 @dataclass(frozen=True)
@@ -315,8 +333,8 @@ def extract(
     target_modules: Sequence[str] | None = None,
     loss_on: str = "response",
     max_length: int = 512,
-    batch_size: int = 8,
-    max_batch_tokens: int | None = None,
+    batch_size: int = 64,
+    max_batch_tokens: int | None = DEFAULT_BATCH_TOKENS,
     normalize: str = "none",
     dtype: str = "float16",
     shard: tuple[int, int] | str = (0, 1),
@@ -325,6 +343,8 @@ def extract(
     resume: bool = True,
     progress: bool = True,
     dense_cache_bytes: int = 1 << 30,
+    checkpoint_seconds: float = 60.0,
+    invalid: str = "error",
 ) -> FeatureStore:
     """Write per-sample projected loss-gradient features of ``data`` on ``model`` to a store.
 
@@ -346,29 +366,52 @@ def extract(
             differentiate the model's own linear layers named by ``target_modules``.
         target_modules: with ``lora=None``, module-name suffixes of the nn.Linear layers to use.
         loss_on: "response" (mean CE over response tokens) or "all" (every token but the first).
-        max_length: truncate sequences to this many tokens.
-        batch_size: samples per forward/backward (sorted by length within a chunk).
-        max_batch_tokens: optional cap on batch_size × longest sequence of a batch.
+        max_length: truncate sequences to this many tokens (the response is kept: see
+            :func:`spice.features.tokenize_record`).
+        batch_size: at most this many samples per forward/backward (sorted by length within a
+            chunk).
+        max_batch_tokens: at most this many padded tokens (samples × longest sequence) per batch:
+            what bounds memory. The default (1024) keeps SmolLM2-135M under about 3 GB on a CPU;
+            ``None`` leaves only ``batch_size``.
         normalize: "none" or "unit" (each row scaled to unit L2 norm; zero rows stay zero).
         dtype: "float16" or "float32" storage.
         shard: (i, N) for process i of N, or "auto" (torch.distributed / RANK, WORLD_SIZE).
         seed: projection seed.
-        shard_rows: rows per chunk, the unit of atomic writes and of resuming.
-        resume: keep complete chunks of a matching unfinished store (a finished one is returned).
-        progress: tqdm bar (examples/s, tokens/s, ETA) and a token count + time estimate.
+        shard_rows: rows per chunk, the unit of the store's layout and of sharding.
+        resume: keep complete chunks and saved partial progress of a matching unfinished store
+            (a finished one is returned).
+        progress: tqdm bar (examples/s, tokens/s, peak memory, ETA), a time estimate and a
+            summary of skipped and truncated records.
         dense_cache_bytes: memory allowed for cached dense projection blocks.
+        checkpoint_seconds: save an unfinished chunk's progress at least this often, so that an
+            interrupted run loses at most about this much work.
+        invalid: "error" (a malformed record stops the run before any work, naming its line) or
+            "skip" (it becomes a skipped zero row listed in ``skipped.jsonl``).
+
+    Records with nothing to learn from (an empty conversation, no user turn before the assistant,
+    an empty response) are not an error: they keep their row, get a zero feature row and the flag
+    ``"skipped"`` plus the reason, and are listed in the store's ``skipped.jsonl`` and manifest.
 
     Returns:
         The finished store (or this process's part when N > 1 without a process group).
 
     Raises:
         StoreMismatchError: ``out`` holds a store made with another configuration.
-        RecordError: malformed data (the message names file and line).
+        RecordError: malformed data (the message names file and line), or no usable record.
+        ValueError: an argument out of range.
     """
     if normalize not in ("none", "unit"):
         raise ValueError(f"normalize must be 'none' or 'unit', got {normalize!r}")
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
+    _check_int("dim", dim, 1)
+    _check_int("max_length", max_length, 2)
+    _check_int("batch_size", batch_size, 1)
+    _check_int("shard_rows", shard_rows, 1)
+    if max_batch_tokens is not None:
+        _check_int("max_batch_tokens", max_batch_tokens, 1)
+    if not (isinstance(checkpoint_seconds, (int, float)) and checkpoint_seconds > 0):
+        raise ValueError(f"checkpoint_seconds must be a number > 0, got {checkpoint_seconds!r}")
+    if invalid not in ("error", "skip"):
+        raise ValueError(f"invalid must be 'error' or 'skip', got {invalid!r}")
     part = _resolve_shard(shard)
     out_root = Path(out)
     store_dir = out_root
@@ -379,8 +422,15 @@ def extract(
         records = list(data)  # type: ignore[arg-type]
         fp = data_fingerprint(records, records)
     else:
-        records = load_records(data)
+        records = load_records(data, invalid=invalid)
         fp = data_fingerprint(data, records)
+    if not records:
+        raise RecordError(f"{_name(data)} holds no records")
+    if all(r.skipped for r in records):
+        raise RecordError(
+            f"none of the {len(records)} records of {_name(data)} has anything to learn from: "
+            f"{_reason_counts(r.skip for r in records)}"
+        )
     seen: set[str] = set()
     dups = [r.id for r in records if r.id in seen or seen.add(r.id)]  # type: ignore[func-returns-value]
     if dups:
@@ -445,26 +495,59 @@ def extract(
             run, tokenizer, records, writer, todo, projector, modules,
             loss_on=loss_on, max_length=max_length, batch_size=batch_size,
             max_batch_tokens=max_batch_tokens, normalize=normalize, dtype=dtype,
-            device=device, progress=progress,
+            device=device, progress=progress, checkpoint_seconds=float(checkpoint_seconds),
         )  # fmt: skip
         store = writer.finalize()
-    empty = store.index.flagged("empty_response")
-    if len(empty):
-        ids = [store.index.ids[i] for i in empty[:10]]
-        log.warning(
-            "%d record(s) have no response tokens after truncation (max_length=%d); they got a "
-            "zero feature and the flag 'empty_response'. First ids: %s",
-            len(empty),
-            max_length,
-            ids,
-        )
-        if progress:
-            print(
-                f"spice.features: {len(empty)} record(s) with an empty response (zero feature, "
-                f"flagged 'empty_response'); first ids: {ids}",
-                file=sys.stderr,
-            )
+    _warn(progress, summarize(store))
     return _maybe_merge(out_root, part, store, progress)
+
+
+def _check_int(name: str, v: Any, lo: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+
+
+def _name(data: Any) -> str:
+    return str(data) if isinstance(data, (str, os.PathLike)) else f"the {type(data).__name__}"
+
+
+def _reason_counts(reasons: Iterable[str]) -> str:
+    counts: dict[str, int] = {}
+    for r in reasons:
+        if r:
+            counts[r] = counts.get(r, 0) + 1
+    return ", ".join(f"{n} {r}" for r, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def summarize(store: FeatureStore) -> str:
+    """One paragraph on what happened to a store's records: featurised, skipped (by reason, with
+    the file listing them) and truncated (how)."""
+    idx = store.index
+    n = len(idx)
+    skipped = [skip_reason(f) for f in idx.flags]
+    n_skip = sum(1 for r in skipped if r)
+    msg = f"{n} records: {n - n_skip} featurised"
+    if n_skip:
+        msg += (f", {n_skip} skipped with a zero row ({_reason_counts(skipped)}; listed in "
+                f"{store.path / 'skipped.jsonl'})")
+    trunc = [f for f in idx.flags if "truncated" in f and "skipped" not in f]
+    if trunc:
+        how = {k: sum(1 for f in trunc if k in f)
+               for k in ("turns_dropped", "prompt_truncated", "response_truncated")}
+        msg += (f"; {len(trunc)} truncated to max_length={store.config.get('max_length')} ("
+                + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in how.items() if v) + ")")
+    fixed = sum(1 for f in idx.flags if "dropped_leading_turns" in f and "skipped" not in f)
+    if fixed:
+        msg += f"; {fixed} lost assistant turns that came before any user turn"
+    return msg
+
+
+def _warn(progress: bool, msg: str) -> None:
+    """Shown once: printed when progress is on, else logged."""
+    if progress:
+        print(f"spice.features: {msg}", file=sys.stderr, flush=True)
+    else:
+        log.info(msg)
 
 
 def json_norm(obj: Any) -> Any:
@@ -509,6 +592,32 @@ def _batches(
     return out
 
 
+def _peak_memory(device: torch.device) -> str:
+    """Peak resident memory of this process (and of the GPU when the model is on one)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak *= 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    out = f"peak {peak / 2**30:.2f} GB"
+    if device.type == "cuda":
+        out += f", GPU {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GB"
+    return out
+
+
+def _index_row(row: int, record: Record, t: TokenizedRecord, loss: float | None) -> dict:
+    entry = {
+        "row": row,
+        "id": record.id,
+        "tokens": len(t.input_ids),
+        "loss_tokens": t.n_loss_tokens,
+        "loss": loss,
+        "flags": t.flags,
+    }
+    if t.skipped:
+        entry["detail"] = t.detail or record.detail
+    return entry
+
+
 def _run_chunks(
     run: nn.Module,
     tokenizer: Any,
@@ -526,19 +635,25 @@ def _run_chunks(
     dtype: str,
     device: torch.device,
     progress: bool,
+    checkpoint_seconds: float,
 ) -> None:
     toks: dict[int, TokenizedRecord] = {}
     for c in todo:
         a, b = writer.chunk_rows(c)
         for r in range(a, b):
             toks[r] = tokenize_record(records[r], tokenizer, max_length=max_length, loss_on=loss_on)
-    n_rec = len(toks)
-    n_tok = sum(len(t.input_ids) for t in toks.values())
-    n_loss = sum(t.n_loss_tokens for t in toks.values())
+    partial = {c: writer.load_partial(c) for c in todo}
+    saved = {writer.chunk_rows(c)[0] + i for c, p in partial.items() if p for i in p[0]}
+    work = [r for r, t in toks.items() if not t.skipped and r not in saved]
+    n_rec = len(work)
+    n_tok = sum(len(toks[r].input_ids) for r in work)
+    n_loss = sum(toks[r].n_loss_tokens for r in work)
+    resumed = f" ({len(saved)} rows of unfinished chunks were saved before)" if saved else ""
     _say(
         progress,
-        f"{n_rec} records to featurise in {len(todo)} chunk(s): {n_tok} tokens ({n_loss} in the "
-        f"loss), d={projector.dim} {projector.kind}, {len(modules)} layers, on {device.type}",
+        f"{n_rec} records to featurise in {len(todo)} chunk(s){resumed}: {n_tok} tokens ({n_loss} "
+        f"in the loss), d={projector.dim} {projector.kind}, {len(modules)} layers, on "
+        f"{device.type}",
     )
     pad_id = getattr(tokenizer, "pad_token_id", None)
     if pad_id is None:
@@ -549,6 +664,7 @@ def _run_chunks(
 
         bar = tqdm(total=n_rec, unit="ex", desc="spice features", dynamic_ncols=True)
     t0 = time.perf_counter()
+    last_save = t0
     tok_done = 0
     first = True
     collector = GradientCollector(modules, projector)
@@ -556,18 +672,29 @@ def _run_chunks(
     with collector.attached():
         for c in todo:
             a, b = writer.chunk_rows(c)
-            rows = list(range(a, b))
             feats = np.zeros((b - a, projector.dim), dtype=np.float32)
-            index = []
-            losses = np.full(b - a, np.nan)
-            lengths = [len(toks[r].input_ids) for r in rows]
-            for batch in _batches(lengths, batch_size, max_batch_tokens):
-                T = max(lengths[i] for i in batch)
+            entries: dict[int, dict] = {}
+            if partial[c] is not None:
+                done_list, rows_done, index_done = partial[c]
+                feats[done_list] = rows_done
+                entries.update(zip(done_list, index_done))
+            for i in range(b - a):
+                t = toks[a + i]
+                if t.skipped:  # a zero row: nothing to run
+                    entries[i] = _index_row(a + i, records[a + i], t, None)
+            live = [i for i in range(b - a) if not toks[a + i].skipped]
+            lengths = [len(toks[a + i].input_ids) for i in live]
+            # the plan covers the whole chunk so that a resumed chunk runs the same batches
+            for plan in _batches(lengths, batch_size, max_batch_tokens):
+                batch = [live[j] for j in plan if live[j] not in entries]
+                if not batch:
+                    continue
+                T = max(len(toks[a + i].input_ids) for i in batch)
                 ids = torch.full((len(batch), T), int(pad_id), dtype=torch.long)
                 am = torch.zeros((len(batch), T), dtype=torch.long)
                 lm = torch.zeros((len(batch), T), dtype=torch.bool)
                 for k, i in enumerate(batch):
-                    t = toks[rows[i]]
+                    t = toks[a + i]
                     n = len(t.input_ids)
                     ids[k, :n] = torch.from_numpy(t.input_ids)
                     am[k, :n] = 1
@@ -579,22 +706,29 @@ def _run_chunks(
                 loss = loss.cpu().numpy()
                 for k, i in enumerate(batch):
                     feats[i] = f[k]
-                    if int(counts[k]) > 0:
-                        losses[i] = float(loss[k])
+                    ok = int(counts[k]) > 0 and math.isfinite(float(loss[k]))
+                    entries[i] = _index_row(a + i, records[a + i], toks[a + i],
+                                            float(loss[k]) if ok else None)
                 ntok = int(am.sum())
                 tok_done += ntok
+                now = time.perf_counter()
                 if bar is not None:
-                    el = time.perf_counter() - t0
                     bar.update(len(batch))
-                    bar.set_postfix_str(f"{tok_done / max(el, 1e-9):.0f} tok/s", refresh=False)
+                    bar.set_postfix_str(
+                        f"{tok_done / max(now - t0, 1e-9):.0f} tok/s, {_peak_memory(device)}",
+                        refresh=False,
+                    )
                 if first and progress and n_tok > ntok:
-                    el = time.perf_counter() - t0
-                    est = el * n_tok / max(ntok, 1)
-                    msg = f"first batch took {el:.2f}s; estimated total {_fmt_time(est)}"
+                    est = (now - t0) * n_tok / max(ntok, 1)
+                    msg = f"first batch took {now - t0:.2f}s; estimated total {_fmt_time(est)}"
                     log.info(msg)
                     if bar is not None:
                         bar.write(f"spice.features: {msg}", file=sys.stderr)
                 first = False
+                if now - last_save >= checkpoint_seconds and len(entries) < b - a:
+                    done = sorted(i for i in entries if not toks[a + i].skipped)
+                    writer.save_partial(c, done, feats[done], [entries[i] for i in done])
+                    last_save = time.perf_counter()
             if normalize == "unit":
                 norms = np.linalg.norm(feats, axis=1, keepdims=True)
                 np.divide(feats, norms, out=feats, where=norms > 0)
@@ -616,18 +750,7 @@ def _run_chunks(
                     )  # fmt: skip
             elif not np.isfinite(feats).all():
                 raise StoreError(f"chunk {c}: non-finite feature values (NaN/inf gradients)")
-            for k, r in enumerate(rows):
-                t = toks[r]
-                index.append(
-                    {
-                        "row": r,
-                        "id": records[r].id,
-                        "tokens": len(t.input_ids),
-                        "loss_tokens": t.n_loss_tokens,
-                        "loss": None if not np.isfinite(losses[k]) else float(losses[k]),
-                        "flags": t.flags,
-                    }
-                )
-            writer.write_chunk(c, feats, index)
+            writer.write_chunk(c, feats, [entries[i] for i in range(b - a)])
+            last_save = time.perf_counter()
     if bar is not None:
         bar.close()

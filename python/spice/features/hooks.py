@@ -137,13 +137,38 @@ def _forward_params(model: nn.Module) -> set[str] | None:
     return set(sig.parameters)
 
 
-def forward_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-    """Run ``model`` and return logits (B, T, V); accepts HF outputs or a bare tensor."""
+def _takes_logits_to_keep(model: nn.Module) -> bool:
+    """Whether the (base) model's forward computes logits only at given positions (Hugging Face
+    causal LMs: ``logits_to_keep`` as a 1-D tensor of positions)."""
+    base = model
+    get_base = getattr(model, "get_base_model", None)
+    if callable(get_base):
+        base = get_base()
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def forward_logits(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    positions: torch.Tensor | None = None,
+):
+    """Run ``model`` and return logits (B, T, V); accepts HF outputs or a bare tensor.
+
+    With ``positions`` (K,) int64 (ascending) and a model that supports it, the vocabulary
+    projection runs only there and the logits are (B, K, V): the LM head's memory and time go with
+    the positions that carry loss, not the sequence. Callers check :func:`_takes_logits_to_keep`.
+    """
     params = _forward_params(model)
     if params is None or "attention_mask" in params:
         kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if getattr(getattr(model, "config", None), "use_cache", None) is not None:
             kwargs["use_cache"] = False
+        if positions is not None:
+            kwargs["logits_to_keep"] = positions
         out = model(**kwargs)
     else:
         out = model(input_ids)
@@ -157,15 +182,21 @@ def forward_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
 
 
 def per_sample_losses(
-    logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    loss_mask: torch.Tensor,
+    positions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample mean next-token cross-entropy over loss tokens.
 
     Args:
-        logits: (B, T, V); position t predicts the label at t + 1.
+        logits: (B, T, V); position t predicts the label at t + 1. With ``positions``, (B, K, V)
+            holding only the logits at those positions.
         labels: (B, T) int64 targets, aligned with the inputs (normally the input ids);
             only positions where ``loss_mask`` is True are read.
         loss_mask: (B, T) bool, True where the token is a loss target (never at t = 0).
+        positions: (K,) ascending positions the logits were computed at; they must include every
+            t with ``loss_mask[:, t + 1]`` True.
 
     Returns:
         (losses (B,) float32 with 0 where a sample has no loss tokens, counts (B,) int64).
@@ -176,8 +207,9 @@ def per_sample_losses(
     bi, ti = m.nonzero(as_tuple=True)
     if bi.numel() == 0:
         return logits.new_zeros(B, dtype=torch.float32), counts
+    col = ti if positions is None else torch.searchsorted(positions.to(ti.device), ti)
     tok = F.cross_entropy(
-        logits[bi, ti].to(torch.float32), labels[bi, ti + 1], reduction="none"
+        logits[bi, col].to(torch.float32), labels[bi, ti + 1], reduction="none"
     )
     w = 1.0 / counts.clamp(min=1).to(torch.float32)
     losses = torch.zeros(B, dtype=torch.float32, device=logits.device).index_add(0, bi, tok * w[bi])
@@ -198,10 +230,15 @@ def batch_features(
     (B, T) default to ``input_ids``; labels at positions outside ``loss_mask`` are never read.
     """
     out = collector.begin(attention_mask)
+    positions = None
+    if _takes_logits_to_keep(model):  # the LM head only where a next token is a target
+        keep = loss_mask[:, 1:].any(0).nonzero(as_tuple=True)[0]
+        if 0 < keep.numel() < input_ids.shape[1]:
+            positions = keep
     with torch.enable_grad():
-        logits = forward_logits(model, input_ids, attention_mask)
+        logits = forward_logits(model, input_ids, attention_mask, positions)
         targets = input_ids if labels is None else labels
-        losses, counts = per_sample_losses(logits, targets, loss_mask)
+        losses, counts = per_sample_losses(logits, targets, loss_mask, positions)
         total = losses.sum()
         if bool((counts > 0).any()) and total.requires_grad:
             total.backward()
