@@ -216,3 +216,25 @@ def test_empty_and_all_skipped_data_are_errors(tmp_path, tiny_llama, chat_tokeni
     with pytest.raises(RecordError, match="1 empty_conversation, 1 no_user_turn_before_assistant"):
         extract(tiny_llama, chat_tokenizer, bad, tmp_path / "b", dim=16, progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_online_schedule_over_real_shaped_chats(tmp_path, chats, tiny_llama, chat_tokenizer):
+    """Pools full of skipped conversations pick nothing from them and the run goes on."""
+    from spice.online import OnlineConfig, run_online
+
+    path, convs, skip = chats
+    loaded = load_records(path)
+    cfg = OnlineConfig(pool_size=4, picks_per_pool=2, update_every=3, dim=32, max_length=48,
+                       batch_size=4, lr=1e-2)
+    # place the skipped conversations where the schedule's shuffle makes them the first pools
+    perm = np.random.default_rng(cfg.seed).permutation(len(loaded))
+    ordered = [r for r in loaded if r.id in skip] + [r for r in loaded if r.id not in skip]
+    recs = [loaded[0]] * len(loaded)
+    for j, pos in enumerate(perm):
+        recs[pos] = ordered[j]
+    res = run_online(tiny_llama, chat_tokenizer, recs, tmp_path / "o", cfg, resume=False)
+    picked = [recs[int(i)].id for i in res.indices]
+    assert picked and not set(picked) & set(skip)
+    assert res.pools[0]["picked"] == res.pools[1]["picked"] == 0  # all skipped
+    assert res.pools[2]["picked"] == 2  # two skipped, two usable
+    assert sum(p["picked"] for p in res.pools) == len(picked)

@@ -99,6 +99,8 @@ def _pool_features(model: Any, tokenizer: Any, records: list, cfg: OnlineConfig,
                    scratch: Path) -> np.ndarray:
     from .features import extract
 
+    if all(r.skipped for r in records):  # nothing to learn from: zero rows, never picked
+        return np.zeros((len(records), 1), dtype=np.float32)
     d = Path(tempfile.mkdtemp(prefix="pool-", dir=scratch))
     try:
         store = extract(model, tokenizer, records, out=d, dim=cfg.dim,
