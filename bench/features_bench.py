@@ -226,6 +226,7 @@ def run_spice(model, tok, records, toks, args, device):
         t0, c0 = time.perf_counter(), time.process_time()
         store = extract(model, tok, records, Path(d) / "store", dim=args.dim,
                         batch_size=args.batch_size, max_length=args.max_length,
+                        max_batch_tokens=None,  # the same row batches as (a) and (b)
                         progress=False)  # fmt: skip
         total, cpu = time.perf_counter() - t0, time.process_time() - c0
         dim = store.dim
