@@ -75,3 +75,14 @@ def test_gpu_bench_quick_without_a_gpu_says_why(tmp_path):
     assert r.returncode == 2
     assert "CuPy" in r.stdout or "CUDA" in r.stdout or "GPU" in r.stdout
     assert not (tmp_path / "gpu.md").exists()
+
+
+def test_extract_memory_quick():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    r = run_bench("extract_memory.py", "--quick")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"rows1 +[0-9.]+ s/record +[0-9]+ tok/s +peak +[0-9.]+ GB", r.stdout)
+    assert re.search(r"tok512 +[0-9.]+ s/record", r.stdout)
+    assert "40 featurised, 8 skipped with a zero row" in r.stdout

@@ -57,7 +57,7 @@ log = logging.getLogger("spice.features")
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj")
 # Padded tokens per batch: bounds activation, logit and hook memory (bench/RESULTS.md, features).
-DEFAULT_BATCH_TOKENS = 1024
+DEFAULT_BATCH_TOKENS = 512
 
 
 @dataclass(frozen=True)
@@ -371,7 +371,8 @@ def extract(
         batch_size: at most this many samples per forward/backward (sorted by length within a
             chunk).
         max_batch_tokens: at most this many padded tokens (samples × longest sequence) per batch:
-            what bounds memory. The default (1024) keeps SmolLM2-135M under about 3 GB on a CPU;
+            what bounds memory. The default (512) keeps SmolLM2-135M under 2.5 GB on a CPU (raise
+            it on a GPU);
             ``None`` leaves only ``batch_size``.
         normalize: "none" or "unit" (each row scaled to unit L2 norm; zero rows stay zero).
         dtype: "float16" or "float32" storage.
