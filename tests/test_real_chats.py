@@ -238,3 +238,18 @@ def test_online_schedule_over_real_shaped_chats(tmp_path, chats, tiny_llama, cha
     assert res.pools[0]["picked"] == res.pools[1]["picked"] == 0  # all skipped
     assert res.pools[2]["picked"] == 2  # two skipped, two usable
     assert sum(p["picked"] for p in res.pools) == len(picked)
+
+
+def test_the_left_cut_starts_at_the_users_words_not_at_a_lookalike(chat_tokenizer):
+    """The first user message "a" also occurs in the system text; the cut still starts after the
+    user header, so the system block survives whole."""
+    rec = load_records([{"messages": [
+        {"role": "system", "content": "a name"},
+        {"role": "user", "content": "a"},
+        {"role": "user", "content": "step by step reasoning " * 40},
+        {"role": "assistant", "content": "done"}]}])[0]
+    t = tokenize_record(rec, chat_tokenizer, max_length=48)
+    assert "prompt_truncated" in t.flags and t.n_loss_tokens > 0
+    text = chat_tokenizer.decode(t.input_ids)
+    assert text.startswith("<|im_start|>system\na name<|im_end|>\n<|im_start|>user\n")
+    assert text.endswith("<|im_start|>assistant\ndone<|im_end|>\n")

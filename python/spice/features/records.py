@@ -491,6 +491,9 @@ def _plain_chat(messages: Sequence[dict]) -> tuple[str, list[tuple[int, int]], i
     return text, spans, u0
 
 
+_MARK = "\u2063spice-first-user-turn\u2063"
+
+
 def _apply_template(tokenizer: Any, msgs: list[dict], **kw: Any) -> str:
     return tokenizer.apply_chat_template(msgs, tokenize=False, **kw)
 
@@ -516,9 +519,17 @@ def _template_chat(
             k = full.find(m["content"], lo) if m["content"] else -1
             if k >= 0:
                 spans.append((k, k + len(m["content"])))
-    first = next((m["content"] for m in msgs if m["role"] == "user"), "")
-    k = full.find(first) if first else -1
-    return full, spans, (k if k >= 0 else None)
+    # where the first user message's words start: render once with a marker in their place
+    # (only the text after the marker depends on them)
+    first = next((i for i, m in enumerate(msgs) if m["role"] == "user"), None)
+    u0 = None
+    if first is not None:
+        probe = [dict(m) for m in msgs[: first + 1]]
+        probe[first]["content"] = _MARK
+        k = _apply_template(tokenizer, probe).find(_MARK)
+        if k >= 0 and full.startswith(_apply_template(tokenizer, probe)[:k]):
+            u0 = k
+    return full, spans, u0
 
 
 def _render(tokenizer: Any, record: Record, messages: Sequence[dict] | None = None):
