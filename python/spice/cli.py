@@ -1,19 +1,50 @@
 """The ``spice`` command line: features, select, run, online, report, demo.
 
-Failures print one line (``spice: error: ...``) and exit with status 1; ``--debug`` shows the
-traceback instead.
+Failures print ``spice: error: ...`` (the whole message, however many lines) and exit with status
+1; ``--debug`` shows the traceback instead. Bad option values are refused before any work, with
+status 2. A missing optional dependency names the extra that brings it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+# optional dependencies -> the extra of spice-select that installs them
+_EXTRAS = {"torch": "hf", "transformers": "hf", "peft": "hf", "tqdm": "hf", "safetensors": "hf",
+           "tokenizers": "hf", "matplotlib": "report", "pyarrow": "parquet"}
+
+
+def _number(kind: type, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+            hi_open: bool = False) -> Any:
+    """An argparse type: a finite int/float within [lo, hi] (open ends where asked)."""
+
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if isinstance(v, float) and not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{text!r} is not finite")
+        bad = (lo is not None and (v <= lo if lo_open else v < lo)) or \
+              (hi is not None and (v >= hi if hi_open else v > hi))
+        if bad:
+            left = "(" if lo_open else "["
+            right = ")" if hi_open else "]"
+            rng = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range {rng}")
+        return v
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
 
 
 def _shard(s: str) -> tuple[int, int]:
@@ -38,10 +69,17 @@ def _extract(args: argparse.Namespace, out: Path) -> Any:
 
     model, tok, model_id = load_model(args.model, args.gguf_file)
     lora = LoraSpec(r=args.lora_r) if args.lora_r > 0 else None
+    kw: dict[str, Any] = {}
+    if args.max_batch_tokens is not None:
+        kw["max_batch_tokens"] = args.max_batch_tokens
+    if args.chunk_rows is not None:
+        kw["shard_rows"] = args.chunk_rows
     return extract(model, tok, args.data, out=out, dim=args.dim, projection=args.projection,
                    lora=lora, loss_on=args.loss_on, max_length=args.max_length,
                    batch_size=args.batch_size, shard=args.shard, seed=args.seed,
-                   dtype=args.dtype, progress=not args.quiet)
+                   dtype=args.dtype, progress=not args.quiet,
+                   checkpoint_seconds=args.checkpoint_seconds,
+                   invalid="skip" if args.skip_invalid else "error", **kw)
 
 
 def cmd_features(args: argparse.Namespace) -> int:
@@ -56,7 +94,8 @@ def _select_into(args: argparse.Namespace, store: Any, out: Path, extra: dict) -
     sel = select_to_dir(store, args.data, out, _budget(args), alpha=args.alpha,
                         conflict_penalty=args.penalty, early_stop=args.early_stop,
                         method=args.method, objective=args.objective, seed=args.seed,
-                        overwrite=args.overwrite, extra_config=extra, spill_dir=args.spill_dir)
+                        overwrite=args.overwrite, extra_config=extra, spill_dir=args.spill_dir,
+                        verify=not args.no_verify)
     print(sel.summary())
     print(f"spice: subset, selection.json, scores.csv and dataset_info.json are in {out}")
     return 0
@@ -70,10 +109,11 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .pipeline import prepare_out_dir
+    from .pipeline import check_out_dir, removed_if_failed
 
-    out = prepare_out_dir(args.out, args.overwrite, "selection.json")
-    store = _extract(args, out / "features")
+    out = check_out_dir(args.out, args.overwrite, "selection.json")
+    with removed_if_failed(out):  # a failed first step leaves no empty folder behind
+        store = _extract(args, out / "features")
     rc = _select_into(args, store, out, {"model": args.model, "gguf_file": args.gguf_file})
     if not args.no_report:
         from .report import make_report
@@ -134,8 +174,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, quick=args.quick, overwrite=True)
+    run_demo(args.out, quick=args.quick, overwrite=args.overwrite)
     return 0
+
+
+_INT1 = _number(int, 1)
+_FINITE_POS = _number(float, 0, lo_open=True)
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
@@ -145,89 +189,155 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model")
 
 
+def _add_data(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--data", required=True, help=what)
+    p.add_argument("--seed", type=_number(int, 0), default=0,
+                   help="seed of the projection, the stochastic method and random choices")
+
+
 def _add_feature_opts(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (0: the model's own linears)")
-    p.add_argument("--dim", type=int, default=8192, help="feature dimension d")
-    p.add_argument("--projection", default="factorized", choices=["factorized", "dense", "none"])
-    p.add_argument("--loss-on", default="response", choices=["response", "all"])
-    p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
-    p.add_argument("--shard", type=_shard, default=(0, 1), help="i/N: this process's part")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--lora-r", type=_number(int, 0), default=8,
+                   help="LoRA rank (0: the model's own linear layers)")
+    p.add_argument("--dim", type=_INT1, default=8192, help="feature dimension d")
+    p.add_argument("--projection", default="factorized", choices=["factorized", "dense", "none"],
+                   help="how per-layer gradients are projected to --dim columns")
+    p.add_argument("--loss-on", default="response", choices=["response", "all"],
+                   help="tokens in the per-sample loss")
+    p.add_argument("--max-length", type=_number(int, 2), default=512,
+                   help="tokens per record; longer ones keep their response (docs/data.md)")
+    p.add_argument("--batch-size", type=_INT1, default=64, help="most records per batch")
+    p.add_argument("--max-batch-tokens", type=_INT1, default=None,
+                   help="pack batches up to this many padded tokens (default: the library's, "
+                        "512; raise it on a GPU)")
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"],
+                   help="storage type of the feature rows")
+    p.add_argument("--shard", type=_shard, default="0/1",
+                   help="i/N: this process's part of the records")
+    p.add_argument("--chunk-rows", type=_INT1, default=None,
+                   help="rows per resumable chunk of the store (default: the library's, 4096)")
+    p.add_argument("--checkpoint-seconds", type=_FINITE_POS, default=60.0,
+                   help="save partial progress at least this often")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="keep malformed records as skipped zero rows instead of stopping")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
 def _add_select_opts(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--fraction", type=float, default=0.1, help="budget as a fraction (0, 1]")
-    g.add_argument("--k", type=int, default=None, help="budget as a count")
-    p.add_argument("--alpha", type=float, default=1.0)
-    p.add_argument("--penalty", type=float, default=0.1, help="conflict penalty λ")
-    p.add_argument("--early-stop", type=float, default=None, help="SPICE+ ω in (0, 1)")
-    p.add_argument("--method", default="lazy", choices=["lazy", "naive", "stochastic"])
+    g.add_argument("--fraction", type=_number(float, 0, 1, lo_open=True), default=0.1,
+                   help="budget as a fraction of the rows, in (0, 1]")
+    g.add_argument("--k", type=_INT1, default=None, help="budget as a count (overrides "
+                   "--fraction)")
+    p.add_argument("--alpha", type=_FINITE_POS, default=1.0,
+                   help="α in log det(I + α Σ g gᵀ)")
+    p.add_argument("--penalty", type=_number(float, 0), default=0.1, help="conflict penalty λ")
+    p.add_argument("--early-stop", type=_number(float, 0, 1, lo_open=True, hi_open=True),
+                   default=None, help="SPICE+: stop when the gain falls below ω × the first, "
+                                      "ω in (0, 1)")
+    p.add_argument("--method", default="lazy", choices=["lazy", "naive", "stochastic"],
+                   help="greedy variant (lazy and naive pick the same rows)")
     p.add_argument("--objective", default="logdet",
-                   choices=["logdet", "diag-compat", "topk-compat"])
+                   choices=["logdet", "diag-compat", "topk-compat"],
+                   help="logdet: the paper's; the others reproduce the authors' released code")
     p.add_argument("--overwrite", action="store_true", help="replace an existing result")
     p.add_argument("--spill-dir", default=None,
                    help="keep the run's w rows (k x d float64) in a temporary file in this "
                         "directory instead of RAM (same results)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip checking the store's rows against their checksums")
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: …)" where there is a default to show (not for flags or required ones)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or action.default is None or action.default is False \
+                or action.default == argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _sub(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help, formatter_class=_Help)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="spice", description="SPICE data selection for LLM tuning")
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="spice", description="SPICE data selection for LLM tuning",
+                                formatter_class=_Help)
+    p.add_argument("--version", action="version", version=f"spice-select {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    f = sub.add_parser("features", help="per-sample gradient features of a proxy model")
+    f = _sub(sub, "features", "per-sample gradient features of a proxy model")
     _add_model(f)
-    f.add_argument("--data", required=True, help="JSONL, JSON or Parquet records")
+    _add_data(f, "JSONL, JSON or Parquet records")
     f.add_argument("--out", required=True, help="feature store directory")
-    f.add_argument("--seed", type=int, default=0)
     _add_feature_opts(f)
     f.set_defaults(func=cmd_features)
 
-    s = sub.add_parser("select", help="select from a feature store and write the subset")
+    s = _sub(sub, "select", "select from a feature store and write the subset")
     s.add_argument("--features", required=True, help="feature store directory")
-    s.add_argument("--data", required=True, help="the data file the features were made from")
+    _add_data(s, "the data file the features were made from")
     s.add_argument("--out", required=True, help="output directory")
-    s.add_argument("--seed", type=int, default=0)
     _add_select_opts(s)
     s.set_defaults(func=cmd_select)
 
-    r = sub.add_parser("run", help="features then selection (the offline mode)")
+    r = _sub(sub, "run", "features then selection (the offline mode)")
     _add_model(r)
-    r.add_argument("--data", required=True)
+    _add_data(r, "JSONL, JSON or Parquet records")
     r.add_argument("--out", required=True, help="run directory")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--no-report", action="store_true")
+    r.add_argument("--no-report", action="store_true", help="skip the plots and report.md")
     _add_feature_opts(r)
     _add_select_opts(r)
     r.set_defaults(func=cmd_run)
 
-    o = sub.add_parser("online", help="the paper's online schedule (pools + proxy updates)")
+    o = _sub(sub, "online", "the paper's online schedule (pools + proxy updates)")
     _add_model(o)
-    o.add_argument("--data", required=True)
-    o.add_argument("--out", required=True)
-    o.add_argument("--preset", default="paper", choices=["paper", "authors", "authors-conflict"])
-    for name, typ in (("pool-size", int), ("picks-per-pool", int), ("update-every", int),
-                      ("lr", float), ("early-stop", float), ("alpha", float), ("penalty", float),
-                      ("dim", int), ("batch-size", int), ("max-length", int), ("seed", int),
-                      ("lora-r", int)):
-        o.add_argument(f"--{name}", type=typ, default=None)
+    o.add_argument("--data", required=True, help="JSONL, JSON or Parquet records")
+    o.add_argument("--out", required=True, help="run directory (checkpoint and outputs)")
+    o.add_argument("--preset", default="paper", choices=["paper", "authors", "authors-conflict"],
+                   help="the schedule's settings; the options below override them")
+    unset = " (default: the preset's)"
+    for name, typ, what in (
+            ("pool-size", _INT1, "records per pool"), ("picks-per-pool", _INT1, "picks per pool"),
+            ("update-every", _INT1, "pools per proxy update"), ("lr", _FINITE_POS,
+                                                                 "proxy learning rate"),
+            ("early-stop", _number(float, 0, 1, lo_open=True, hi_open=True), "SPICE+ ω"),
+            ("alpha", _FINITE_POS, "α"), ("penalty", _number(float, 0), "conflict penalty λ"),
+            ("dim", _INT1, "feature dimension d"), ("batch-size", _INT1, "records per batch"),
+            ("max-length", _number(int, 2), "tokens per record"),
+            ("seed", _number(int, 0), "seed"), ("lora-r", _INT1, "LoRA rank")):
+        o.add_argument(f"--{name}", type=typ, default=None, help=what + unset)
     o.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
-    o.add_argument("--overwrite", action="store_true")
-    o.add_argument("--quiet", action="store_true")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing result")
+    o.add_argument("--quiet", action="store_true", help="no progress lines")
     o.set_defaults(func=cmd_online)
 
-    rep = sub.add_parser("report", help="plots and a summary of a finished run")
-    rep.add_argument("run_dir")
+    rep = _sub(sub, "report", "plots and a summary of a finished run")
+    rep.add_argument("run_dir", help="a directory written by spice run, select or demo")
     rep.set_defaults(func=cmd_report)
 
-    d = sub.add_parser("demo", help="the embedded default: synthetic data, tiny model, 10%%")
-    d.add_argument("--out", default="spice-demo")
+    d = _sub(sub, "demo", "the embedded default: synthetic data, tiny model, 10%%")
+    d.add_argument("--out", default="spice-demo",
+                   help="output folder (a previous demo there is replaced)")
     d.add_argument("--quick", action="store_true", help="a smaller run (seconds)")
+    d.add_argument("--overwrite", action="store_true",
+                   help="also replace a folder that does not hold a demo")
     d.set_defaults(func=cmd_demo)
     return p
+
+
+def _error_text(e: BaseException) -> str:
+    """The whole message; a missing optional module names the extra that brings it."""
+    if isinstance(e, ModuleNotFoundError) and e.name:
+        root = e.name.split(".")[0]
+        if root in _EXTRAS:
+            return (f"this needs {root}, which is not installed: "
+                    f"pip install 'spice-select[{_EXTRAS[root]}]'")
+    text = str(e).strip()
+    return text if text else type(e).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -238,11 +348,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("spice: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # one line unless --debug
+    except Exception as e:  # the whole message, no traceback unless --debug
         if args.debug:
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"spice: error: {msg}", file=sys.stderr)
+        print(f"spice: error: {_error_text(e)}", file=sys.stderr)
         return 1
 
 

@@ -10,24 +10,62 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 __all__ = ["run_demo"]
 
+# What a demo writes; a folder holding only these (and the marker) is a demo folder.
+_MARKER = ".spice-demo"
+_OWNED = {_MARKER, "data.jsonl", "features", "subset.jsonl", "selection.json", "scores.csv",
+          "dataset_info.json", "timing.json", "report.md", "gains.png", "epsilon.png",
+          "conflict.png"}
+
+
+def _clear_demo_folder(out: Path, overwrite: bool) -> None:
+    """Empty ``out`` of a previous demo's files so the new run starts fresh. A folder that holds
+    anything else is refused unless ``overwrite`` (then only the demo's own names are removed)."""
+    from .pipeline import PipelineError
+
+    if out.exists() and not out.is_dir():
+        raise PipelineError(f"{out} exists and is not a directory")
+    if not out.is_dir():
+        return
+    names = {p.name for p in out.iterdir()}
+    foreign = sorted(names - _OWNED)
+    if foreign and not overwrite:
+        raise PipelineError(
+            f"{out} holds files that a demo did not write ({', '.join(foreign[:5])}); choose "
+            "another --out, or pass --overwrite to replace the demo's files there"
+        )
+    for name in sorted(names & _OWNED):
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
 
 def run_demo(out: str | os.PathLike = "spice-demo", quick: bool = False,
-             overwrite: bool = True) -> dict:
-    """Run the demo into ``out``; returns a dict of what was written."""
+             overwrite: bool = False) -> dict:
+    """Run the demo into ``out``; returns a dict of what was written.
+
+    The demo owns its folder: running it again (quick or not) replaces the previous demo there.
+    A non-empty folder with other files is refused unless ``overwrite``.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from . import toy
     from .features import LoraSpec, extract
-    from .pipeline import prepare_out_dir, select_to_dir
+    from .pipeline import select_to_dir
     from .report import make_report
 
     t0 = time.perf_counter()
-    out = prepare_out_dir(out, overwrite, "selection.json")
+    out = Path(out)
+    _clear_demo_folder(out, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / _MARKER).write_text("written by spice demo; spice demo replaces this folder\n")
     n = 200 if quick else 2000
     data = toy.make_instruction_data(n, seed=0)
     data_path = out / "data.jsonl"

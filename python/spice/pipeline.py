@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +26,8 @@ from .outputs import (
 )
 from .selection import Selection, select
 
-__all__ = ["PipelineError", "load_model", "check_store_matches", "select_to_dir", "versions"]
+__all__ = ["PipelineError", "load_model", "check_store_matches", "check_out_dir",
+           "prepare_out_dir", "removed_if_failed", "select_to_dir", "versions"]
 
 
 class PipelineError(RuntimeError):
@@ -92,16 +97,50 @@ def check_store_matches(store: Any, data: str | os.PathLike) -> dict:
     return fp
 
 
-def prepare_out_dir(out: str | os.PathLike, overwrite: bool, marker: str) -> Path:
-    """Create ``out``; refuse one that already holds ``marker`` unless ``overwrite``."""
+def check_out_dir(out: str | os.PathLike, overwrite: bool, marker: str) -> Path:
+    """Refuse an ``out`` that is a file, or that already holds ``marker`` unless ``overwrite``;
+    creates nothing."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PipelineError(f"output path {out} exists and is not a directory")
-    if (out / marker).exists():
-        if not overwrite:
-            raise PipelineError(f"{out} already holds a result ({marker}); pass --overwrite")
+    if (out / marker).exists() and not overwrite:
+        raise PipelineError(f"{out} already holds a result ({marker}); pass --overwrite")
+    return out
+
+
+def prepare_out_dir(out: str | os.PathLike, overwrite: bool, marker: str) -> Path:
+    """:func:`check_out_dir`, then create ``out``."""
+    out = check_out_dir(out, overwrite, marker)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+@contextmanager
+def removed_if_failed(path: Path) -> Iterator[None]:
+    """Remove ``path`` if the block fails and ``path`` did not exist before it and holds no file
+    (an empty folder, or empty folders, is all a failed first step can leave)."""
+    existed = path.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Move the finished files of ``staging`` into ``out`` (``selection.json`` last, each move
+    atomic), then drop ``staging``. A stale ``selection.json`` is removed first, so that at no
+    moment does a selection.json describe files it did not write."""
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    (out / "selection.json").unlink(missing_ok=True)
+    names = sorted(p.name for p in staging.iterdir())
+    for name in [n for n in names if n != "selection.json"] + ["selection.json"]:
+        if (staging / name).exists():
+            os.replace(staging / name, out / name)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def select_to_dir(
@@ -119,6 +158,7 @@ def select_to_dir(
     overwrite: bool = False,
     extra_config: dict | None = None,
     spill_dir: str | os.PathLike | None = None,
+    verify: bool = True,
 ) -> Selection:
     """Select from ``store`` (a :class:`spice.FeatureStore`) and write the run directory ``out``:
     ``subset.<ext>`` (the chosen records in pick order, in the data's own format),
@@ -126,10 +166,15 @@ def select_to_dir(
 
     Everything except ``timing.json`` is identical when rerun with the same inputs and seed
     (``spill_dir``, passed on to :func:`spice.select`, changes where the run keeps its state,
-    not its results).
+    not its results). With ``verify`` (the default) every chunk of the store is checked against
+    its sha256 first, so a damaged store is an error naming the chunk, never a different
+    selection. Nothing is written unless the whole run succeeds: the files are made in a sibling
+    staging folder and moved into ``out`` at the end.
     """
-    out = prepare_out_dir(out, overwrite, "selection.json")
+    out = check_out_dir(out, overwrite, "selection.json")
     fp = check_store_matches(store, data)
+    if verify:
+        store.verify()
     base = np.empty(len(store))  # per-record base gains, filled by the run (no second pass)
     sel = select(store, k, alpha=alpha, conflict_penalty=conflict_penalty,
                  early_stop=early_stop, method=method, objective=objective, seed=seed,
@@ -137,8 +182,19 @@ def select_to_dir(
     data = Path(data)
     ext = ".jsonl" if data.suffix.lower() in (".jsonl", ".ndjson") else data.suffix.lower()
     subset_name = f"subset{ext}"
-    # A stale selection.json would claim the new files; remove it first, write it last.
-    (out / "selection.json").unlink(missing_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        _write_selection(store, data, sel, base, fp, staging, subset_name, extra_config)
+        _publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return sel
+
+
+def _write_selection(store: Any, data: Path, sel: Selection, base: np.ndarray, fp: dict,
+                     out: Path, subset_name: str, extra_config: dict | None) -> None:
+    """The run directory's files, written into ``out`` (the staging folder)."""
     write_subset(data, sel.indices, out / subset_name)
     write_scores(out / "scores.csv", store.ids, base, sel.indices, sel.gains, sel.conflict)
     first = _first_record(out / subset_name) if len(sel) else None
@@ -159,7 +215,6 @@ def select_to_dir(
     body["versions"] = versions()
     write_json(out / "timing.json", timing)
     write_json(out / "selection.json", body)
-    return sel
 
 
 def _first_record(path: Path) -> dict | None:

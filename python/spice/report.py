@@ -40,7 +40,11 @@ def make_report(run_dir: str | os.PathLike) -> dict[str, Path]:
 
     Returns the paths written. Needs matplotlib (extra ``[report]``).
     """
-    import matplotlib
+    try:
+        import matplotlib
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError("spice report needs matplotlib, which is not installed: pip "
+                                  "install 'spice-select[report]'", name="matplotlib") from e
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -59,6 +63,7 @@ def make_report(run_dir: str | os.PathLike) -> dict[str, Path]:
 
     fisher = None
     pool_conf = None
+    store = None
     store_path = cfg.get("features")
     if store_path and Path(store_path).exists() and picks.size:
         from . import select
@@ -145,6 +150,12 @@ def make_report(run_dir: str | os.PathLike) -> dict[str, Path]:
     if pool_conf is not None:
         lines.append(f"- conflict with the picks' mean: pool mean {pool_conf.mean():.4g}, "
                      f"picks mean {pool_conf[picks].mean():.4g}")
+    if store is not None and store.manifest.get("skipped", {}).get("rows"):
+        sk = store.manifest["skipped"]
+        why = ", ".join(f"{n} {r}" for r, n in sorted(sk["reasons"].items(), key=lambda x: -x[1]))
+        lines.append(f"- {sk['rows']} of the {len(store)} records had nothing to learn from and "
+                     f"got zero rows, never picked ({why}; listed in "
+                     f"{Path(store.path) / sk.get('list', 'skipped.jsonl')})")
     lines += ["", "![gains](gains.png)", "![epsilon](epsilon.png)", "![conflict](conflict.png)", ""]
     out["report"] = atomic_write(run / "report.md", "\n".join(lines))
     return out

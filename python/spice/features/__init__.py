@@ -5,23 +5,34 @@ peft).
     >>> store = extract(model, tokenizer, "train.jsonl", out="feats", dim=8192)
     >>> store.features.shape          # (n, 8192) float16, memory-mapped
 
-See :func:`extract`; math.md §7 for the algebra.
+See :func:`extract`. Reading records (:mod:`spice.features.records`) needs numpy only; the names
+that need torch are imported on first use, so ``import spice.features.records`` works in a
+numpy-only install.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from ..store import FeatureStore, StoreError, StoreMismatchError, merge_stores
-from .driver import DEFAULT_TARGETS, LoraSpec, extract, prepared_model
-from .hooks import GradientCollector, slow_per_sample_gradients
-from .projection import (
-    DenseProjector,
-    FactorizedProjector,
-    IdentityProjector,
-    LayerSpec,
-    make_projector,
-    rademacher,
-)
 from .records import Record, RecordError, TokenizedRecord, load_records, tokenize_record
+
+# name -> submodule, imported lazily (these need torch)
+_LAZY = {
+    "extract": "driver",
+    "LoraSpec": "driver",
+    "DEFAULT_TARGETS": "driver",
+    "prepared_model": "driver",
+    "GradientCollector": "hooks",
+    "slow_per_sample_gradients": "hooks",
+    "LayerSpec": "projection",
+    "make_projector": "projection",
+    "FactorizedProjector": "projection",
+    "DenseProjector": "projection",
+    "IdentityProjector": "projection",
+    "rademacher": "projection",
+}
 
 __all__ = [
     "extract",
@@ -46,3 +57,24 @@ __all__ = [
     "slow_per_sample_gradients",
     "prepared_model",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'spice.features' has no attribute {name!r}")
+    try:
+        value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    except ModuleNotFoundError as e:
+        missing = (e.name or "").split(".")[0]
+        if missing in ("torch", "transformers", "peft", "tqdm", "safetensors"):
+            raise ModuleNotFoundError(
+                f"spice.features.{name} needs {missing}, which is not installed: "
+                "pip install 'spice-select[hf]'", name=e.name) from e
+        raise
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

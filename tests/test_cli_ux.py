@@ -1,0 +1,256 @@
+"""The command line as a careful user meets it: help and defaults, --version, whole error
+messages, option values checked before any work, outputs that appear only when a run succeeds,
+a demo that can be rerun, a store that is checked before it is trusted, content-based data
+identity."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spice.cli import build_parser, main
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """A tiny saved model, 60 records and a feature store made from them."""
+    from spice import toy
+
+    d = tmp_path_factory.mktemp("ux")
+    data = toy.make_instruction_data(60, seed=5)
+    (d / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
+    tok = toy.train_tokenizer([r["instruction"] + r["input"] + r["output"] for r in data], 300)
+    model = toy.tiny_llama(len(tok), seed=1)
+    model.save_pretrained(d / "model")
+    tok.save_pretrained(d / "model")
+    assert main(["features", "--model", str(d / "model"), "--data", str(d / "data.jsonl"),
+                 "--out", str(d / "store"), "--dim", "64", "--max-length", "48", "--quiet"]) == 0
+    return d
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    p = build_parser()
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def test_every_option_has_help_and_shows_its_default(capsys):
+    for name, sp in _subparsers().items():
+        for a in sp._actions:
+            if isinstance(a, argparse._HelpAction):
+                continue
+            assert a.help, f"spice {name} {a.option_strings or a.dest} has no help"
+        with pytest.raises(SystemExit):
+            sp.parse_args(["--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        for a in sp._actions:
+            shown = a.default not in (None, False, argparse.SUPPRESS) and not a.required
+            if shown and a.option_strings:
+                want = a.default if not isinstance(a.default, float) else a.default
+                assert f"(default: {want})" in text, (name, a.option_strings)
+
+
+def test_version(capsys):
+    import spice
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"spice-select {spice.__version__}"
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["features", "--dim", "0"], "argument --dim: 0 is out of range [1, inf]"),
+    (["features", "--dim", "-5"], "argument --dim: -5 is out of range"),
+    (["features", "--max-length", "0"], "argument --max-length: 0 is out of range [2, inf]"),
+    (["features", "--batch-size", "0"], "argument --batch-size"),
+    (["features", "--max-batch-tokens", "x"], "argument --max-batch-tokens: 'x' is not an integer"),
+    (["features", "--chunk-rows", "0"], "argument --chunk-rows"),
+    (["features", "--checkpoint-seconds", "0"], "argument --checkpoint-seconds"),
+    (["features", "--lora-r", "-1"], "argument --lora-r"),
+    (["select", "--fraction", "0"], "argument --fraction: 0 is out of range (0, 1]"),
+    (["select", "--fraction", "1.5"], "argument --fraction"),
+    (["select", "--k", "0"], "argument --k"),
+    (["select", "--alpha", "inf"], "argument --alpha: 'inf' is not finite"),
+    (["select", "--alpha", "0"], "argument --alpha"),
+    (["select", "--penalty", "-0.1"], "argument --penalty"),
+    (["select", "--early-stop", "1"], "argument --early-stop"),
+    (["online", "--pool-size", "0"], "argument --pool-size"),
+    (["online", "--lr", "nan"], "argument --lr"),
+])
+def test_bad_numbers_are_refused_before_any_work(capsys, argv, needle):
+    base = {"features": ["--model", "m", "--data", "d", "--out", "o"],
+            "select": ["--features", "f", "--data", "d", "--out", "o"],
+            "online": ["--model", "m", "--data", "d", "--out", "o"]}[argv[0]]
+    with pytest.raises(SystemExit) as e:
+        main([argv[0], *base, *argv[1:]])
+    assert e.value.code == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_multi_line_errors_are_printed_whole(work, capsys):
+    rc = main(["features", "--model", str(work / "model"), "--data", str(work / "data.jsonl"),
+               "--out", str(work / "store"), "--dim", "32", "--max-length", "48", "--quiet"])
+    err = capsys.readouterr().err
+    err = err[err.index("spice: error:"):]
+    assert rc == 1 and err.startswith("spice: error: feature store")
+    assert "Differences (store -> requested):" in err
+    assert "\n  dim: 64 -> 32\n" in err and err.rstrip().endswith("to start over.")
+    assert "Traceback" not in err
+
+
+def test_failed_runs_leave_no_output(work, capsys):
+    sel = work / "never"
+    rc = main(["select", "--features", str(work / "store"), "--data", str(work / "data.jsonl"),
+               "--k", "500", "--out", str(sel)])
+    assert rc == 1 and "out of range" in capsys.readouterr().err
+    assert not sel.exists()
+    assert not [p for p in work.iterdir() if p.name.startswith(".never")]  # no staging left
+    keep = work / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    rc = main(["select", "--features", str(work / "store"), "--data", str(work / "data.jsonl"),
+               "--k", "500", "--out", str(keep)])
+    assert rc == 1 and [p.name for p in keep.iterdir()] == ["notes.txt"]
+    empty = work / "empty.jsonl"
+    empty.write_text("\n")
+    rc = main(["run", "--model", str(work / "model"), "--data", str(empty), "--out",
+               str(work / "run-empty"), "--dim", "16", "--quiet", "--no-report"])
+    assert rc == 1 and "holds no records" in capsys.readouterr().err
+    assert not (work / "run-empty").exists()
+
+
+def test_selection_appears_whole_and_only_on_success(work):
+    out = work / "sel"
+    assert main(["select", "--features", str(work / "store"), "--data", str(work / "data.jsonl"),
+                 "--k", "6", "--out", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["dataset_info.json", "scores.csv", "selection.json", "subset.jsonl",
+                     "timing.json"]
+    assert not [p for p in work.iterdir() if p.name.startswith(".sel.tmp-")]
+
+
+def test_a_damaged_store_is_refused_naming_the_chunk(work, tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "store"
+    shutil.copytree(work / "store", bad)
+    raw = bytearray((bad / "features.npy").read_bytes())
+    raw[-7] ^= 0x10  # one bit of the last row
+    (bad / "features.npy").write_bytes(bytes(raw))
+    args = ["select", "--features", str(bad), "--data", str(work / "data.jsonl"), "--k", "6"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err
+    assert "is damaged: chunk 0 (rows 0 to 59) does not match its checksum" in err
+    assert not (tmp_path / "a").exists()
+    assert main([*args, "--out", str(tmp_path / "b"), "--no-verify"]) == 0
+
+
+def test_data_identity_is_the_records_content(work, tmp_path):
+    lines = (work / "data.jsonl").read_text().splitlines()
+    spaced = tmp_path / "spaced.jsonl"
+    spaced.write_text("\n\n".join(json.dumps(json.loads(x), indent=None, separators=(", ", " : "))
+                                  for x in lines) + "\n\n\n")
+    out = tmp_path / "sel"
+    assert main(["select", "--features", str(work / "store"), "--data", str(spaced), "--k", "6",
+                 "--out", str(out)]) == 0
+    sel = json.loads((out / "selection.json").read_text())
+    subset = (out / "subset.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in subset] == [json.loads(lines[i]) for i in sel["indices"]]
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text((work / "data.jsonl").read_text().replace('"output": "', '"output": "x', 1))
+    assert main(["select", "--features", str(work / "store"), "--data", str(changed), "--k", "6",
+                 "--out", str(tmp_path / "no")]) == 1
+
+
+def test_demo_replaces_its_own_folder(tmp_path, capsys):
+    from spice.demo import run_demo
+    from spice.store import FeatureStore
+
+    out = tmp_path / "demo"
+    out.mkdir()  # a full demo's leftovers: 2000 records, their store, their selection
+    (out / "data.jsonl").write_text('{"instruction": "a", "input": "", "output": "b"}\n' * 2000)
+    (out / "features").mkdir()
+    (out / "features" / "manifest.json").write_text("{}")
+    (out / "selection.json").write_text(json.dumps({"indices": [1999]}))
+    run_demo(out, quick=True)
+    run_demo(out, quick=True)  # and again, in the same folder
+    sel = json.loads((out / "selection.json").read_text())
+    n = len((out / "data.jsonl").read_text().splitlines())
+    assert n == 200 and max(sel["indices"]) < n and len(FeatureStore.open(out / "features")) == n
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "thesis.tex").write_text("mine")
+    rc = main(["demo", "--quick", "--out", str(other)])
+    assert rc == 1 and "thesis.tex" in capsys.readouterr().err
+    assert [p.name for p in other.iterdir()] == ["thesis.tex"]
+
+
+BLOCKER = '''
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "transformers", "peft", "matplotlib", "tqdm"}:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, _Block())
+'''
+
+
+def test_numpy_only_install_selects_and_names_the_missing_extras(tmp_path):
+    """With torch, transformers, peft and matplotlib unimportable, `spice select` works on an
+    existing store, and the commands that need more say which extra to install."""
+    from spice.store import StoreWriter
+
+    n, d = 40, 16
+    rng = np.random.default_rng(0)
+    recs = [{"prompt": f"p{i}", "response": f"r{i}"} for i in range(n)]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    from spice.features.records import data_fingerprint
+
+    w = StoreWriter(tmp_path / "store", {"data": {**data_fingerprint(data), "records": n}},
+                    total_rows=n, dim=d, dtype="float32", shard_rows=16)
+    w.prepare()
+    for c in w.chunks:
+        a, b = w.chunk_rows(c)
+        w.write_chunk(c, rng.standard_normal((b - a, d)),
+                      [{"row": r, "id": str(r), "tokens": 3, "loss_tokens": 1, "loss": 1.0}
+                       for r in range(a, b)])
+    w.finalize()
+    (tmp_path / "block").mkdir()
+    (tmp_path / "block" / "sitecustomize.py").write_text(BLOCKER)
+    import spice
+
+    home = str(Path(spice.__file__).resolve().parents[1])
+    env = dict(ENV, PYTHONPATH=os.pathsep.join([str(tmp_path / "block"), home]))
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "spice", *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True)
+    assert probe.returncode != 0  # the blocker works
+    assert cli("--help").returncode == 0
+    r = cli("select", "--features", str(tmp_path / "store"), "--data", str(data), "--k", "5",
+            "--out", str(tmp_path / "sel"))
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads((tmp_path / "sel" / "selection.json").read_text())["indices"]) == 5
+    r = cli("report", str(tmp_path / "sel"))
+    assert r.returncode == 1 and "pip install 'spice-select[report]'" in r.stderr
+    r = cli("features", "--model", "m", "--data", str(data), "--out", str(tmp_path / "f"))
+    assert r.returncode == 1 and "pip install 'spice-select[hf]'" in r.stderr
+    assert "Traceback" not in r.stderr
