@@ -28,7 +28,20 @@ namespace {
 // Stochastic greedy with M^{-1} kept: candidates more than kStaleSteps * d steps behind get the
 // M^{-1} bound before any catch-up (lazy greedy sets its own threshold, see run_lazy).
 constexpr int64_t kStaleSteps = 4;
-constexpr double kRelTiny = 1e-10;  // q_i <= kRelTiny * ||g_i||^2: g_i lies in span(S)
+// A candidate is in span(S) (dead, gain 0) when both its residual and its gain are negligible:
+// q_i <= kRelTiny ||g_i||^2 (q_i is then mostly the round-off of ||g||^2 - sum of squares) and
+// alpha q_i <= kGainTiny (log1p(alpha q_i) below 1e-10). The residual test alone would kill a
+// repeated row once alpha ||g||^2 >~ 1e10, where its gain is still about log 2.
+constexpr double kRelTiny = 1e-10;
+constexpr double kGainTiny = 1e-10;
+inline bool in_span(double q, double norm2, double alpha) {
+  return !(q > kRelTiny * norm2) && !(alpha * q > kGainTiny);  // second test: cold path only
+}
+// Largest alpha ||g||^2 the log-det greedy accepts. q_i = ||g||^2 - sum (g . w_s)^2 carries a
+// round-off of a few eps ||g||^2, which moves a gain log1p(alpha q) by about alpha ||g||^2 eps:
+// 1e-4 at this limit (a repeated row's gain, about log 2, is then good to 4 digits); beyond it
+// the gains of rows near span(S) are noise, so such a row is refused, not mis-ranked.
+constexpr double kMaxAlphaNorm2 = 1e12;
 constexpr double kEta = 1e-8;       // cosine denominator guard (as in the paper)
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 // Below this many row elements a parallel region costs more than it saves (and on a busy machine
@@ -264,7 +277,11 @@ void Engine::init_norms() {
     rs_[i].norm2 = rs_[i].q = norm2[i];
     rs_[i].state = kAlive;
     base_[i] = std::log1p(opt_.alpha * rs_[i].norm2);
-    if (!std::isfinite(base_[i]) && res_.bad_row < 0) res_.bad_row = i;
+    // Refused rows (see kMaxAlphaNorm2); the compatibility objectives need only finite gains.
+    const bool too_big = opt_.objective == Objective::LogDet
+                             ? !(opt_.alpha * rs_[i].norm2 <= kMaxAlphaNorm2)
+                             : !std::isfinite(base_[i]);
+    if (too_big && res_.bad_row < 0) res_.bad_row = i;
     if (!(rs_[i].norm2 > 0.0) || !(base_[i] > 0.0)) rs_[i].state = kDead;
     rs_[i].delta = base_[i];
   }
@@ -485,7 +502,7 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
         for (int r = 0; r < rcount[x]; ++r) {
           const int64_t i = cand[tstart_[t0 + x] + r];
           const double q = rs_[i].q;
-          if (!all_delta && hi[x] == t_ && q > kRelTiny * rs_[i].norm2 && alpha * q < thr) {
+          if (!all_delta && hi[x] == t_ && alpha * q < thr && !in_span(q, rs_[i].norm2, alpha)) {
             rs_[i].tq = hi[x];
             rs_[i].score = kNegInf;  // cannot win; Delta not needed
             continue;
@@ -529,7 +546,7 @@ void Engine::finish_row(int64_t i, int64_t hi, bool conflict, double a, Best& lo
   RowState& st = rs_[i];
   st.tq = hi;
   const double q = st.q;
-  if (!(q > kRelTiny * st.norm2)) {
+  if (in_span(q, st.norm2, opt_.alpha)) {
     ++dead;
     st.state = kDead;
     st.delta = 0.0;

@@ -25,7 +25,8 @@ typedef unsigned long long u64;
 #define SPICE_WARPS 8                       // warps per block of the row kernels
 #define SPICE_THREADS (SPICE_WARPS * 32)
 #define SPICE_ROWS 4                        // rows per warp per pass (register blocking)
-#define SPICE_REL_TINY 1e-10                // q_i <= REL_TINY * ||g_i||^2: g_i is in span(S)
+#define SPICE_REL_TINY 1e-10                // in span(S): q_i <= REL_TINY * ||g_i||^2 and
+#define SPICE_GAIN_TINY 1e-10               // alpha q_i <= GAIN_TINY (as the CPU core's in_span)
 #define SPICE_ETA 1e-8                      // cosine denominator guard
 #define SPICE_IDX_NONE 0x7fffffffffffffffLL
 
@@ -232,7 +233,7 @@ __device__ __forceinline__ void spice_dot_rows(const typename L::T* const* rows,
 // The fused step: for each live candidate row i (all rows, or the rows listed in cand)
 //   DW: r = g_i . w, q_i = max(q_i - r^2, 0)            (one Sherman-Morrison update)
 //   DS: a = g_i . s  -> align_i, conflict_i             (s = sum of picked rows, t = #picks)
-//   dead when q_i <= REL_TINY ||g_i||^2 or log1p(alpha q_i) <= 0
+//   dead when q_i <= REL_TINY ||g_i||^2 and alpha q_i <= GAIN_TINY, or log1p(alpha q_i) <= 0
 //   delta_i = log1p(alpha q_i), score_i = delta_i - lambda * conflict_i
 // and the block's best (score desc, index asc) to part_score/part_idx[blockIdx.x].
 // ---------------------------------------------------------------------------------------------
@@ -278,7 +279,7 @@ __device__ __forceinline__ void spice_step_body(
         q[i] = qi;
       }
       const double n2 = norm2[i];
-      if (!(qi > SPICE_REL_TINY * n2)) {
+      if (!(qi > SPICE_REL_TINY * n2) && !(alpha * qi > SPICE_GAIN_TINY)) {
         state[i] = SPICE_DEAD;
         delta[i] = 0.0;
         score[i] = spice_neg_inf();

@@ -73,8 +73,9 @@ struct Result {
   StopReason stop = StopReason::Budget;
   int64_t evaluations = 0;       // candidate score refreshes performed
   int64_t dot_products = 0;      // catch-up dot products g_i . w_s performed
-  int64_t bad_row = -1;          // first row with a non-finite squared norm or base gain; the
-                                 // run does nothing else when this is >= 0
+  int64_t bad_row = -1;          // first row refused: a non-finite squared norm, or (log-det
+                                 // objective) alpha ||g||^2 > 1e12, or (compatibility objectives)
+                                 // a non-finite base gain; the run does nothing else when >= 0
 };
 
 // Runs the greedy selection. Throws std::invalid_argument on bad options.

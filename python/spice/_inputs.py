@@ -8,12 +8,16 @@ converted with ``np.asarray`` and, if it is not one of those dtypes, cast to flo
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 # dtype codes shared with csrc/spice/core.hpp (enum DType)
 F32, F64, F16, BF16 = 0, 1, 2, 3
+# The log-det greedy refuses rows with alpha * ||g||^2 above this (csrc/selector.cpp,
+# kMaxAlphaNorm2, says why).
+MAX_ALPHA_NORM2 = 1e12
 
 
 def _bf16_dtype() -> np.dtype | None:
@@ -137,14 +141,48 @@ def row_as_float64(arr: np.ndarray, code: int, rows: Any) -> np.ndarray:
     return np.asarray(sub, dtype=np.float64)
 
 
-def describe_bad_row(arr: np.ndarray, code: int, row: int, alpha: float) -> str:
-    """The error message for a row the core refused (non-finite entry or overflow)."""
+def describe_bad_row(arr: np.ndarray, code: int, row: int, alpha: float, *,
+                     row_name: int | None = None) -> str:
+    """The error message for a row the core refused: a non-finite entry, a squared norm that
+    overflows float64, or alpha * ||g||^2 above MAX_ALPHA_NORM2. ``row`` indexes ``arr``;
+    ``row_name`` is the number the message gives (default ``row``)."""
+    name = row if row_name is None else row_name
     vals = row_as_float64(arr, code, row)
     nonfinite = np.flatnonzero(~np.isfinite(vals))
     if nonfinite.size:
         j = int(nonfinite[0])
-        return f"G contains NaN or Inf: first bad row {row} (column {j} is {vals[j]})"
+        return f"G contains NaN or Inf: first bad row {name} (column {j} is {vals[j]})"
+    hint = "rescale the features (e.g. divide by their largest absolute value) or lower alpha"
+    mx = float(np.max(np.abs(vals)))
+    e = math.frexp(mx)[1]  # ||g||^2 = 4**e * ||g / 2**e||^2, without overflow
+    lg_n2 = (math.log(float(np.sum(np.ldexp(vals, -e) ** 2))) + 2 * e * math.log(2)) / math.log(10)
+    lg_an2 = lg_n2 + math.log10(alpha)
+    big = math.log10(np.finfo(np.float64).max)
+    if lg_n2 > big:
+        return f"row {name} of G is too large: ||g||^2 = 1e{lg_n2:.1f} overflows float64; {hint}"
+    if lg_an2 > big:
+        return (f"row {name} of G is too large: alpha * ||g||^2 = 1e{lg_an2:.1f} overflows "
+                f"float64 (alpha = {alpha}); {hint}")
     return (
-        f"row {row} of G is too large: alpha * ||g||^2 overflows float64 (alpha = {alpha}); "
-        "rescale the features (e.g. divide by their largest absolute value) or lower alpha"
+        f"row {name} of G is too large: alpha * ||g||^2 = 1e{lg_an2:.1f} (alpha = {alpha}) "
+        f"exceeds {MAX_ALPHA_NORM2:.0e}, beyond which float64 round-off turns the gain of a row "
+        f"near the span of earlier picks into noise; {hint}"
+    )
+
+
+def progress_says_continue(callback: Any, result: Any) -> bool:
+    """What a progress callback's return value means: ``None`` or ``True`` continue the run,
+    ``False`` cancels it (numpy booleans count as booleans). Anything else is a TypeError that
+    names the callback and the type, rather than a guess from its truthiness (``0``, ``""`` and
+    a forgotten ``return x`` of some other value are bugs more often than requests to stop)."""
+    if result is None or result is True:
+        return True
+    if result is False:
+        return False
+    if isinstance(result, np.bool_):
+        return bool(result)
+    name = getattr(callback, "__qualname__", None) or type(callback).__name__
+    raise TypeError(
+        f"progress callback {name} returned {type(result).__name__} ({result!r:.60}); it must "
+        "return None or True to continue, or False to cancel the run"
     )

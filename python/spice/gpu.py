@@ -42,7 +42,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._inputs import BF16, F16, F32, F64, row_as_float64
+from ._inputs import (
+    BF16,
+    F16,
+    F32,
+    F64,
+    MAX_ALPHA_NORM2,
+    describe_bad_row,
+    progress_says_continue,
+    row_as_float64,
+)
 
 __all__ = [
     "BACKEND",
@@ -59,7 +68,9 @@ INSTALL_HINT = (
     "pip install cupy-cuda13x (CUDA 13)"
 )
 
-REL_TINY = 1e-10  # same "in the span of S" threshold as the CPU core
+# In span(S) as in the CPU core (csrc/selector.cpp, in_span): residual and gain both negligible.
+REL_TINY = 1e-10
+GAIN_TINY = 1e-10
 ETA = 1e-8
 ALIVE, PICKED, DEAD = 0, 1, 2
 
@@ -431,7 +442,7 @@ class _NumpyOps:
             qv = np.maximum(qv - r * r, 0.0)
             st.q[live] = qv
         n2 = st.norm2[live]
-        dead = ~(qv > REL_TINY * n2)
+        dead = ~(qv > REL_TINY * n2) & ~(alpha * qv > GAIN_TINY)
         with np.errstate(all="ignore"):
             dl = np.where(dead, 0.0, np.log1p(alpha * qv))
         dead |= ~(dl > 0.0)
@@ -558,7 +569,7 @@ class _Driver:
         xp, d, k = self.xp, self.d, self.k
         norm2 = self.ops.norms()
         self.st = _State(xp, norm2, self.alpha)
-        bad = ~xp.isfinite(self.st.base)
+        bad = ~(self.alpha * norm2 <= MAX_ALPHA_NORM2)  # refused as by the CPU core
         if bool(bad.any()):
             return int(xp.argmax(bad))
         self.SB = self.ops.sb
@@ -626,7 +637,7 @@ class _Driver:
             return True
         self.last = now
         r = self.progress(self.t, self.k, self.ops.evals(), now - self.t0)
-        if r is not None and not r:
+        if not progress_says_continue(self.progress, r):
             self.stop = "cancelled"
             return False
         return True
@@ -850,15 +861,7 @@ def _run(ops: Any, k: int, alpha: float, lam: float, omega: float, method: str, 
 def _describe_bad_row(G: Any, code: int, row: int, alpha: float) -> str:
     xp_row = G[row]
     host = xp_row.get() if hasattr(xp_row, "get") else np.asarray(xp_row)
-    vals = row_as_float64(host.reshape(1, -1), code, 0)
-    bad = np.flatnonzero(~np.isfinite(vals))
-    if bad.size:
-        j = int(bad[0])
-        return f"G contains NaN or Inf: first bad row {row} (column {j} is {vals[j]})"
-    return (
-        f"row {row} of G is too large: alpha * ||g||^2 overflows float64 (alpha = {alpha}); "
-        "rescale the features (e.g. divide by their largest absolute value) or lower alpha"
-    )
+    return describe_bad_row(host.reshape(1, -1), code, 0, alpha, row_name=row)
 
 
 def select_gpu(

@@ -12,7 +12,10 @@ from typing import Any
 
 import numpy as np
 
-REL_TINY = 1e-10  # same "in the span of S" threshold as the core
+# "In the span of S" as in the core: the residual q <= REL_TINY ||g||^2 and the gain alpha q <=
+# GAIN_TINY (a repeated row at a large alpha ||g||^2 has a tiny relative residual but gain ~log 2).
+REL_TINY = 1e-10
+GAIN_TINY = 1e-10
 ETA = 1e-8
 
 
@@ -63,7 +66,7 @@ def greedy_reference(
             q = np.expm1(np.maximum(delta, 0.0)) / alpha
         align, conflict = _conflict(G, S, norms)
         score = delta - lam * conflict
-        eligible = (q > REL_TINY * norms2) & (delta > 0)
+        eligible = ((q > REL_TINY * norms2) | (alpha * q > GAIN_TINY)) & (delta > 0)
         eligible[S] = False
         if not eligible.any():
             stop = "exhausted"
@@ -110,7 +113,7 @@ def greedy_numpy(
             q -= r * r
             np.maximum(q, 0.0, out=q)
         delta = np.log1p(alpha * q)
-        alive &= q > REL_TINY * norms2
+        alive &= (q > REL_TINY * norms2) | (alpha * q > GAIN_TINY)
         score = delta.copy()
         if lam > 0 and t > 0:
             a = (G @ s.astype(dt)).astype(np.float64)
