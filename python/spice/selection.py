@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from . import _core
-from ._inputs import as_features, describe_bad_row
+from ._inputs import as_features, describe_bad_row, progress_says_continue
 
 METHODS = {"naive": 0, "lazy": 1, "stochastic": 2}
 OBJECTIVES = {"logdet": 0, "diag-compat": 1, "topk-compat": 2}
@@ -41,8 +41,9 @@ class Selection:
     logdet : float
         F(S) = log det(I + α G_Sᵀ G_S) of the chosen set, exact, float64.
     stop_reason : str
-        "budget" (k picks), "early_stop" (SPICE+ rule), "exhausted" (no candidate had a positive
-        gain) or "cancelled" (the progress callback returned False).
+        "budget" (k picks), "early_stop" (SPICE+ rule), "exhausted" (every candidate left is a
+        zero row or in span(S): residual q <= 1e-10·‖g‖² and gain α·q <= 1e-10) or "cancelled"
+        (the progress callback returned False).
     opt_upper_bound : float
         Upper bound on the largest log-det of any set of ``len(self)`` rows (Minoux bound); NaN for
         the compatibility objectives.
@@ -132,14 +133,19 @@ def resolve_k(k: int | float, n: int) -> int:
 
 def _check_number(name: str, v: Any, lo: float, lo_open: bool, hi: float = math.inf,
                   hi_open: bool = False) -> float:
+    """A finite real number in the interval (lo or [lo, hi) or hi]; hi = inf: no upper bound
+    (infinity itself is never accepted: no parameter of the objective has a meaning there)."""
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a number, got {type(v).__name__}")
     v = float(v)
     ok = math.isfinite(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
     if not ok:
-        left = "(" if lo_open else "["
-        right = ")" if hi_open else "]"
-        raise ValueError(f"{name} = {v} must be in {left}{lo}, {hi}{right}")
+        if math.isinf(hi):
+            want = f"a finite number {'>' if lo_open else '>='} {lo:g}"
+        else:
+            want = (f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}"
+                    f"{')' if hi_open else ']'}")
+        raise ValueError(f"{name} = {v} must be {want}")
     return v
 
 
@@ -156,6 +162,15 @@ class _Bar:
         if picks >= budget:
             sys.stderr.write("\n")
         sys.stderr.flush()
+
+
+def _checked_progress(user_cb: Callable[..., Any]) -> Callable[[int, int, int, float], bool]:
+    """The user's progress callable with its return value held to the documented rule."""
+
+    def hook(picks: int, budget: int, evals: int, elapsed: float) -> bool:
+        return progress_says_continue(user_cb, user_cb(picks, budget, evals, elapsed))
+
+    return hook
 
 
 def select(
@@ -192,7 +207,10 @@ def select(
     k : int or float
         Budget: a count ``0 <= k <= n``, or a fraction in (0, 1] of n (rounded, at least 1).
     alpha : float
-        Fisher scale α > 0.
+        Fisher scale α > 0, finite. The log-det objective refuses (ValueError naming the row)
+        a row with α‖g‖² > 1e12, or whose ‖g‖² overflows float64: beyond that float64 round-off
+        in the residual q turns the gain of a row near span(S) into noise. Up to it a gain's
+        round-off is about α‖g‖²·1e-16.
     conflict_penalty : float
         λ >= 0; 0 gives plain Fisher (log-det) greedy.
     early_stop : float or None
@@ -213,7 +231,9 @@ def select(
     progress : bool or callable
         True draws a progress line on stderr; a callable ``f(picks, budget, evaluations,
         elapsed_s)`` is called a few times a second and may return False to stop the run
-        (``stop_reason == "cancelled"``). Ctrl-C interrupts a run in any case.
+        (``stop_reason == "cancelled"``): ``None`` or ``True`` (numpy booleans too) continue,
+        ``False`` cancels, any other return value is a TypeError naming the callback. Ctrl-C
+        interrupts a run in any case.
     device : {None, "cpu", "cuda"}
         None runs where G lives: CuPy arrays and torch CUDA tensors run on their GPU (through
         CuPy, no host copy of G), everything else on the CPU. "cuda" copies a host G to the GPU;
@@ -267,6 +287,8 @@ def select(
     cb: Any = _Bar() if progress is True else (progress or None)
     if cb is not None and not callable(cb):
         raise TypeError("progress must be True, False/None or a callable")
+    if cb is not None:
+        cb = _checked_progress(cb)
 
     t0 = time.perf_counter()
     if base_out is not None and on_gpu:
