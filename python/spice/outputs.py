@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["atomic_write", "write_subset", "write_json", "write_scores", "dataset_info_entry",
-           "record_format"]
+           "record_format", "pyarrow_modules"]
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
@@ -31,6 +31,17 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
+
+
+def pyarrow_modules() -> tuple[Any, Any]:
+    """``pyarrow`` and ``pyarrow.parquet``, or an error naming the extra that installs them."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError("Parquet data needs pyarrow, which is not installed: pip "
+                                  "install 'spice-select[parquet]'", name="pyarrow") from e
+    return pa, pq
 
 
 def _clean(obj: Any) -> Any:
@@ -75,9 +86,7 @@ def write_subset(data: str | os.PathLike, indices: Sequence[int], out: str | os.
     idx = [int(i) for i in indices]
     suffix = src.suffix.lower()
     if suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
+        pa, pq = pyarrow_modules()
         table = pq.read_table(src)
         sub = table.take(pa.array(idx, type=pa.int64()))
         buf = io.BytesIO()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,10 +37,14 @@ class PipelineError(RuntimeError):
 
 def versions() -> dict[str, str]:
     """Library versions recorded in every selection.json."""
+    from importlib import metadata
+
     out = {"spice": __version__, "numpy": np.__version__, "python": platform.python_version()}
     for mod in ("torch", "transformers", "peft"):
+        # the installed version, without importing torch (seconds) just to name it
+        loaded = sys.modules.get(mod)
         try:
-            out[mod] = __import__(mod).__version__
+            out[mod] = loaded.__version__ if loaded is not None else metadata.version(mod)
         except Exception:
             pass
     return out
@@ -128,14 +133,24 @@ def removed_if_failed(path: Path) -> Iterator[None]:
         raise
 
 
+# What a selection run writes into its folder (spice report adds the last four); --overwrite
+# replaces these and leaves every other file of the folder alone.
+_RUN_FILES = ("subset.jsonl", "subset.json", "subset.parquet", "scores.csv", "dataset_info.json",
+              "timing.json", "report.md", "gains.png", "epsilon.png", "conflict.png")
+
+
 def _publish(staging: Path, out: Path) -> None:
     """Move the finished files of ``staging`` into ``out`` (``selection.json`` last, each move
-    atomic), then drop ``staging``. A stale ``selection.json`` is removed first, so that at no
-    moment does a selection.json describe files it did not write."""
+    atomic), then drop ``staging``. A previous run's ``selection.json`` goes first, then the files
+    it described (its report too), so that at no moment does a selection.json describe files it
+    did not write, nor does a report describe another selection."""
     if not out.exists():
         os.replace(staging, out)
         return
-    (out / "selection.json").unlink(missing_ok=True)
+    if (out / "selection.json").exists():
+        (out / "selection.json").unlink()
+        for name in _RUN_FILES:
+            (out / name).unlink(missing_ok=True)
     names = sorted(p.name for p in staging.iterdir())
     for name in [n for n in names if n != "selection.json"] + ["selection.json"]:
         if (staging / name).exists():
@@ -182,11 +197,17 @@ def select_to_dir(
     data = Path(data)
     ext = ".jsonl" if data.suffix.lower() in (".jsonl", ".ndjson") else data.suffix.lower()
     subset_name = f"subset{ext}"
+    made = next((p for p in reversed(out.absolute().parents) if not p.exists()), None)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         _write_selection(store, data, sel, base, fp, staging, subset_name, extra_config)
         _publish(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if made is not None and not any(p.is_file() for p in made.rglob("*")):
+            shutil.rmtree(made, ignore_errors=True)  # the folders this call made, all empty
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return sel
@@ -221,8 +242,9 @@ def _first_record(path: Path) -> dict | None:
     import json
 
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+        from .outputs import pyarrow_modules
 
+        _, pq = pyarrow_modules()
         rows = pq.read_table(path).slice(0, 1).to_pylist()
         return rows[0] if rows else None
     text = path.read_text(encoding="utf-8")
