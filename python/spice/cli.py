@@ -111,6 +111,10 @@ def cmd_select(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import check_out_dir, removed_if_failed
 
+    if not args.no_report:
+        from .report import require_matplotlib
+
+        require_matplotlib()  # the report comes last: a missing extra must stop the run first
     out = check_out_dir(args.out, args.overwrite, "selection.json")
     with removed_if_failed(out):  # a failed first step leaves no empty folder behind
         store = _extract(args, out / "features")
@@ -124,11 +128,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_online(args: argparse.Namespace) -> int:
+    from .pipeline import check_out_dir, removed_if_failed
+
+    out = check_out_dir(args.out, args.overwrite, "selection.json")
+    with removed_if_failed(out):  # a run that fails before writing anything leaves no folder
+        return _online(args, out)
+
+
+def _online(args: argparse.Namespace, out: Path) -> int:
     from .online import preset, run_online
     from .outputs import write_json, write_subset
-    from .pipeline import load_model, prepare_out_dir, versions
+    from .pipeline import load_model, versions
 
-    out = prepare_out_dir(args.out, args.overwrite, "selection.json")
     over: dict[str, Any] = {}
     for name in ("pool_size", "picks_per_pool", "update_every", "lr", "early_stop", "alpha",
                  "dim", "batch_size", "max_length", "seed"):

@@ -59,8 +59,9 @@ def run_demo(out: str | os.PathLike = "spice-demo", quick: bool = False,
     from . import toy
     from .features import LoraSpec, extract
     from .pipeline import select_to_dir
-    from .report import make_report
+    from .report import make_report, require_matplotlib
 
+    require_matplotlib()  # the report is the last step: a missing extra must stop the demo first
     t0 = time.perf_counter()
     out = Path(out)
     _clear_demo_folder(out, overwrite)

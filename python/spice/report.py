@@ -17,7 +17,18 @@ import numpy as np
 
 from .outputs import atomic_write
 
-__all__ = ["make_report"]
+__all__ = ["make_report", "require_matplotlib"]
+
+
+def require_matplotlib() -> Any:
+    """The ``matplotlib`` module, or an error naming the extra that installs it (called before a
+    run that ends with a report, so that it fails before the work, not after)."""
+    try:
+        import matplotlib
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError("spice report needs matplotlib, which is not installed: pip "
+                                  "install 'spice-select[report]'", name="matplotlib") from e
+    return matplotlib
 
 
 def _pool_conflict(G: Any, picks: np.ndarray) -> np.ndarray:
@@ -40,12 +51,7 @@ def make_report(run_dir: str | os.PathLike) -> dict[str, Path]:
 
     Returns the paths written. Needs matplotlib (extra ``[report]``).
     """
-    try:
-        import matplotlib
-    except ModuleNotFoundError as e:
-        raise ModuleNotFoundError("spice report needs matplotlib, which is not installed: pip "
-                                  "install 'spice-select[report]'", name="matplotlib") from e
-
+    matplotlib = require_matplotlib()
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
