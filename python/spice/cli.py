@@ -20,6 +20,7 @@ from typing import Any
 # optional dependencies -> the extra of spice-select that installs them
 _EXTRAS = {"torch": "hf", "transformers": "hf", "peft": "hf", "tqdm": "hf", "safetensors": "hf",
            "tokenizers": "hf", "matplotlib": "report", "pyarrow": "parquet"}
+_INSTALL = "pip install 'spice-select["
 
 
 def _number(kind: type, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
@@ -82,7 +83,15 @@ def _extract(args: argparse.Namespace, out: Path) -> Any:
                    invalid="skip" if args.skip_invalid else "error", **kw)
 
 
+def _unused(args: argparse.Namespace) -> tuple[str, ...]:
+    """Optional modules this extraction does without (peft brings the LoRA adapters)."""
+    return ("peft",) if args.lora_r == 0 else ()
+
+
 def cmd_features(args: argparse.Namespace) -> int:
+    from .pipeline import require_extras
+
+    require_extras("spice features", "hf", unused=_unused(args))
     store = _extract(args, Path(args.out))
     print(f"spice: wrote {store!r}")
     return 0
@@ -109,12 +118,11 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .pipeline import check_out_dir, removed_if_failed
+    from .pipeline import check_out_dir, removed_if_failed, require_extras
 
-    if not args.no_report:
-        from .report import require_matplotlib
-
-        require_matplotlib()  # the report comes last: a missing extra must stop the run first
+    # the report comes last: a missing extra must stop the run before the work, not after it
+    require_extras("spice run", "hf", *(() if args.no_report else ("report",)),
+                   unused=_unused(args))
     out = check_out_dir(args.out, args.overwrite, "selection.json")
     with removed_if_failed(out):  # a failed first step leaves no empty folder behind
         store = _extract(args, out / "features")
@@ -128,8 +136,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_online(args: argparse.Namespace) -> int:
-    from .pipeline import check_out_dir, removed_if_failed
+    from .pipeline import check_out_dir, removed_if_failed, require_extras
 
+    require_extras("spice online", "hf")
     out = check_out_dir(args.out, args.overwrite, "selection.json")
     with removed_if_failed(out):  # a run that fails before writing anything leaves no folder
         return _online(args, out)
@@ -342,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _error_text(e: BaseException) -> str:
     """The whole message; a missing optional module names the extra that brings it."""
-    if isinstance(e, ModuleNotFoundError) and e.name:
+    if isinstance(e, ModuleNotFoundError) and e.name and _INSTALL not in str(e):
         root = e.name.split(".")[0]
         if root in _EXTRAS:
             return (f"this needs {root}, which is not installed: "

@@ -56,12 +56,14 @@ def run_demo(out: str | os.PathLike = "spice-demo", quick: bool = False,
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from .pipeline import require_extras
+
+    require_extras("spice demo", "hf", "report")  # before any work (the report comes last)
     from . import toy
     from .features import LoraSpec, extract
     from .pipeline import select_to_dir
-    from .report import make_report, require_matplotlib
+    from .report import make_report
 
-    require_matplotlib()  # the report is the last step: a missing extra must stop the demo first
     t0 = time.perf_counter()
     out = Path(out)
     _clear_demo_folder(out, overwrite)

@@ -5,6 +5,7 @@ Used by the ``spice`` command line; each step is also usable from Python.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import shutil
@@ -27,12 +28,44 @@ from .outputs import (
 )
 from .selection import Selection, select
 
-__all__ = ["PipelineError", "load_model", "check_store_matches", "check_out_dir",
-           "prepare_out_dir", "removed_if_failed", "select_to_dir", "versions"]
+__all__ = ["PipelineError", "EXTRAS", "require_extras", "load_model", "check_store_matches",
+           "check_out_dir", "prepare_out_dir", "removed_if_failed", "select_to_dir", "versions"]
 
 
 class PipelineError(RuntimeError):
     """A user-facing failure of the job (bad path, mismatched store, existing output)."""
+
+
+# the optional dependencies each extra of spice-select installs
+EXTRAS = {"hf": ("torch", "transformers", "peft"), "report": ("matplotlib",),
+          "parquet": ("pyarrow",)}
+
+
+def require_extras(what: str, *extras: str, unused: tuple[str, ...] = ()) -> None:
+    """Check, before any work, that the modules of ``extras`` (but those in ``unused``) are
+    installed; none is imported.
+
+    Raises:
+        ModuleNotFoundError: naming the missing modules and one ``pip install`` line for all the
+            extras they belong to.
+    """
+    missing: dict[str, list[str]] = {}
+    for extra in extras:
+        for mod in EXTRAS[extra]:
+            if mod in unused:
+                continue
+            try:
+                found = importlib.util.find_spec(mod) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                missing.setdefault(extra, []).append(mod)
+    if missing:
+        mods = [m for ms in missing.values() for m in ms]
+        verb = "is" if len(mods) == 1 else "are"
+        raise ModuleNotFoundError(
+            f"{what} needs {', '.join(mods)}, which {verb} not installed: "
+            f"pip install 'spice-select[{','.join(missing)}]'", name=mods[0])
 
 
 def versions() -> dict[str, str]:
