@@ -8,11 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from spice.cli import build_parser, main
@@ -59,8 +56,7 @@ def test_every_option_has_help_and_shows_its_default(capsys):
         for a in sp._actions:
             shown = a.default not in (None, False, argparse.SUPPRESS) and not a.required
             if shown and a.option_strings:
-                want = a.default if not isinstance(a.default, float) else a.default
-                assert f"(default: {want})" in text, (name, a.option_strings)
+                assert f"(default: {a.default})" in text, (name, a.option_strings)
 
 
 def test_version(capsys):
@@ -199,58 +195,59 @@ def test_demo_replaces_its_own_folder(tmp_path, capsys):
     assert [p.name for p in other.iterdir()] == ["thesis.tex"]
 
 
-BLOCKER = '''
-import sys
-class _Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"torch", "transformers", "peft", "matplotlib", "tqdm"}:
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-sys.meta_path.insert(0, _Block())
-'''
+def test_help_states_the_library_defaults():
+    """The defaults the help quotes for options left to the library are the library's."""
+    import inspect
+
+    from spice.features import driver
+
+    sig = inspect.signature(driver.extract).parameters
+    text = " ".join(_subparsers()["features"].format_help().split())
+    assert sig["max_batch_tokens"].default == driver.DEFAULT_BATCH_TOKENS
+    assert f"(default: the library's, {driver.DEFAULT_BATCH_TOKENS};" in text
+    assert f"(default: the library's, {sig['shard_rows'].default})" in text
+    assert sig["checkpoint_seconds"].default == 60.0
+    assert "save partial progress at least this often (default: 60.0)" in text
 
 
-def test_numpy_only_install_selects_and_names_the_missing_extras(tmp_path):
-    """With torch, transformers, peft and matplotlib unimportable, `spice select` works on an
-    existing store, and the commands that need more say which extra to install."""
-    from spice.store import StoreWriter
+def test_debug_shows_the_traceback(work, capsys):
+    argv = ["select", "--features", str(work / "store"), "--data", str(work / "data.jsonl"),
+            "--k", "500", "--out", str(work / "dbg")]
+    assert main(argv) == 1
+    with pytest.raises(ValueError, match="out of range"):
+        main(["--debug", *argv])
+    assert not (work / "dbg").exists()
 
-    n, d = 40, 16
-    rng = np.random.default_rng(0)
-    recs = [{"prompt": f"p{i}", "response": f"r{i}"} for i in range(n)]
-    data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in recs))
-    from spice.features.records import data_fingerprint
 
-    w = StoreWriter(tmp_path / "store", {"data": {**data_fingerprint(data), "records": n}},
-                    total_rows=n, dim=d, dtype="float32", shard_rows=16)
-    w.prepare()
-    for c in w.chunks:
-        a, b = w.chunk_rows(c)
-        w.write_chunk(c, rng.standard_normal((b - a, d)),
-                      [{"row": r, "id": str(r), "tokens": 3, "loss_tokens": 1, "loss": 1.0}
-                       for r in range(a, b)])
-    w.finalize()
-    (tmp_path / "block").mkdir()
-    (tmp_path / "block" / "sitecustomize.py").write_text(BLOCKER)
-    import spice
+def test_online_that_fails_early_leaves_no_folder(work, capsys):
+    out = work / "online-never"
+    rc = main(["online", "--model", str(work / "no-model"), "--data", str(work / "data.jsonl"),
+               "--out", str(out)])
+    assert rc == 1 and "does not exist" in capsys.readouterr().err
+    assert not out.exists()
 
-    home = str(Path(spice.__file__).resolve().parents[1])
-    env = dict(ENV, PYTHONPATH=os.pathsep.join([str(tmp_path / "block"), home]))
 
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "spice", *args], env=env,
-                              capture_output=True, text=True, timeout=120)
+def test_new_extraction_options_reach_extract(work, monkeypatch):
+    """--max-batch-tokens, --chunk-rows and --checkpoint-seconds become extract's keywords, and
+    the first two only when given (the library keeps its own defaults)."""
+    import spice.features
+    from spice.features import driver
 
-    probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True)
-    assert probe.returncode != 0  # the blocker works
-    assert cli("--help").returncode == 0
-    r = cli("select", "--features", str(tmp_path / "store"), "--data", str(data), "--k", "5",
-            "--out", str(tmp_path / "sel"))
-    assert r.returncode == 0, r.stderr
-    assert len(json.loads((tmp_path / "sel" / "selection.json").read_text())["indices"]) == 5
-    r = cli("report", str(tmp_path / "sel"))
-    assert r.returncode == 1 and "pip install 'spice-select[report]'" in r.stderr
-    r = cli("features", "--model", "m", "--data", str(data), "--out", str(tmp_path / "f"))
-    assert r.returncode == 1 and "pip install 'spice-select[hf]'" in r.stderr
-    assert "Traceback" not in r.stderr
+    seen: list[dict] = []
+
+    def spy(*args, **kw):
+        seen.append(kw)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(driver, "extract", spy)
+    monkeypatch.setattr(spice.features, "extract", spy, raising=False)  # the lazy name's cache
+    base = ["features", "--model", str(work / "model"), "--data", str(work / "data.jsonl"),
+            "--out", str(work / "never-f"), "--quiet"]
+    assert main(base) == 1
+    assert main([*base, "--max-batch-tokens", "300", "--chunk-rows", "7",
+                 "--checkpoint-seconds", "2.5"]) == 1
+    assert "max_batch_tokens" not in seen[0] and "shard_rows" not in seen[0]
+    assert seen[0]["checkpoint_seconds"] == 60.0
+    assert (seen[1]["max_batch_tokens"], seen[1]["shard_rows"], seen[1]["checkpoint_seconds"]) \
+        == (300, 7, 2.5)
+    assert not (work / "never-f").exists()
