@@ -1252,7 +1252,7 @@ void Engine::run_stochastic() {
   }
 }
 
-// The authors' released "diag Fisher" greedy (math.md section 6): not the log-det objective.
+// The authors' released "diag Fisher" greedy (docs/algorithm.md §8): not the log-det objective.
 void Engine::run_diag_compat() {
   std::vector<double> den(d_, 1.0), inv(d_, 1.0), g(d_);
   std::vector<int64_t> alive;

@@ -1,4 +1,4 @@
-"""Exact log-determinants of chosen sets and the pool's curvature (math.md §4), float64."""
+"""Exact log-determinants of chosen sets and the pool's curvature (docs/algorithm.md §2, §7), float64."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ The kernels (``csrc/cuda/spice_kernels.cu``) are compiled at run time by CuPy's 
 so the wheel needs no CUDA at build time. There is no silent fallback: without CuPy or a device the
 GPU path raises ``RuntimeError`` saying what to install, and every result names its backend.
 
-Methods (math.md §1-§3, §5):
+Methods (docs/algorithm.md §2-§4, §8):
 
 - ``naive``: one fused pass over G per pick (custom kernel: r = G·w, q -= r², conflict dot, Δ,
   score and a two-stage argmax with ties to the lowest index); u_t by two cuBLAS GEMVs over the W

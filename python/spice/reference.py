@@ -1,9 +1,9 @@
 """Plain, obviously-correct numpy implementations used as oracles in the tests and benchmarks.
 
 Nothing here is fast. ``greedy_reference`` recomputes every gain from scratch each step (a linear
-solve, or two slogdets); ``greedy_numpy`` is the vectorised non-lazy algorithm of math.md §1 (the
+solve, or two slogdets); ``greedy_numpy`` is the vectorised non-lazy algorithm of docs/algorithm.md §2 (the
 baseline the benchmarks compare against); the ``*_compat_reference`` functions transcribe the
-authors' released selectors (math.md §6).
+authors' released selectors (docs/algorithm.md §8).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def greedy_reference(
 def greedy_numpy(
     G: np.ndarray, k: int, alpha: float = 1.0, lam: float = 0.0, omega: float | None = None,
 ) -> dict[str, Any]:
-    """The non-lazy Sherman–Morrison greedy of math.md §1, vectorised with numpy.
+    """The non-lazy Sherman–Morrison greedy of docs/algorithm.md §2, vectorised with numpy.
 
     One GEMV over G per pick in G's own dtype (float32 stays float32, as a numpy user would write
     it), q and the gains in float64. This is the baseline of the benchmarks.
@@ -140,7 +140,7 @@ def greedy_numpy(
 
 
 def diag_compat_reference(G: Any, k: int, alpha: float = 1.0, lam: float = 0.0) -> dict[str, Any]:
-    """The authors' released diagonal-Fisher greedy with the hinge-cosine penalty (math.md §6)."""
+    """The authors' released diagonal-Fisher greedy with the hinge-cosine penalty (docs/algorithm.md §8)."""
     G = np.asarray(G, dtype=np.float64)
     n, d = G.shape
     norms = np.linalg.norm(G, axis=1)

@@ -349,7 +349,7 @@ def extract(
     """Write per-sample projected loss-gradient features of ``data`` on ``model`` to a store.
 
     One batched forward and backward per batch; per-sample gradients are projected inside module
-    hooks (math.md §7), so no per-sample full gradient of a large layer and no parameters×d matrix
+    hooks (docs/algorithm.md §9), so no per-sample full gradient of a large layer and no parameters×d matrix
     is ever formed.
 
     Args:

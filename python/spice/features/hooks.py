@@ -1,4 +1,4 @@
-"""Per-sample projected gradients from one batched forward and backward (math.md §7).
+"""Per-sample projected gradients from one batched forward and backward (docs/algorithm.md §9).
 
 For each featurised linear layer y = W x, a forward hook sees the input x (B, T, a) and registers a
 hook on the output y that receives δ = ∂L/∂y (B, T, b) during the backward pass. The loss that is

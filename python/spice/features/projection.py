@@ -1,4 +1,4 @@
-"""Seeded random projections of per-layer weight gradients (math.md §7).
+"""Seeded random projections of per-layer weight gradients (docs/algorithm.md §9).
 
 Every random matrix is made of Rademacher signs (±1) drawn from numpy's PCG64 bit generator, whose
 raw output stream is fixed by NEP 19, seeded with a hash of (base seed, layer name, role, block):
