@@ -127,6 +127,10 @@ def test_failed_runs_leave_no_output(work, capsys):
                str(work / "run-empty"), "--dim", "16", "--quiet", "--no-report"])
     assert rc == 1 and "holds no records" in capsys.readouterr().err
     assert not (work / "run-empty").exists()
+    rc = main(["features", "--model", str(work / "model"), "--data", str(empty), "--out",
+               str(work / "features-empty"), "--dim", "16", "--quiet"])
+    assert rc == 1 and "holds no records" in capsys.readouterr().err
+    assert not (work / "features-empty").exists()
 
 
 def test_selection_appears_whole_and_only_on_success(work):
@@ -193,6 +197,8 @@ def test_demo_replaces_its_own_folder(tmp_path, capsys):
     rc = main(["demo", "--quick", "--out", str(other)])
     assert rc == 1 and "thesis.tex" in capsys.readouterr().err
     assert [p.name for p in other.iterdir()] == ["thesis.tex"]
+    run_demo(other, quick=True, overwrite=True)  # asked for: the demo's files join the user's
+    assert (other / "thesis.tex").read_text() == "mine" and (other / "selection.json").is_file()
 
 
 def test_help_states_the_library_defaults():
