@@ -1,4 +1,5 @@
-"""Exact log-determinants of chosen sets and the pool's curvature (docs/algorithm.md §2, §7), float64."""
+"""Exact log-determinants of chosen sets and the pool's curvature, in float64
+(docs/algorithm.md §2, §7)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Plain, obviously-correct numpy implementations used as oracles in the tests and benchmarks.
 
 Nothing here is fast. ``greedy_reference`` recomputes every gain from scratch each step (a linear
-solve, or two slogdets); ``greedy_numpy`` is the vectorised non-lazy algorithm of docs/algorithm.md §2 (the
-baseline the benchmarks compare against); the ``*_compat_reference`` functions transcribe the
+solve, or two slogdets); ``greedy_numpy`` is the vectorised non-lazy algorithm of
+docs/algorithm.md §2 (the baseline the benchmarks compare against); the ``*_compat_reference`` functions transcribe the
 authors' released selectors (docs/algorithm.md §8).
 """
 
@@ -140,7 +140,8 @@ def greedy_numpy(
 
 
 def diag_compat_reference(G: Any, k: int, alpha: float = 1.0, lam: float = 0.0) -> dict[str, Any]:
-    """The authors' released diagonal-Fisher greedy with the hinge-cosine penalty (docs/algorithm.md §8)."""
+    """The authors' released diagonal-Fisher greedy with the hinge-cosine penalty
+    (docs/algorithm.md §8)."""
     G = np.asarray(G, dtype=np.float64)
     n, d = G.shape
     norms = np.linalg.norm(G, axis=1)

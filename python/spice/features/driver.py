@@ -349,8 +349,8 @@ def extract(
     """Write per-sample projected loss-gradient features of ``data`` on ``model`` to a store.
 
     One batched forward and backward per batch; per-sample gradients are projected inside module
-    hooks (docs/algorithm.md §9), so no per-sample full gradient of a large layer and no parameters×d matrix
-    is ever formed.
+    hooks (docs/algorithm.md §9), so no per-sample full gradient of a large layer and no
+    parameters×d matrix is ever formed.
 
     Args:
         model: a Hugging Face causal LM, or any ``nn.Module`` mapping input_ids (B, T) (and
