@@ -2,8 +2,8 @@
 
 Nothing here is fast. ``greedy_reference`` recomputes every gain from scratch each step (a linear
 solve, or two slogdets); ``greedy_numpy`` is the vectorised non-lazy algorithm of
-docs/algorithm.md §2 (the baseline the benchmarks compare against); the ``*_compat_reference`` functions transcribe the
-authors' released selectors (docs/algorithm.md §8).
+docs/algorithm.md §2 (the baseline the benchmarks compare against); the ``*_compat_reference``
+functions transcribe the authors' released selectors (docs/algorithm.md §8).
 """
 
 from __future__ import annotations
