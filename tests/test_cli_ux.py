@@ -124,9 +124,9 @@ def test_failed_runs_leave_no_output(work, capsys):
     empty = work / "empty.jsonl"
     empty.write_text("\n")
     rc = main(["run", "--model", str(work / "model"), "--data", str(empty), "--out",
-               str(work / "run-empty"), "--dim", "16", "--quiet", "--no-report"])
+               str(work / "deep" / "run-empty"), "--dim", "16", "--quiet", "--no-report"])
     assert rc == 1 and "holds no records" in capsys.readouterr().err
-    assert not (work / "run-empty").exists()
+    assert not (work / "deep").exists()
     rc = main(["features", "--model", str(work / "model"), "--data", str(empty), "--out",
                str(work / "features-empty"), "--dim", "16", "--quiet"])
     assert rc == 1 and "holds no records" in capsys.readouterr().err

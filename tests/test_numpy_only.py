@@ -176,7 +176,7 @@ def test_failed_selection_leaves_nothing_and_keeps_what_was_there(tmp_path, monk
     from spice import pipeline
 
     data, store = make_store(tmp_path)
-    out = tmp_path / "x" / "y"
+    out = tmp_path / "x" / "y" / "z"
     with pytest.raises(ValueError):
         select_to_dir(FeatureStore.open(store), data, out, 500)  # more picks than rows
     assert not (tmp_path / "x").exists()

@@ -155,14 +155,16 @@ def prepare_out_dir(out: str | os.PathLike, overwrite: bool, marker: str) -> Pat
 
 @contextmanager
 def removed_if_failed(path: Path) -> Iterator[None]:
-    """Remove ``path`` if the block fails and ``path`` did not exist before it and holds no file
-    (an empty folder, or empty folders, is all a failed first step can leave)."""
-    existed = path.exists()
+    """If the block fails, remove the folders it made for ``path`` (``path`` and those of its
+    parents that did not exist before) when they hold no file: empty folders are all a failed
+    first step can leave, and a file in them (a resumable chunk, say) is kept."""
+    path = Path(path).absolute()
+    made = next((p for p in reversed((path, *path.parents)) if not p.exists()), None)
     try:
         yield
     except BaseException:
-        if not existed and path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
-            shutil.rmtree(path, ignore_errors=True)
+        if made is not None and made.is_dir() and not any(p.is_file() for p in made.rglob("*")):
+            shutil.rmtree(made, ignore_errors=True)
         raise
 
 
@@ -217,7 +219,8 @@ def select_to_dir(
     not its results). With ``verify`` (the default) every chunk of the store is checked against
     its sha256 first, so a damaged store is an error naming the chunk, never a different
     selection. Nothing is written unless the whole run succeeds: the files are made in a sibling
-    staging folder and moved into ``out`` at the end.
+    staging folder and moved into ``out`` at the end. With ``overwrite``, a previous run's files
+    in ``out`` (its subset, scores and report) are replaced; any other file there is kept.
     """
     out = check_out_dir(out, overwrite, "selection.json")
     fp = check_store_matches(store, data)
@@ -230,19 +233,14 @@ def select_to_dir(
     data = Path(data)
     ext = ".jsonl" if data.suffix.lower() in (".jsonl", ".ndjson") else data.suffix.lower()
     subset_name = f"subset{ext}"
-    made = next((p for p in reversed(out.absolute().parents) if not p.exists()), None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        _write_selection(store, data, sel, base, fp, staging, subset_name, extra_config)
-        _publish(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if made is not None and not any(p.is_file() for p in made.rglob("*")):
-            shutil.rmtree(made, ignore_errors=True)  # the folders this call made, all empty
-        raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with removed_if_failed(out.parent):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        try:
+            _write_selection(store, data, sel, base, fp, staging, subset_name, extra_config)
+            _publish(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return sel
 
 
