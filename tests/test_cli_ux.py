@@ -257,3 +257,13 @@ def test_new_extraction_options_reach_extract(work, monkeypatch):
     assert (seen[1]["max_batch_tokens"], seen[1]["shard_rows"], seen[1]["checkpoint_seconds"]) \
         == (300, 7, 2.5)
     assert not (work / "never-f").exists()
+
+
+def test_every_name_of_spice_features_resolves():
+    import spice.features as feats
+
+    for name in feats.__all__:
+        assert getattr(feats, name) is not None, name
+    assert set(feats.__all__) <= set(dir(feats))
+    with pytest.raises(AttributeError, match="no_such_name"):
+        feats.no_such_name  # noqa: B018

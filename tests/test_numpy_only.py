@@ -229,3 +229,14 @@ def test_require_extras_names_what_is_missing(monkeypatch):
     with pytest.raises(ModuleNotFoundError, match=r"q7, no_such_module_r8, which are not .*"
                        r"\[hf,report\]'"):
         pipeline.require_extras("x", "hf", "report")
+
+
+def test_spice_features_imports_without_torch(tmp_path):
+    code = ("import sys, spice.features as f; f.load_records; f.FeatureStore; "
+            "assert 'torch' not in sys.modules\n"
+            "try:\n    f.extract\nexcept ModuleNotFoundError as e:\n    print(e)")
+    r = subprocess.run([sys.executable, "-c", code], env=blocked_env(tmp_path),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "spice.features.extract needs torch" in r.stdout
+    assert "pip install 'spice-select[hf]'" in r.stdout
