@@ -361,7 +361,7 @@ def _iter_parquet(path: Path) -> Iterable[tuple[Any, str]]:
         import pyarrow.parquet as pq
     except ImportError as e:  # pragma: no cover - optional dependency
         msg = "reading Parquet needs pyarrow: pip install 'spice-select[parquet]'"
-        raise ImportError(msg) from e
+        raise ModuleNotFoundError(msg, name="pyarrow") from e
     pf = pq.ParquetFile(path)
     row = 0
     for batch in pf.iter_batches():
