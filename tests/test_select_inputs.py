@@ -355,3 +355,12 @@ def test_spill_dir_errors_are_named(tmp_path):
         ro.chmod(0o500)
         with pytest.raises(RuntimeError, match="spill_dir: cannot create a file in"):
             spice.select(G, 5, spill_dir=ro)
+
+
+def test_options_after_k_are_keyword_only():
+    import spice
+
+    G = np.eye(4, dtype=np.float32)
+    with pytest.raises(TypeError):
+        spice.select(G, 2, 1.0)  # alpha by position would be easy to misread
+    assert spice.select(G, 2, alpha=1.0).indices.tolist() == [0, 1]

@@ -176,6 +176,7 @@ def _checked_progress(user_cb: Callable[..., Any]) -> Callable[[int, int, int, f
 def select(
     G: Any,
     k: int | float,
+    *,
     alpha: float = 1.0,
     conflict_penalty: float = 0.1,
     early_stop: float | None = None,
@@ -183,7 +184,6 @@ def select(
     seed: int = 0,
     threads: int | None = None,
     objective: str = "logdet",
-    *,
     stochastic_eps: float = 0.01,
     progress: bool | ProgressFn | None = None,
     bf16: bool = False,
@@ -206,6 +206,7 @@ def select(
         arrays are converted to float32, a copy). ``uint16`` with ``bf16=True`` is raw bfloat16.
     k : int or float
         Budget: a count ``0 <= k <= n``, or a fraction in (0, 1] of n (rounded, at least 1).
+        Every parameter after ``k`` is keyword-only.
     alpha : float
         Fisher scale α > 0, finite. The log-det objective refuses (ValueError naming the row)
         a row with α‖g‖² > 1e12, or whose ‖g‖² overflows float64: beyond that float64 round-off
