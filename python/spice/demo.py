@@ -80,6 +80,7 @@ def run_demo(out: str | os.PathLike = "spice-demo", quick: bool = False,
           f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters)", flush=True)
     store = extract(model, tok, data_path, out=out / "features", dim=512, projection="factorized",
                     lora=LoraSpec(r=8), max_length=64, batch_size=32, dtype="float32",
+                    max_batch_tokens=None,  # a 0.13M model: 32 rows of 64 tokens are cheap
                     resume=False, progress=not quick)
     sel = select_to_dir(store, data_path, out, 0.1, conflict_penalty=0.1, overwrite=True,
                         extra_config={"model": "spice.toy.tiny_llama(hidden=64, layers=2)"})
