@@ -64,10 +64,10 @@ GRADIENT = ["fisher", "spice", "spice+", "topk-compat", "diag-compat", *KNOBS]
 CURVE = ["random", "fisher", "spice"]  # + the best setting on validation
 MAIN_BUDGET = 0.10
 
-FULL = dict(n_pool=600, n_test=12, n_val=6, n_chat_test=16, n_chat_val=8, max_length=160,
-            max_user_chars=300, max_answer_chars=500, dim=2048, steps=24, step_tokens=192,
-            lr=1e-3, max_new=12, seeds=[0, 1, 2], knob_seeds=[0, 1, 2], curve_seeds=[0],
-            budgets=[0.01, 0.05, 0.10, 0.25], online_pool=60, online_picks=6,
+FULL = dict(n_pool=500, n_test=10, n_val=4, n_chat_test=12, n_chat_val=6, max_length=128,
+            max_user_chars=300, max_answer_chars=500, dim=2048, steps=16, step_tokens=160,
+            lr=2e-3, max_new=12, seeds=[0, 1, 2], knob_seeds=[0, 1], curve_seeds=[0],
+            budgets=[0.01, 0.05, 0.10, 0.25], online_pool=50, online_picks=5,
             online_every=2)  # fmt: skip
 QUICK = dict(n_pool=100, n_test=3, n_val=2, n_chat_test=4, n_chat_val=3, max_length=64,
              max_user_chars=300, max_answer_chars=400, dim=64, steps=3, step_tokens=96,
@@ -296,8 +296,9 @@ def main(argv: list[str] | None = None) -> int:
                            lr=cfg["lr"], seed=0, pad=pad)  # fmt: skip
         train_tok = (time.perf_counter() - t) / max(1, ts.tokens)
         t = time.perf_counter()
-        R.greedy(base, tok, [u for u, _ in tests["add"][:4]], cfg["max_new"])
-        gen = (time.perf_counter() - t) / 4
+        users = [u for f in D.FAMILIES for u, _ in tests[f][:2]]  # one batch, as in evaluate
+        R.greedy(base, tok, users, cfg["max_new"])
+        gen = (time.perf_counter() - t) / len(users)
         t = time.perf_counter()
         R.response_losses(base, T, pad) if n <= 8 else R.response_losses(
             base, R.Tok(T.ids[:8], T.mask[:8]), pad)  # fmt: skip
@@ -411,14 +412,16 @@ def main(argv: list[str] | None = None) -> int:
                                    pad=pad)  # fmt: skip
             res = {"selector": name, "budget": budget, "seed": seed, "size": int(len(idx)),
                    "train": ts.__dict__,
-                   "test": R.evaluate(model, tok, tests, chat_test_T, pad, cfg["max_new"]),
-                   "val": R.evaluate(model, tok, vals, chat_val_T, pad, cfg["max_new"])}
+                   "test": R.evaluate(model, tok, tests, chat_test_T, pad, cfg["max_new"])}
+            if uses_val(name, budget):
+                res["val"] = R.evaluate(model, tok, vals, chat_val_T, pad, cfg["max_new"])
             return res
 
         r = st.run(f"run/{name}@{budget:g}@s{seed}", go)
+        val = f" val {r['val']['overall']:.3f}" if "val" in r else ""
         log(f"{name:13s} b={budget:<5g} seed={seed} n={len(idx):4d} test "
-            f"{r['test']['overall']:.3f} chat {r['test']['chat_loss']:.3f} val "
-            f"{r['val']['overall']:.3f} ({r['wall_s']:.0f}s)")
+            f"{r['test']['overall']:.3f} chat {r['test']['chat_loss']:.3f}{val} "
+            f"({r['wall_s']:.0f}s)")
         return r
 
     def report(final: bool) -> None:
@@ -487,12 +490,20 @@ def online_pick(base, tok, records: list[dict], out: Path, k: int, alpha: float,
                                          "update_every": ocfg.update_every}})  # fmt: skip
 
 
+def uses_val(name: str, budget: float) -> bool:
+    """Validation prompts are evaluated only where they are read: to choose the best gradient
+    setting at 10% (LESS-style reads validation gradients, not these scores)."""
+    return name in GRADIENT and abs(budget - MAIN_BUDGET) < 1e-12
+
+
 def plan_runs(cfg: dict, selectors: list[str], args) -> dict:
     main = len(selectors) * len(cfg["seeds"])
     knobs = 0 if args.no_knobs else len(KNOBS) * len(cfg["knob_seeds"])
     other = [b for b in cfg["budgets"] if abs(b - MAIN_BUDGET) > 1e-12]
     curve = 0 if args.no_curve else len(other) * (len(CURVE) + 1) * len(cfg["curve_seeds"])
-    return {"main_runs": main, "knob_runs": knobs, "curve_runs": curve}
+    with_val = len([s for s in selectors if uses_val(s, MAIN_BUDGET)]) * len(cfg["seeds"]) + knobs
+    return {"main_runs": main, "knob_runs": knobs, "curve_runs": curve,
+            "runs_with_val_eval": with_val}
 
 
 def estimate(cfg, cal, plan, T, chat_test_T, chat_val_T, lengths, n, selectors) -> dict:
@@ -502,15 +513,14 @@ def estimate(cfg, cal, plan, T, chat_test_T, chat_val_T, lengths, n, selectors) 
     pool_tok = float(lengths.sum())
     mean_tok = pool_tok / max(1, n)
     val_n = (cfg["n_val"] * len(D.FAMILIES) + cfg["n_chat_val"])
-    prompts = (cfg["n_test"] + cfg["n_val"]) * len(D.FAMILIES)
-    chat_tok = float(chat_test_T.lengths().sum() + chat_val_T.lengths().sum())
-    per_eval = prompts * g + chat_tok * fw
-    per_run = cfg["steps"] * cfg["step_tokens"] * tr + per_eval
+    test_eval = cfg["n_test"] * len(D.FAMILIES) * g + float(chat_test_T.lengths().sum()) * fw
+    val_eval = cfg["n_val"] * len(D.FAMILIES) * g + float(chat_val_T.lengths().sum()) * fw
+    per_run = cfg["steps"] * cfg["step_tokens"] * tr + test_eval
     runs = plan["main_runs"] + plan["knob_runs"] + plan["curve_runs"]
     est = {"features": (pool_tok + val_n * mean_tok) * f,
            "online": pool_tok * f * 1.1 if "online" in selectors else 0.0,
-           "baseline+ifd": per_eval + pool_tok * fw,
-           "training": runs * per_run}  # fmt: skip
+           "baseline+ifd": test_eval + val_eval + pool_tok * fw,
+           "training": runs * per_run + plan["runs_with_val_eval"] * val_eval}  # fmt: skip
     est["total"] = sum(est.values())
     est["per_run"] = per_run
     return est
@@ -562,7 +572,7 @@ def collect(out, cfg, args, n, alpha, data, base_eval, theory, est, cal, wall, f
         if not rs:
             continue
         row = {c: mean_std([r["test"][c] for r in rs]) for c in cols}
-        row["val_overall"] = mean_std([r["val"]["overall"] for r in rs])
+        row["val_overall"] = mean_std([r["val"]["overall"] for r in rs if "val" in r])
         row["seeds"] = sorted(r["seed"] for r in rs)
         row["train_tokens"] = mean_std([r["train"]["tokens"] for r in rs])
         row["train_examples"] = mean_std([r["train"]["examples"] for r in rs])
