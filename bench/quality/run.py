@@ -59,6 +59,7 @@ def features(proxy, tok, records, out: Path, dim: int):
         shutil.rmtree(out)
     st = extract(proxy, tok, records, out=out, dim=dim, projection="factorized",
                  lora=LoraSpec(r=8), loss_on="response", max_length=M.MAX_LEN, batch_size=32,
+                 max_batch_tokens=None,  # rows-only batches, as the recorded run used
                  dtype="float32", progress=False)  # fmt: skip
     return np.ascontiguousarray(np.asarray(st.features, dtype=np.float32))
 
