@@ -133,6 +133,7 @@ def test_real_quick_end_to_end_and_resume(tmp_path):
     assert 0 < res["subset_stats"]["spice+@0.1"]["size"] <= res["k"]
     assert {"test", "val"} <= set(res["baseline"])
     assert res["best_setting"] in H.GRADIENT
+    assert json.loads((out / "stages" / "best.json").read_text())["value"] == res["best_setting"]
     for name in ("random", "fisher", "spice", res["best_setting"]):
         assert len(res["curve"][name]) >= 2, name
     # same compute: every 10% run took the same number of optimizer steps
