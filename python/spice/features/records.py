@@ -546,6 +546,13 @@ def _render(tokenizer: Any, record: Record, messages: Sequence[dict] | None = No
     return text, spans, 0, True
 
 
+def _render_text(tokenizer: Any, messages: Sequence[dict]) -> tuple[str, bool]:
+    """A conversation's text alone (no spans): what a length check needs."""
+    if _has_chat_template(tokenizer):
+        return _apply_template(tokenizer, [dict(m) for m in messages]), False
+    return _plain_chat(messages)[0], True
+
+
 def _exchanges(messages: Sequence[dict]) -> tuple[int, list[int]]:
     """(number of leading system messages, start index of every exchange): an exchange starts at
     a user turn that does not follow another user turn."""
@@ -568,7 +575,8 @@ def _drop_exchanges(
 ) -> tuple[tuple[dict, ...], int]:
     """Keep the last exchanges of a long conversation: drop the fewest leading exchanges (the
     system messages stay) so that it fits in ``max_length`` tokens, never the last one that has a
-    non-empty reply. Returns (messages kept, exchanges dropped)."""
+    non-empty reply. Called only for a conversation that does not fit whole. Returns (messages
+    kept, exchanges dropped)."""
     msgs = record.messages
     head, starts = _exchanges(msgs)
     has_reply = [
@@ -582,12 +590,10 @@ def _drop_exchanges(
         return msgs[:head] + msgs[starts[e]:] if starts else msgs
 
     def fits(e: int) -> bool:
-        text, _, _, special = _render(tokenizer, record, kept(e))
+        text, special = _render_text(tokenizer, kept(e))
         return _count_tokens(tokenizer, text, special) + 1 <= max_length  # + a possible EOS
 
-    if fits(0):
-        return msgs, 0
-    lo, hi = 1, last  # the smallest e in [lo, hi] that fits, else `last`
+    lo, hi = 1, last  # the smallest e in [lo, hi] that fits, else `last` (e = 0 does not fit)
     while lo < hi:
         mid = (lo + hi) // 2
         if fits(mid):
@@ -627,23 +633,25 @@ def tokenize_record(
     if record.skipped:
         return _skipped_tokens(["skipped", record.skip, *notes], record.detail)
     eos_id = getattr(tokenizer, "eos_token_id", None)
-    msgs = record.messages
     try:
         text, spans, u0, special = _render(tokenizer, record)
-        dropped = 0
-        if record.kind == "chat" and _count_tokens(tokenizer, text, special) + 1 > max_length:
+    except Exception as e:  # a template may refuse some role orders (raise_exception in Jinja)
+        return _template_refused(e, notes)
+    ids, is_resp, starts = _tokenize_with_spans(tokenizer, text, spans, special, u0)
+    dropped = 0
+    if record.kind == "chat" and len(ids) + 1 > max_length:  # + a possible EOS
+        try:
             msgs, dropped = _drop_exchanges(tokenizer, record, max_length)
             if dropped:
                 text, spans, u0, special = _render(tokenizer, record, msgs)
-    except Exception as e:  # a template may refuse some role orders (raise_exception in Jinja)
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return _skipped_tokens(["skipped", "template_error", *notes],
-                               f"the chat template refused the conversation: {msg}")
+        except Exception as e:
+            return _template_refused(e, notes)
+        if dropped:
+            ids, is_resp, starts = _tokenize_with_spans(tokenizer, text, spans, special, u0)
     if record.kind == "chat":
         append_eos = add_eos and not _has_chat_template(tokenizer) and bool(spans)
     else:
         append_eos = add_eos and bool(record.response)
-    ids, is_resp, starts = _tokenize_with_spans(tokenizer, text, spans, special, u0)
     if append_eos and eos_id is not None and (not ids or ids[-1] != eos_id):
         ids.append(int(eos_id))
         is_resp.append(True)
@@ -676,6 +684,12 @@ def tokenize_record(
         flags += ["skipped", "empty_response"]
     return TokenizedRecord(input_ids=input_ids, loss_mask=mask, truncated="truncated" in flags,
                            flags=flags)
+
+
+def _template_refused(e: Exception, notes: list[str]) -> TokenizedRecord:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return _skipped_tokens(["skipped", "template_error", *notes],
+                           f"the chat template refused the conversation: {msg}")
 
 
 def _skipped_tokens(flags: list[str], detail: str) -> TokenizedRecord:
