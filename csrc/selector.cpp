@@ -1066,7 +1066,7 @@ void Engine::run_lazy() {
   // bound does not move the candidate's step: one that keeps contending is bounded again at
   // later steps, and late in a long run (k >> d) bounds come by the thousand and are mostly
   // wasted. "Far enough" is max(d, 4 chunks, min(4 d, t / 5)) steps: d early, the former 4 d
-  // from t = 20 d on. Measured (session 4, same picks throughout): run 2 (k = 10 d) 11.5 s with
+  // from t = 20 d on. Measured (same picks throughout): run 2 (k = 10 d) 11.5 s with
   // 4 d, 9.4 s with d, 10.2 s with the ramp; the first 4e5 rows of run 4 (k = 4e4 = 39 d) 82 s,
   // 112 s, 71 s; a 3e5 x 256 proxy (d = chunk) 20.1 s at 4 d, 24.2 s at d, 17-18 s (= 4 d).
   const int64_t far_min = std::max<int64_t>(d_, 4 * std::min<int64_t>(chunk, int64_t(1) << 40));
