@@ -37,19 +37,27 @@ class Crash(RuntimeError):
     pass
 
 
-def test_resume_after_crash_mid_chunk_is_byte_identical(
-    tmp_path, monkeypatch, tiny_llama, tokenizer, data_file, reference
-):
+def crash_on_batch(monkeypatch, n: int) -> dict:
+    """Make the n-th batch of the extraction raise Crash; returns the batch counter, which the
+    test may move (far below zero: no more crashes) to count the batches of a later run."""
     real = ex.batch_features
     calls = {"n": 0}
 
     def crashing(*a, **k):
         calls["n"] += 1
-        if calls["n"] == 5:  # chunks of 5, 5, 5, 2 rows: 2 + 2 batches done, crash in chunk 2
+        if calls["n"] == n:
             raise Crash("simulated crash")
         return real(*a, **k)
 
     monkeypatch.setattr(ex, "batch_features", crashing)
+    return calls
+
+
+def test_resume_after_crash_mid_chunk_is_byte_identical(
+    tmp_path, monkeypatch, tiny_llama, tokenizer, data_file, reference
+):
+    # chunks of 5, 5, 5, 2 rows: 2 + 2 batches done, crash in chunk 2
+    calls = crash_on_batch(monkeypatch, 5)
     out = tmp_path / "s"
     with pytest.raises(Crash):
         extract(tiny_llama, tokenizer, data_file, out, **KW)
@@ -109,16 +117,8 @@ def test_partial_chunk_progress_survives_a_crash(
 ):
     """With a checkpoint after every batch, a crash inside a chunk loses only the batch it was
     running; the resumed run computes the rest of that chunk and gives the same bytes."""
-    real = ex.batch_features
-    calls = {"n": 0}
-
-    def crashing(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 6:  # chunk 0: 2 batches, chunk 1: 2, chunk 2: batch 1 done, crash in 2
-            raise Crash("simulated crash")
-        return real(*a, **k)
-
-    monkeypatch.setattr(ex, "batch_features", crashing)
+    # chunk 0: 2 batches, chunk 1: 2, chunk 2: batch 1 done, crash in its batch 2
+    calls = crash_on_batch(monkeypatch, 6)
     out = tmp_path / "s"
     kw = {**KW, "checkpoint_seconds": 1e-9}
     with pytest.raises(Crash):
@@ -136,16 +136,7 @@ def test_partial_chunk_progress_survives_a_crash(
 
 def test_a_damaged_partial_is_recomputed(tmp_path, monkeypatch, tiny_llama, tokenizer, data_file,
                                          reference):  # fmt: skip
-    real = ex.batch_features
-    calls = {"n": 0}
-
-    def crashing(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise Crash("simulated crash")
-        return real(*a, **k)
-
-    monkeypatch.setattr(ex, "batch_features", crashing)
+    calls = crash_on_batch(monkeypatch, 2)
     out = tmp_path / "s"
     kw = {**KW, "checkpoint_seconds": 1e-9}
     with pytest.raises(Crash):
