@@ -166,6 +166,16 @@ def _micro(rows: list[int], lengths: np.ndarray, max_tokens: int) -> list[list[i
     return out
 
 
+def _token_ce(model, x, att, y):
+    """Next-token cross-entropy at every position (B, T-1) and the float mask of the targets
+    (labels -100 are not targets)."""
+    logits = model(input_ids=x, attention_mask=att).logits[:, :-1].float()
+    tgt = y[:, 1:]
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt.clamp_min(0),
+                                           reduction="none")  # fmt: skip
+    return ce, (tgt != -100).float()
+
+
 @dataclass
 class TrainStats:
     steps: int
@@ -228,12 +238,8 @@ def finetune(base, T: Tok, subset: np.ndarray, *, steps: int, step_tokens: int, 
         opt.zero_grad(set_to_none=True)
         total = 0.0
         for mb in _micro(rows, lengths, micro_tokens):
-            x, att, y = _batch(T, mb, pad)
-            logits = model(input_ids=x, attention_mask=att).logits[:, :-1].float()
-            tgt = y[:, 1:]
-            ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt.clamp_min(0),
-                                                   reduction="none")  # fmt: skip
-            loss = (ce * (tgt != -100)).sum() / max(1, n_tgt)
+            ce, m = _token_ce(model, *_batch(T, mb, pad))
+            loss = (ce * m).sum() / max(1, n_tgt)
             loss.backward()
             total += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -288,12 +294,7 @@ def response_losses(model, T: Tok, pad: int, micro_tokens: int = 1024) -> np.nda
     lengths = T.lengths()
     rows = [i for i in range(len(T.ids)) if T.mask[i].any()]
     for mb in _micro(rows, lengths, micro_tokens):
-        x, att, y = _batch(T, mb, pad)
-        logits = model(input_ids=x, attention_mask=att).logits[:, :-1].float()
-        tgt = y[:, 1:]
-        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt.clamp_min(0),
-                                               reduction="none")  # fmt: skip
-        m = (tgt != -100).float()
+        ce, m = _token_ce(model, *_batch(T, mb, pad))
         out[mb] = ((ce * m).sum(1) / m.sum(1).clamp_min(1)).numpy()
     return out
 
