@@ -11,7 +11,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -345,6 +345,8 @@ def extract(
     dense_cache_bytes: int = 1 << 30,
     checkpoint_seconds: float = 60.0,
     invalid: str = "error",
+    split: str | None = None,
+    columns: Mapping[str, str] | None = None,
 ) -> FeatureStore:
     """Write per-sample projected loss-gradient features of ``data`` on ``model`` to a store.
 
@@ -356,7 +358,8 @@ def extract(
         model: a Hugging Face causal LM, or any ``nn.Module`` mapping input_ids (B, T) (and
             ``attention_mask``) to logits (B, T, V). Left unchanged on return.
         tokenizer: its tokenizer (a fast tokenizer is best: response tokens are found by offsets).
-        data: path to JSONL/JSON/Parquet, a ``datasets.Dataset``, or a list of dicts/Records.
+        data: path to JSONL/JSON/Parquet/Arrow, a ``datasets`` ``save_to_disk`` folder, a
+            ``datasets.Dataset``, or a list of dicts/Records.
         out: store directory. With ``shard=(i, N)``, N > 1, the part goes to
             ``out/parts/part-iiii-of-NNNN``; under an initialised ``torch.distributed`` group of N
             ranks the parts are merged into ``out`` at the end.
@@ -388,6 +391,9 @@ def extract(
             interrupted run loses at most about this much work.
         invalid: "error" (a malformed record stops the run before any work, naming its line) or
             "skip" (it becomes a skipped zero row listed in ``skipped.jsonl``).
+        split: the split of a ``DatasetDict`` (object or ``save_to_disk`` folder) to read.
+        columns: where the record fields are in an unusual schema, e.g. ``{"prompt":
+            "question", "response": "answer"}`` (:func:`spice.features.load_records`).
 
     Records with nothing to learn from (an empty conversation, no user turn before the assistant,
     an empty response) are not an error: they keep their row, get a zero feature row and the flag
@@ -423,7 +429,7 @@ def extract(
         records = list(data)  # type: ignore[arg-type]
         fp = data_fingerprint(records, records)
     else:
-        records = load_records(data, invalid=invalid)
+        records = load_records(data, invalid=invalid, split=split, columns=columns)
         fp = data_fingerprint(data, records)
     if not records:
         raise RecordError(f"{_name(data)} holds no records")

@@ -9,7 +9,9 @@ Accepted record shapes (one JSON object per record):
 - ShareGPT: ``conversations`` = list of ``{"from", "value"}`` (mapped to chat roles).
 
 An optional ``id`` (str or int) names the record; otherwise its 0-based position is its id.
-Files: JSONL, JSON (an array of objects), Parquet, a ``datasets.Dataset``, or a list of dicts.
+Files: JSONL, JSON (an array of objects), Parquet, Arrow, a ``datasets`` ``save_to_disk`` folder,
+a ``datasets.Dataset`` (or a ``DatasetDict`` and a split), or a list of dicts; ``columns`` maps
+the fields of an unusual schema (:mod:`spice.hfdata`).
 Malformed input raises :class:`RecordError` naming the file and line (or row); with
 ``invalid="skip"`` such a record is kept as a skipped row instead (reason ``invalid_record``).
 
@@ -33,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Union
@@ -365,9 +367,15 @@ def _iter_parquet(path: Path) -> Iterable[tuple[Any, str]]:
     pf = pq.ParquetFile(path)
     row = 0
     for batch in pf.iter_batches():
-        for obj in batch.to_pylist():
-            yield obj, f"{path}: row {row}"
+        for obj in batch.to_pylist():  # a table's null is a JSON record's absent field
+            yield {k: v for k, v in obj.items() if v is not None}, f"{path}: row {row}"
             row += 1
+
+
+def _parquet_columns(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return list(pq.ParquetFile(path).schema_arrow.names)
 
 
 DataSource = Union[str, "os.PathLike[str]", Sequence[dict], Any]
@@ -378,17 +386,29 @@ def _canonical(obj: Any) -> str:
 
 
 def load_records(
-    data: DataSource, *, ids: str | None = None, invalid: str = "error"
+    data: DataSource,
+    *,
+    ids: str | None = None,
+    invalid: str = "error",
+    split: str | None = None,
+    columns: Mapping[str, str] | None = None,
 ) -> list[Record]:
-    """Read and validate records from a file, a ``datasets.Dataset`` or a list of dicts.
+    """Read and validate records from a file, a Hugging Face dataset or a list of dicts.
 
     Args:
-        data: path to ``.jsonl``/``.json``/``.parquet`` (a ``.json`` file that is not an array is
-            read as JSON Lines), a ``datasets.Dataset``, or a sequence of dicts.
+        data: path to ``.jsonl``/``.json``/``.parquet``/``.arrow`` (a ``.json`` file that is not
+            an array is read as JSON Lines), a ``datasets`` ``save_to_disk`` folder, a
+            ``datasets.Dataset`` (e.g. ``dataset_dict["train"]``), a ``DatasetDict`` with
+            ``split``, or a sequence of dicts. Table rows (Parquet, Arrow, datasets) are read
+            without their null fields, as a JSON record without those fields would be.
         ids: name of the field holding record ids (default ``"id"``; absent means row position).
         invalid: ``"error"`` raises :class:`RecordError` at the first malformed record;
             ``"skip"`` keeps it as a skipped record (``kind == "invalid"``, reason
             ``invalid_record``, ``detail`` the message) so every row is accounted for.
+        split: the split of a ``DatasetDict`` (object or folder) to read.
+        columns: where spice's fields are in an unusual schema, e.g. ``{"prompt": "question",
+            "response": "answer"}`` or ``{"messages": "dialog", "system": "sys"}`` (see
+            :func:`spice.hfdata.map_columns`); then only those columns (and ``id``) are read.
 
     Returns:
         list of :class:`Record`, in input order (one per non-blank line / element / row).
@@ -396,16 +416,35 @@ def load_records(
     Raises:
         RecordError: a malformed record or file; the message names file and line (or row).
     """
+    from ..hfdata import (
+        check_columns,
+        check_mapped_columns,
+        iter_source_rows,
+        map_columns,
+        resolve_source,
+        source_columns,
+        source_name,
+    )
+
     if invalid not in ("error", "skip"):
         raise ValueError(f"invalid must be 'error' or 'skip', got {invalid!r}")
+    columns = check_columns(columns)
     items: Iterable[tuple[Any, str]]
-    if isinstance(data, (str, os.PathLike)):
+    table_names: list[str] | None = None  # the columns of a table source
+    source = resolve_source(data, split)
+    if source is not None:
+        name = source_name(data, split)
+        table_names = source_columns(source)
+        items = iter_source_rows(source, name if isinstance(data, (str, os.PathLike))
+                                 else "dataset")
+    elif isinstance(data, (str, os.PathLike)):
         path = Path(data)
         if not path.is_file():
             raise FileNotFoundError(f"no data file at {path}")
         suffix = path.suffix.lower()
         if suffix == ".parquet":
             items = _iter_parquet(path)
+            table_names = _parquet_columns(path)
         elif suffix == ".json":
             with open(path, "rb") as f:
                 head = f.read(4096).lstrip()
@@ -413,13 +452,18 @@ def load_records(
         elif suffix in (".jsonl", ".ndjson"):
             items = _iter_jsonl(path)
         else:
-            raise RecordError(f"{path}: unknown data file type {suffix!r} (jsonl, json, parquet)")
-    elif hasattr(data, "features") and hasattr(data, "__getitem__") and hasattr(data, "num_rows"):
-        items = ((data[i], f"dataset row {i}") for i in range(len(data)))
+            raise RecordError(f"{path}: unknown data file type {suffix!r} (jsonl, json, "
+                              "parquet, arrow, or a datasets save_to_disk folder)")
     elif isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
         items = ((obj, f"records[{i}]") for i, obj in enumerate(data))
     else:
         raise TypeError(f"cannot read records from {type(data).__name__}")
+    if columns is not None:  # a mapped column the data does not have is a mistake, not a record
+        name = source_name(data, split)
+        if table_names is None:
+            items = list(items)
+            table_names = sorted({k for obj, _ in items if isinstance(obj, dict) for k in obj})
+        check_mapped_columns(columns, table_names, name)
     out = []
     for pos, (obj, where) in enumerate(items):
         try:
@@ -427,6 +471,8 @@ def load_records(
                 raise RecordError(obj.message)
             if ids is not None and isinstance(obj, dict) and ids != "id":
                 obj = {**obj, "id": obj.get(ids)}
+            if columns is not None:
+                obj = map_columns(obj, columns, where)
             out.append(parse_record(obj, str(pos), where))
         except RecordError as e:
             if invalid == "error":
@@ -437,12 +483,16 @@ def load_records(
     return out
 
 
-def data_fingerprint(data: DataSource, records: Sequence[Record] | None = None) -> dict:
+def data_fingerprint(data: DataSource, records: Sequence[Record] | None = None, *,
+                     split: str | None = None,
+                     columns: Mapping[str, str] | None = None) -> dict:
     """A fingerprint of the data's content: sha256 over the normalised records (id, kind, texts,
-    messages, skip reason), so blank lines, JSON whitespace, key order and extra fields do not
-    change it. Returns ``{"kind": "records", "name", "sha256"}``."""
+    messages, skip reason), so blank lines, JSON whitespace, key order, extra fields and the
+    container (JSONL, Parquet, Arrow, a Hugging Face dataset) do not change it. ``split`` and
+    ``columns`` are :func:`load_records`'s, used when ``records`` is not given. Returns
+    ``{"kind": "records", "name", "sha256"}``."""
     if records is None:
-        records = load_records(data, invalid="skip")
+        records = load_records(data, invalid="skip", split=split, columns=columns)
     h = hashlib.sha256()
     for r in records:
         h.update(
