@@ -138,8 +138,8 @@ def test_selection_appears_whole_and_only_on_success(work):
     assert main(["select", "--features", str(work / "store"), "--data", str(work / "data.jsonl"),
                  "--k", "6", "--out", str(out)]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["dataset_info.json", "scores.csv", "selection.json", "subset.jsonl",
-                     "timing.json"]
+    assert names == ["axolotl_dataset.yaml", "dataset_info.json", "indices.npy", "scores.csv",
+                     "selection.json", "subset.jsonl", "timing.json", "trl_sft.py"]
     assert not [p for p in work.iterdir() if p.name.startswith(".sel.tmp-")]
 
 

@@ -210,8 +210,8 @@ def test_overwrite_replaces_the_previous_run_and_nothing_else(tmp_path):
         select_to_dir(FeatureStore.open(store), data, out, 7)
     sel = select_to_dir(FeatureStore.open(store), data, out, 7, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == [
-        "dataset_info.json", "notes.txt", "scores.csv", "selection.json", "subset.jsonl",
-        "timing.json"]
+        "axolotl_dataset.yaml", "dataset_info.json", "indices.npy", "notes.txt", "scores.csv",
+        "selection.json", "subset.jsonl", "timing.json", "trl_sft.py"]
     assert json.loads((out / "selection.json").read_text())["indices"] == sel.indices.tolist()
     assert len((out / "subset.jsonl").read_text().splitlines()) == 7
     shutil.rmtree(out)

@@ -19,7 +19,8 @@ from typing import Any
 
 # optional dependencies -> the extra of spice-select that installs them
 _EXTRAS = {"torch": "hf", "transformers": "hf", "peft": "hf", "tqdm": "hf", "safetensors": "hf",
-           "tokenizers": "hf", "matplotlib": "report", "pyarrow": "parquet"}
+           "tokenizers": "hf", "matplotlib": "report", "pyarrow": "parquet",
+           "datasets": "hf-datasets"}
 _INSTALL = "pip install 'spice-select["
 
 
@@ -80,7 +81,8 @@ def _extract(args: argparse.Namespace, out: Path) -> Any:
                    batch_size=args.batch_size, shard=args.shard, seed=args.seed,
                    dtype=args.dtype, progress=not args.quiet,
                    checkpoint_seconds=args.checkpoint_seconds,
-                   invalid="skip" if args.skip_invalid else "error", **kw)
+                   invalid="skip" if args.skip_invalid else "error", split=args.split,
+                   columns=args.columns, **kw)
 
 
 def _unused(args: argparse.Namespace) -> tuple[str, ...]:
@@ -104,9 +106,10 @@ def _select_into(args: argparse.Namespace, store: Any, out: Path, extra: dict) -
                         conflict_penalty=args.penalty, early_stop=args.early_stop,
                         method=args.method, objective=args.objective, seed=args.seed,
                         overwrite=args.overwrite, extra_config=extra, spill_dir=args.spill_dir,
-                        verify=not args.no_verify)
+                        verify=not args.no_verify, split=args.split, columns=args.columns)
     print(sel.summary())
-    print(f"spice: subset, selection.json, scores.csv and dataset_info.json are in {out}")
+    print(f"spice: subset, indices.npy, selection.json, scores.csv, dataset_info.json "
+          f"(LLaMA-Factory), axolotl_dataset.yaml and trl_sft.py are in {out}")
     return 0
 
 
@@ -145,6 +148,8 @@ def cmd_online(args: argparse.Namespace) -> int:
 
 
 def _online(args: argparse.Namespace, out: Path) -> int:
+    from .features.records import load_records
+    from .hfdata import resolve_source, write_dataset_subset
     from .online import preset, run_online
     from .outputs import write_json, write_subset
     from .pipeline import load_model, versions
@@ -160,12 +165,16 @@ def _online(args: argparse.Namespace, out: Path) -> int:
     if args.lora_r is not None:
         over["lora_r"] = args.lora_r
     cfg = preset(args.preset, **over)
+    records = load_records(args.data, split=args.split, columns=args.columns)
+    source = resolve_source(args.data, args.split)
     model, tok, _ = load_model(args.model, args.gguf_file)
     t0 = time.perf_counter()
-    res = run_online(model, tok, args.data, out / "online", cfg, resume=not args.restart,
+    res = run_online(model, tok, records, out / "online", cfg, resume=not args.restart,
                      progress=not args.quiet)
-    ext = Path(args.data).suffix.lower()
-    write_subset(args.data, res.indices, out / f"subset{ext}")
+    if source is not None:
+        write_dataset_subset(source, res.indices, out)
+    else:
+        write_subset(args.data, res.indices, out / f"subset{Path(args.data).suffix.lower()}")
     write_json(out / "timing.json", {"elapsed_s": time.perf_counter() - t0})
     from dataclasses import asdict
 
@@ -209,8 +218,38 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model")
 
 
+def _columns(text: str) -> dict[str, str]:
+    from .hfdata import parse_columns
+
+    try:
+        return parse_columns(text)
+    except ValueError as e:  # argparse says "argument --columns:" itself
+        msg = str(e)
+        for prefix in ("--columns: ", "columns: "):
+            msg = msg[len(prefix):] if msg.startswith(prefix) else msg
+        raise argparse.ArgumentTypeError(msg) from None
+
+
+_columns.__name__ = "columns"  # argparse names the type in its messages
+
+
+def _add_hf_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", default=None,
+                   help="the split to read when --data is a DatasetDict save_to_disk folder "
+                        "(one with dataset_dict.json)")
+    p.add_argument("--columns", type=_columns, default=None,
+                   help="where the fields are in an unusual schema, e.g. "
+                        "prompt=question,response=answer or messages=dialog,system=sys "
+                        "(fields: prompt, response, messages, system)")
+
+
+_DATA_HELP = ("records: JSONL, JSON, Parquet or Arrow file, or a Hugging Face datasets "
+              "save_to_disk folder")
+
+
 def _add_data(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--data", required=True, help=what)
+    _add_hf_data(p)
     p.add_argument("--seed", type=_number(int, 0), default=0,
                    help="seed of the projection, the stochastic method and random choices")
 
@@ -292,21 +331,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = _sub(sub, "features", "per-sample gradient features of a proxy model")
     _add_model(f)
-    _add_data(f, "JSONL, JSON or Parquet records")
+    _add_data(f, _DATA_HELP)
     f.add_argument("--out", required=True, help="feature store directory")
     _add_feature_opts(f)
     f.set_defaults(func=cmd_features)
 
     s = _sub(sub, "select", "select from a feature store and write the subset")
     s.add_argument("--features", required=True, help="feature store directory")
-    _add_data(s, "the data file the features were made from")
+    _add_data(s, "the data the features were made from (read with the same --split and "
+                 "--columns)")
     s.add_argument("--out", required=True, help="output directory")
     _add_select_opts(s)
     s.set_defaults(func=cmd_select)
 
     r = _sub(sub, "run", "features then selection (the offline mode)")
     _add_model(r)
-    _add_data(r, "JSONL, JSON or Parquet records")
+    _add_data(r, _DATA_HELP)
     r.add_argument("--out", required=True, help="run directory")
     r.add_argument("--no-report", action="store_true", help="skip the plots and report.md")
     _add_feature_opts(r)
@@ -315,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     o = _sub(sub, "online", "the paper's online schedule (pools + proxy updates)")
     _add_model(o)
-    o.add_argument("--data", required=True, help="JSONL, JSON or Parquet records")
+    o.add_argument("--data", required=True, help=_DATA_HELP)
+    _add_hf_data(o)
     o.add_argument("--out", required=True, help="run directory (checkpoint and outputs)")
     o.add_argument("--preset", default="paper", choices=["paper", "authors", "authors-conflict"],
                    help="the schedule's settings; the options below override them")

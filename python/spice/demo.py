@@ -20,7 +20,7 @@ __all__ = ["run_demo"]
 _MARKER = ".spice-demo"
 _OWNED = {_MARKER, "data.jsonl", "features", "subset.jsonl", "selection.json", "scores.csv",
           "dataset_info.json", "timing.json", "report.md", "gains.png", "epsilon.png",
-          "conflict.png"}
+          "conflict.png", "indices.npy", "axolotl_dataset.yaml", "trl_sft.py"}
 
 
 def _clear_demo_folder(out: Path, overwrite: bool) -> None:

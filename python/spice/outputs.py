@@ -1,5 +1,6 @@
 """Writing a selection back out: the subset in the input's own format, selection.json, per-record
-scores and a LLaMA-Factory ``dataset_info.json`` entry. Every file is written atomically (a
+scores, ``indices.npy``, a LLaMA-Factory ``dataset_info.json`` entry, an axolotl dataset entry and
+a TRL ``SFTTrainer`` script. Every file is written atomically (a
 temporary file in the same directory, then ``os.replace``), so a crash never leaves half a file.
 """
 
@@ -10,14 +11,15 @@ import io
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 __all__ = ["atomic_write", "write_subset", "write_json", "write_scores", "dataset_info_entry",
-           "record_format", "pyarrow_modules"]
+           "record_format", "pyarrow_modules", "subset_layout", "axolotl_snippet", "trl_snippet",
+           "subset_columns", "write_indices"]
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
@@ -114,25 +116,253 @@ def record_format(obj: dict) -> str:
     return "prompt"
 
 
-def dataset_info_entry(name: str, file_name: str, fmt: str, sample: dict | None = None) -> dict:
-    """A LLaMA-Factory ``dataset_info.json`` entry so the subset can be trained on directly."""
+def subset_layout(fmt: str, sample: dict | None = None,
+                  columns: Mapping[str, str] | None = None,
+                  available: Iterable[str] | None = None) -> dict[str, Any]:
+    """How the written subset's columns make an example, for the snippets other tools read.
+
+    Returns one of ``{"kind": "alpaca", "input": bool}``, ``{"kind": "text", "prompt", "response",
+    "system"}`` or ``{"kind": "chat", "messages", "sharegpt": bool, "system"}`` (column names;
+    ``system`` may be None). A column mapping (``columns``) decides; otherwise the record layout
+    ``fmt`` (:func:`record_format` of the first record, ``sample``) and the columns the file has
+    (``available``; the sample's keys when not given).
+    """
+    have = set(available) if available is not None else set(sample or {})
+    if columns:
+        system = columns.get("system")
+        if "messages" in columns:
+            col = columns["messages"]
+            msgs = (sample or {}).get(col)
+            share = (isinstance(msgs, list) and bool(msgs) and isinstance(msgs[0], dict)
+                     and "from" in msgs[0] and "role" not in msgs[0])
+            return {"kind": "chat", "messages": col, "sharegpt": share, "system": system}
+        return {"kind": "text", "prompt": columns["prompt"], "response": columns["response"],
+                "system": system}
     if fmt == "alpaca":
-        cols = {"prompt": "instruction", "query": "input", "response": "output"}
-        entry: dict[str, Any] = {"file_name": file_name, "columns": cols}
-    elif fmt == "prompt":
-        resp = "completion" if sample is not None and "completion" in sample else "response"
-        entry = {"file_name": file_name, "columns": {"prompt": "prompt", "response": resp}}
-    elif fmt == "messages":
-        entry = {
-            "file_name": file_name, "formatting": "sharegpt",
-            "columns": {"messages": "messages"},
-            "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
-                     "assistant_tag": "assistant", "system_tag": "system"},
-        }
+        return {"kind": "alpaca", "input": "input" in have}
+    if fmt == "prompt":
+        resp = "response" if "response" in have or not have else "completion"
+        if sample is not None and "response" not in sample and "completion" in sample:
+            resp = "completion"
+        return {"kind": "text", "prompt": "prompt", "response": resp, "system": None}
+    if fmt == "messages":
+        return {"kind": "chat", "messages": "messages", "sharegpt": False, "system": None}
+    return {"kind": "chat", "messages": "conversations", "sharegpt": True, "system": None}
+
+
+def dataset_info_entry(name: str, file_name: str, fmt: str, sample: dict | None = None,
+                       columns: Mapping[str, str] | None = None,
+                       available: Iterable[str] | None = None) -> dict:
+    """A LLaMA-Factory ``dataset_info.json`` entry so the subset can be trained on directly
+    (``--dataset_dir`` the folder holding it and ``file_name``). It names only columns the file
+    has: see :func:`subset_layout` for ``fmt``, ``sample``, ``columns`` and ``available``."""
+    lay = subset_layout(fmt, sample, columns, available)
+    entry: dict[str, Any] = {"file_name": file_name}
+    if lay["kind"] == "alpaca":
+        cols = {"prompt": "instruction", "response": "output"}
+        if lay["input"]:
+            cols["query"] = "input"
+        entry["columns"] = cols
+    elif lay["kind"] == "text":
+        cols = {"prompt": lay["prompt"], "response": lay["response"]}
+        if lay["system"]:
+            cols["system"] = lay["system"]
+        entry["columns"] = cols
     else:
-        entry = {"file_name": file_name, "formatting": "sharegpt",
-                 "columns": {"messages": "conversations"}}
+        entry["formatting"] = "sharegpt"
+        cols = {"messages": lay["messages"]}
+        if lay["system"]:
+            cols["system"] = lay["system"]
+        entry["columns"] = cols
+        if not lay["sharegpt"]:
+            entry["tags"] = {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                             "assistant_tag": "assistant", "system_tag": "system"}
     return {name: entry}
+
+
+def _loader(path: Path) -> str:
+    """The ``datasets`` builder (and axolotl ``ds_type``) that reads a subset file."""
+    return "parquet" if path.suffix.lower() == ".parquet" else "json"
+
+
+def _q(text: str) -> str:
+    """A YAML double-quoted scalar (a JSON string is one)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+# what the record loader accepts as ShareGPT speakers, for the snippets (role -> speakers)
+def _sharegpt_roles() -> dict[str, list[str]]:
+    from .features.records import _SHAREGPT_ROLES
+
+    out: dict[str, list[str]] = {}
+    for speaker, role in _SHAREGPT_ROLES.items():
+        out.setdefault(role, []).append(speaker)
+    return out
+
+
+def axolotl_snippet(path: str | os.PathLike, layout: Mapping[str, Any]) -> str:
+    """An axolotl ``datasets:`` entry (YAML text to paste into a config) that trains on the
+    subset file ``path`` (absolute) laid out as ``layout`` (:func:`subset_layout`), with the
+    prompt layout spice scored."""
+    from .features.records import ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT
+
+    path = Path(path)
+    lines = ["# axolotl: the subset spice selected; paste under your config's top level",
+             "datasets:", f"  - path: {_q(str(path))}", f"    ds_type: {_loader(path)}"]
+    kind = layout["kind"]
+    if kind == "alpaca":
+        lines += ["    type:",
+                  "      field_instruction: instruction",
+                  "      field_input: input",
+                  "      field_output: output",
+                  f"      format: {_q(ALPACA_PROMPT_WITH_INPUT)}",
+                  f"      no_input_format: {_q(ALPACA_PROMPT)}"]
+    elif kind == "text":
+        lines += ["    type:",
+                  f"      field_instruction: {_q(layout['prompt'])}",
+                  f"      field_output: {_q(layout['response'])}",
+                  '      format: "{instruction}"',
+                  '      no_input_format: "{instruction}"']
+        if layout["system"]:
+            lines = lines[:1] + [
+                "# spice scored these rows as a chat (system, user, assistant) in the model's chat",
+                "# template; this entry lays them out as plain text with the system text first",
+            ] + lines[1:]
+            lines += [f"      field_system: {_q(layout['system'])}",
+                      '      system_format: "{system}\\n\\n"']
+    else:
+        role, content = ("from", "value") if layout["sharegpt"] else ("role", "content")
+        lines += ["    type: chat_template",
+                  "    chat_template: tokenizer_default",
+                  f"    field_messages: {_q(layout['messages'])}",
+                  "    message_property_mappings:",
+                  f"      role: {role}",
+                  f"      content: {content}",
+                  '    roles_to_train: ["assistant"]']
+        if layout["sharegpt"]:
+            lines.append("    roles:")
+            for r, speakers in _sharegpt_roles().items():
+                lines.append(f"      {r}: [{', '.join(_q(s) for s in speakers)}]")
+        if layout["system"]:
+            lines.insert(1, f"# spice read column {layout['system']!r} as a leading system turn; "
+                            "add it to the messages for axolotl to see it")
+    return "\n".join(lines) + "\n"
+
+
+def trl_snippet(path: str | os.PathLike, layout: Mapping[str, Any],
+                model: str = "path/or/id/of/your-model") -> str:
+    """A Python script (text) that fine-tunes with TRL's ``SFTTrainer`` on the subset file
+    ``path`` (absolute) laid out as ``layout`` (:func:`subset_layout`): rows become TRL's
+    prompt/completion or messages format, as spice read them."""
+    from .features.records import ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT
+
+    path = Path(path)
+    kind = layout["kind"]
+    head = [
+        '"""TRL: supervised fine-tuning on the subset spice selected (written by spice: set the',
+        'model and the training arguments)."""',
+        "from datasets import load_dataset",
+        "from trl import SFTConfig, SFTTrainer",
+        "",
+        f"dataset = load_dataset({_q(_loader(path))}, data_files={_q(str(path))}, "
+        'split="train")',
+        "",
+        "",
+    ]
+    body: list[str]
+    if kind == "alpaca":
+        body = [f"PROMPT = {_q(ALPACA_PROMPT)}",
+                f"PROMPT_WITH_INPUT = {_q(ALPACA_PROMPT_WITH_INPUT)}",
+                "",
+                "",
+                "def to_trl(row):",
+                '    if row.get("input"):',
+                '        prompt = PROMPT_WITH_INPUT.format(instruction=row["instruction"], '
+                'input=row["input"])',
+                "    else:",
+                '        prompt = PROMPT.format(instruction=row["instruction"])',
+                '    return {"prompt": prompt, "completion": row["output"]}']
+    elif kind == "text" and not layout["system"]:
+        body = ["def to_trl(row):",
+                f'    return {{"prompt": row[{_q(layout["prompt"])}], '
+                f'"completion": row[{_q(layout["response"])}]}}']
+    elif kind == "text":
+        body = ["def to_trl(row):",
+                "    prompt = [",
+                f'        {{"role": "system", "content": row[{_q(layout["system"])}]}},',
+                f'        {{"role": "user", "content": row[{_q(layout["prompt"])}]}},',
+                "    ]",
+                f'    if not row[{_q(layout["system"])}]:',
+                "        prompt = prompt[1:]",
+                f'    completion = [{{"role": "assistant", "content": '
+                f'row[{_q(layout["response"])}]}}]',
+                '    return {"prompt": prompt, "completion": completion}']
+    else:
+        col = _q(layout["messages"])
+        if layout["sharegpt"]:
+            roles = {s: r for r, ss in _sharegpt_roles().items() for s in ss}
+            body = [f"ROLES = {roles!r}",
+                    "",
+                    "",
+                    "def to_trl(row):",
+                    f'    messages = [{{"role": ROLES[m["from"].lower()], "content": m["value"]}} '
+                    f"for m in row[{col}]]"]
+        else:
+            body = ["def to_trl(row):",
+                    f'    messages = [{{"role": m["role"], "content": m["content"]}} '
+                    f"for m in row[{col}]]"]
+        if layout["system"]:
+            s = _q(layout["system"])
+            body += [f"    if row[{s}]:",
+                     f'        messages.insert(0, {{"role": "system", "content": row[{s}]}})']
+        body += ['    return {"messages": messages}']
+    tail = [
+        "",
+        "",
+        "dataset = dataset.map(to_trl, remove_columns=dataset.column_names)",
+        "trainer = SFTTrainer(",
+        f"    model={_q(model)},",
+        "    train_dataset=dataset,",
+        '    args=SFTConfig(output_dir="sft-output"),',
+    ]
+    if kind == "chat" or layout.get("system"):
+        tail[-1:] = [
+            "    # assistant_only_loss=True puts the loss on the replies only, as spice scored "
+            "them",
+            "    # (it needs a chat template with generation markers)",
+            '    args=SFTConfig(output_dir="sft-output"),',
+        ]
+    tail += [")", "trainer.train()"]
+    return "\n".join(head + body + tail) + "\n"
+
+
+def subset_columns(path: str | os.PathLike) -> tuple[list[str], dict | None]:
+    """(the columns of a written subset file, its first record): every key of a JSON/JSONL
+    file's records, a Parquet file's schema."""
+    path = Path(path)
+    if path.suffix.lower() == ".parquet":
+        _, pq = pyarrow_modules()
+        table = pq.read_table(path)
+        rows = table.slice(0, 1).to_pylist()
+        return list(table.column_names), (rows[0] if rows else None)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        objs = json.loads(text)
+    else:
+        objs = [json.loads(line) for line in text.splitlines() if line.strip()]
+    keys: dict[str, None] = {}
+    for obj in objs:
+        if isinstance(obj, dict):
+            keys.update(dict.fromkeys(obj))
+    first = objs[0] if objs and isinstance(objs[0], dict) else None
+    return list(keys), first
+
+
+def write_indices(path: str | os.PathLike, indices: Sequence[int] | np.ndarray) -> Path:
+    """The picks as an int64 ``.npy`` array, in pick order (atomic)."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(indices, dtype=np.int64))
+    return atomic_write(path, buf.getvalue())
 
 
 def write_scores(path: str | os.PathLike, ids: Sequence[str], base: np.ndarray,

@@ -11,7 +11,7 @@ import platform
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,14 @@ import numpy as np
 
 from . import __version__
 from .outputs import (
+    atomic_write,
+    axolotl_snippet,
     dataset_info_entry,
     record_format,
+    subset_columns,
+    subset_layout,
+    trl_snippet,
+    write_indices,
     write_json,
     write_scores,
     write_subset,
@@ -38,7 +44,7 @@ class PipelineError(RuntimeError):
 
 # the optional dependencies each extra of spice-select installs
 EXTRAS = {"hf": ("torch", "transformers", "peft"), "report": ("matplotlib",),
-          "parquet": ("pyarrow",)}
+          "parquet": ("pyarrow",), "hf-datasets": ("datasets", "pyarrow")}
 
 
 def require_extras(what: str, *extras: str, unused: tuple[str, ...] = ()) -> None:
@@ -115,12 +121,14 @@ def load_model(spec: str, gguf_file: str | None = None) -> tuple[Any, Any, str]:
     return model, tok, model_id
 
 
-def check_store_matches(store: Any, data: str | os.PathLike) -> dict:
-    """Refuse a feature store that was not made from ``data`` (row count and fingerprint)."""
+def check_store_matches(store: Any, data: Any, split: str | None = None,
+                        columns: Mapping[str, str] | None = None) -> dict:
+    """Refuse a feature store that was not made from ``data`` (row count and fingerprint);
+    ``split`` and ``columns`` say how to read ``data`` (:func:`spice.features.load_records`)."""
     from .features.records import data_fingerprint, file_sha256
 
     want = store.config.get("data", {})
-    fp = data_fingerprint(data)
+    fp = data_fingerprint(data, split=split, columns=columns)
     # stores written before content fingerprints recorded the file's bytes
     have = file_sha256(data) if want.get("kind") == "file" else fp["sha256"]
     if want.get("sha256") and want["sha256"] != have:
@@ -170,7 +178,8 @@ def removed_if_failed(path: Path) -> Iterator[None]:
 
 # What a selection run writes into its folder (spice report adds the last four); --overwrite
 # replaces these and leaves every other file of the folder alone.
-_RUN_FILES = ("subset.jsonl", "subset.json", "subset.parquet", "scores.csv", "dataset_info.json",
+_RUN_FILES = ("subset.jsonl", "subset.json", "subset.parquet", "subset", "indices.npy",
+              "scores.csv", "dataset_info.json", "axolotl_dataset.yaml", "trl_sft.py",
               "timing.json", "report.md", "gains.png", "epsilon.png", "conflict.png")
 
 
@@ -185,7 +194,10 @@ def _publish(staging: Path, out: Path) -> None:
     if (out / "selection.json").exists():
         (out / "selection.json").unlink()
         for name in _RUN_FILES:
-            (out / name).unlink(missing_ok=True)
+            if (out / name).is_dir() and not (out / name).is_symlink():
+                shutil.rmtree(out / name)
+            else:
+                (out / name).unlink(missing_ok=True)
     names = sorted(p.name for p in staging.iterdir())
     for name in [n for n in names if n != "selection.json"] + ["selection.json"]:
         if (staging / name).exists():
@@ -195,7 +207,7 @@ def _publish(staging: Path, out: Path) -> None:
 
 def select_to_dir(
     store: Any,
-    data: str | os.PathLike,
+    data: Any,
     out: str | os.PathLike,
     k: int | float,
     *,
@@ -209,79 +221,93 @@ def select_to_dir(
     extra_config: dict | None = None,
     spill_dir: str | os.PathLike | None = None,
     verify: bool = True,
+    split: str | None = None,
+    columns: Mapping[str, str] | None = None,
 ) -> Selection:
     """Select from ``store`` (a :class:`spice.FeatureStore`) and write the run directory ``out``:
-    ``subset.<ext>`` (the chosen records in pick order, in the data's own format),
-    ``selection.json``, ``scores.csv``, ``dataset_info.json`` and ``timing.json``.
+    the chosen records in pick order (``subset.<ext>`` in a data file's own format; for a Hugging
+    Face dataset, a ``save_to_disk`` folder or an ``.arrow`` file: the flattened ``subset/``
+    folder and ``subset.parquet``), ``indices.npy``, ``selection.json``, ``scores.csv``,
+    ``dataset_info.json`` (LLaMA-Factory), ``axolotl_dataset.yaml``, ``trl_sft.py`` and
+    ``timing.json``. ``split`` and ``columns`` say how to read ``data``
+    (:func:`spice.features.load_records`); they must be those the store was made with.
 
-    Everything except ``timing.json`` is identical when rerun with the same inputs and seed
-    (``spill_dir``, passed on to :func:`spice.select`, changes where the run keeps its state,
-    not its results). With ``verify`` (the default) every chunk of the store is checked against
-    its sha256 first, so a damaged store is an error naming the chunk, never a different
-    selection. Nothing is written unless the whole run succeeds: the files are made in a sibling
-    staging folder and moved into ``out`` at the end. With ``overwrite``, a previous run's files
-    in ``out`` (its subset, scores and report) are replaced; any other file there is kept.
+    Everything except ``timing.json`` (and the ``subset/`` folder's ``state.json``) is identical
+    when rerun with the same inputs and seed (``spill_dir``, passed on to :func:`spice.select`,
+    changes where the run keeps its state, not its results). With ``verify`` (the default) every
+    chunk of the store is checked against its sha256 first, so a damaged store is an error naming
+    the chunk, never a different selection. Nothing is written unless the whole run succeeds: the
+    files are made in a sibling staging folder and moved into ``out`` at the end. With
+    ``overwrite``, a previous run's files in ``out`` (its subset, scores and report) are replaced;
+    any other file there is kept.
     """
+    from .hfdata import check_columns, resolve_source
+
+    columns = check_columns(columns)
     out = check_out_dir(out, overwrite, "selection.json")
-    fp = check_store_matches(store, data)
+    fp = check_store_matches(store, data, split, columns)
     if verify:
         store.verify()
     base = np.empty(len(store))  # per-record base gains, filled by the run (no second pass)
     sel = select(store, k, alpha=alpha, conflict_penalty=conflict_penalty,
                  early_stop=early_stop, method=method, objective=objective, seed=seed,
                  base_out=base, spill_dir=spill_dir)
-    data = Path(data)
-    ext = ".jsonl" if data.suffix.lower() in (".jsonl", ".ndjson") else data.suffix.lower()
-    subset_name = f"subset{ext}"
+    source = resolve_source(data, split)
+    if source is not None:
+        subset_name = "subset.parquet"
+    else:
+        data = Path(data)
+        ext = ".jsonl" if data.suffix.lower() in (".jsonl", ".ndjson") else data.suffix.lower()
+        subset_name = f"subset{ext}"
+    extra = dict(extra_config or {})
+    if split is not None:
+        extra["split"] = split
+    if columns is not None:
+        extra["columns"] = columns
     with removed_if_failed(out.parent):
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:
-            _write_selection(store, data, sel, base, fp, staging, subset_name, extra_config)
+            _write_selection(store, data, source, sel, base, fp, staging, out, subset_name,
+                             columns, extra)
             _publish(staging, out)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return sel
 
 
-def _write_selection(store: Any, data: Path, sel: Selection, base: np.ndarray, fp: dict,
-                     out: Path, subset_name: str, extra_config: dict | None) -> None:
-    """The run directory's files, written into ``out`` (the staging folder)."""
-    write_subset(data, sel.indices, out / subset_name)
-    write_scores(out / "scores.csv", store.ids, base, sel.indices, sel.gains, sel.conflict)
-    first = _first_record(out / subset_name) if len(sel) else None
+def _write_selection(store: Any, data: Any, source: Any, sel: Selection, base: np.ndarray,
+                     fp: dict, staging: Path, out: Path, subset_name: str,
+                     columns: dict | None, extra_config: dict) -> None:
+    """The run directory's files, written into ``staging`` (the snippets name the files at their
+    final place in ``out``)."""
+    from .hfdata import dataset_description, write_dataset_subset
+
+    if source is not None:
+        write_dataset_subset(source, sel.indices, staging, "subset", subset_name)
+    else:
+        write_subset(data, sel.indices, staging / subset_name)
+    write_indices(staging / "indices.npy", sel.indices)
+    write_scores(staging / "scores.csv", store.ids, base, sel.indices, sel.gains, sel.conflict)
+    available, first = subset_columns(staging / subset_name)
     fmt = record_format(first) if first is not None else "alpaca"
-    write_json(out / "dataset_info.json", dataset_info_entry("spice_subset", subset_name, fmt,
-                                                             first))
+    write_json(staging / "dataset_info.json",
+               dataset_info_entry("spice_subset", subset_name, fmt, first, columns, available))
+    layout = subset_layout(fmt, first, columns, available)
+    final = out.resolve() / subset_name
+    atomic_write(staging / "axolotl_dataset.yaml", axolotl_snippet(final, layout))
+    atomic_write(staging / "trl_sft.py", trl_snippet(final, layout))
     body = sel.to_dict()
     timing = {"elapsed_s": body.pop("elapsed_s"), "picks_per_s":
               len(sel) / sel.elapsed_s if sel.elapsed_s > 0 else None}
     body["config"] = {
         "features": str(Path(store.path).resolve()),
         "features_config": store.config,
-        "data": str(data.resolve()),
+        "data": dataset_description(data, None),
         "data_fingerprint": fp,
         "subset": subset_name,
-        **(extra_config or {}),
+        **extra_config,
     }
     body["versions"] = versions()
-    write_json(out / "timing.json", timing)
-    write_json(out / "selection.json", body)
-
-
-def _first_record(path: Path) -> dict | None:
-    import json
-
-    if path.suffix == ".parquet":
-        from .outputs import pyarrow_modules
-
-        _, pq = pyarrow_modules()
-        rows = pq.read_table(path).slice(0, 1).to_pylist()
-        return rows[0] if rows else None
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        arr = json.loads(text)
-        return arr[0] if arr else None
-    line = text.split("\n", 1)[0]
-    return json.loads(line) if line.strip() else None
-
+    write_json(staging / "timing.json", timing)
+    write_json(staging / "selection.json", body)

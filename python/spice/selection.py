@@ -94,6 +94,20 @@ class Selection:
                    k=self.k, params=dict(self.params), elapsed_s=self.elapsed_s)
         return out
 
+    def subset(self, dataset: Any, *, keep_in_memory: bool = True) -> Any:
+        """The picked rows of ``dataset`` (a ``datasets.Dataset`` of the ``n`` rows the selection
+        was made from), in pick order: ``dataset.select(self.indices)`` flattened
+        (``flatten_indices``), so nothing refers back to the full data. ``keep_in_memory=False``
+        lets ``datasets`` write its cache file next to the dataset's own files instead.
+
+        Raises:
+            ValueError: the dataset does not have ``n`` rows.
+            TypeError: a ``DatasetDict`` (pass one split) or anything but a Dataset.
+        """
+        from .hfdata import subset_of
+
+        return subset_of(dataset, self.indices, self.n, keep_in_memory)
+
     def summary(self) -> str:
         """A few human-readable lines about the run."""
         m = len(self)
