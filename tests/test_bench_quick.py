@@ -1,6 +1,6 @@
 """Every benchmark script runs end to end in its --quick mode (seconds), so none can rot between
-the sessions that record bench/RESULTS.md. Each run's own correctness checks (identical picks
-against the numpy and explicit-kernel baselines) are asserted here too."""
+the full runs whose figures bench/RESULTS.md records. Each run's own correctness checks (identical
+picks against the numpy and explicit-kernel baselines) are asserted here too."""
 
 from __future__ import annotations
 
