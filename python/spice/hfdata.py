@@ -138,9 +138,12 @@ def map_columns(obj: Any, columns: Mapping[str, str], where: str) -> Any:
 
     def get(key: str) -> Any:
         col = columns[key]
-        if col not in obj:
-            raise RecordError(f"{where}: no column {col!r} (mapped as {key}); the record's "
-                              f"columns: {sorted(obj)}")
+        if obj.get(col) is None:  # a table's null arrives as an absent field
+            if key == "system":
+                return None
+            has = sorted(k for k, v in obj.items() if v is not None)
+            raise RecordError(f"{where}: column {col!r} (mapped as {key}) is missing or null; "
+                              f"the record has {has}")
         return obj[col]
 
     out: dict[str, Any] = {}
@@ -152,8 +155,6 @@ def map_columns(obj: Any, columns: Mapping[str, str], where: str) -> Any:
                           f"got {type(system).__name__}")
     if "messages" in columns:
         msgs = get("messages")
-        if msgs is None:
-            raise RecordError(f"{where}: column {columns['messages']!r} (messages) is null")
         share = _sharegpt_like(msgs)
         if system and isinstance(msgs, list):
             turn = {"from": "system", "value": system} if share else \
@@ -165,9 +166,8 @@ def map_columns(obj: Any, columns: Mapping[str, str], where: str) -> Any:
     for key in ("prompt", "response"):
         v = get(key)
         if not isinstance(v, str):
-            what = "null" if v is None else f"a {type(v).__name__}"
             raise RecordError(f"{where}: column {columns[key]!r} ({key}) must be a string, "
-                              f"got {what}")
+                              f"got {type(v).__name__}")
         texts[key] = v
     if system:
         out["messages"] = [{"role": "system", "content": system},

@@ -211,11 +211,12 @@ def axolotl_snippet(path: str | os.PathLike, layout: Mapping[str, Any]) -> str:
              "datasets:", f"  - path: {_q(str(path))}", f"    ds_type: {_loader(path)}"]
     kind = layout["kind"]
     if kind == "alpaca":
-        lines += ["    type:",
-                  "      field_instruction: instruction",
-                  "      field_input: input",
-                  "      field_output: output",
-                  f"      format: {_q(ALPACA_PROMPT_WITH_INPUT)}",
+        lines += ["    type:", "      field_instruction: instruction"]
+        if layout["input"]:
+            lines.append("      field_input: input")
+        fmt = ALPACA_PROMPT_WITH_INPUT if layout["input"] else ALPACA_PROMPT
+        lines += ["      field_output: output",
+                  f"      format: {_q(fmt)}",
                   f"      no_input_format: {_q(ALPACA_PROMPT)}"]
     elif kind == "text":
         lines += ["    type:",
