@@ -447,3 +447,33 @@ def test_selection_subset(tmp_path):
         sel.subset(datasets.DatasetDict(train=ds, test=ds))
     with pytest.raises(TypeError, match="needs a datasets.Dataset"):
         sel.subset(rows)
+
+
+def test_features_from_a_dataset_folder_equal_those_from_its_jsonl(tmp_path):
+    """spice features passes --split and --columns to the loader: same fingerprint, same rows."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    from spice import toy
+
+    rows = qa_rows(8)
+    jsonl = write_jsonl(tmp_path / "data.jsonl",
+                        [{"id": r["id"], "prompt": r["question"], "response": r["answer"]}
+                         for r in rows])
+    datasets.DatasetDict(train=datasets.Dataset.from_list(rows)).save_to_disk(str(tmp_path / "dd"))
+    tok = toy.train_tokenizer([r["question"] + r["answer"] for r in rows], 300)
+    model = toy.tiny_llama(len(tok), seed=1)
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    opts = ["--model", str(tmp_path / "model"), "--dim", "16", "--max-length", "32", "--quiet"]
+    assert main(["features", *opts, "--data", str(tmp_path / "dd"), "--split", "train",
+                 "--columns", "prompt=question,response=answer", "--out", str(tmp_path / "a")]) == 0
+    assert main(["features", *opts, "--data", str(jsonl), "--out", str(tmp_path / "b")]) == 0
+    a, b = FeatureStore.open(tmp_path / "a"), FeatureStore.open(tmp_path / "b")
+    assert a.config["data"]["sha256"] == b.config["data"]["sha256"] == \
+        sha_by_hand(expected_text_records(rows))
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert a.index.skipped().tolist() == [3]  # the blank answer
+    # a store made from the folder selects with the JSONL as its data (same content)
+    assert main(["select", "--features", str(tmp_path / "a"), "--data", str(jsonl), "--k", "3",
+                 "--out", str(tmp_path / "s")]) == 0
