@@ -177,7 +177,7 @@ void dots_blocked(const char* const* rows, const double* const* vecs, int V, int
       // memory): fetch the next step's (the next four in this column block, else the first
       // four of the next block) along the way; their 4 KB pieces are too short for the
       // hardware prefetcher. Vectors already in L2 go without (prefetching them into L1
-      // evicts this tile's rows: 6.4 -> 5.4 FMA vectors a ns measured in place).
+      // evicts this tile's rows).
       const double* nx[4];
       int nn = 0;
       if (cold_vecs && v + 4 < V) {
@@ -229,11 +229,9 @@ void dots_t(const char* const* rows, int R, const double* const* vecs, int V, in
     // The naive step (one or two vectors) over float32/float64 rows streaming from memory (the
     // caller passes its next tile to prefetch): little arithmetic per byte, so the rows' memory
     // stream decides. One row at a time, each prefetching the row kNaivePf places after it:
-    // two memory streams per core. Measured at n = 1e5, d = 1024, float32, 2 threads, against
-    // 3-row tiles that prefetch the next 3 rows: while this machine's bus is shared, 10.5 ->
-    // 8.6 ms (lambda = 0) and 10.3 -> 8.9 ms (lambda = 0.1); while it is idle, 8.0 -> 5.85 ms
-    // and 6.3 -> 6.45 ms. float16 rows carry half the bytes for the same arithmetic and keep
-    // the 6-row tiles (a single float16 row is compute-bound).
+    // two memory streams per core, faster than 3-row tiles that prefetch the next 3 rows
+    // (bench/RESULTS.md, engine design choices). float16 rows carry half the bytes for the
+    // same arithmetic and keep the 6-row tiles (a single float16 row is compute-bound).
     constexpr int kNaivePf = 6;
     const char* all[2 * kMaxTileRows];
     int na = 0;
@@ -269,7 +267,7 @@ void dots_t(const char* const* rows, int R, const double* const* vecs, int V, in
   // The rows left over (a tile of R % 6 rows): wider register tiles for fewer rows (R x VW
   // accumulators, 18-20 of the 32 registers), so that each row chunk loaded feeds enough
   // independent FMAs. A 1 x 4 tile has four dependency chains and runs at about a quarter of the
-  // FMA throughput (measured 0.7-0.8 vs 3.9 FMA vectors a ns for 6 x 4).
+  // FMA throughput of a 6 x 4 tile.
   switch (R - r) {
     case 5: return rest_tile<D, 5, 4>(rows + r, vecs, V, d, out + r * V, V);
     case 4: return rest_tile<D, 4, 4>(rows + r, vecs, V, d, out + r * V, V);

@@ -1,5 +1,5 @@
 // spice core: exact penalised log-det greedy selection over gradient features.
-// Pure C++17: no Python headers. See docs in README.md and shared math notes.
+// Pure C++17: no Python headers. docs/algorithm.md explains the algebra and maps the units.
 #pragma once
 
 #include <cstdint>

@@ -1,0 +1,100 @@
+// The greedy engine's shared state (private to the core). One Engine runs one selection: the
+// candidates' records, the factor state, the conflict statistic and the refresh that brings
+// candidates up to date; the drivers (greedy_naive.cpp, greedy_lazy.cpp, greedy_stochastic.cpp,
+// compat.cpp) decide whom to refresh and whom to pick. docs/algorithm.md explains the algebra.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "spice/candidates.hpp"
+#include "spice/conflict.hpp"
+#include "spice/core.hpp"
+#include "spice/inverse.hpp"
+#include "spice/kernels.hpp"
+#include "spice/numerics.hpp"
+#include "spice/tile_plan.hpp"
+
+namespace spice {
+namespace detail {
+
+// Below this many row elements a parallel region costs more than it saves (and on a busy machine
+// a descheduled thread stalls the whole region).
+constexpr int64_t kParallelWork = int64_t(1) << 18;
+
+int resolve_threads(int t);
+
+class Engine {
+ public:
+  Engine(const MatrixView& G, const Options& opt, const ProgressHook& hook, double hook_dt);
+  Result run();
+
+ private:
+  const MatrixView& G_;
+  const Options& opt_;
+  const kern::Table& K_;
+  const ProgressHook& hook_;
+  double hook_dt_;
+  int64_t n_, d_;
+  int nt_;
+  std::vector<RowState> rs_;
+  std::vector<double> base_;  // log1p(alpha ||g_i||^2): every candidate's first gain
+  InverseFactor inv_;
+  ConflictStat conf_;
+  int64_t t_ = 0;       // picks made
+  int64_t dots_ = 0;    // catch-up dot products (row . w_s) performed
+  int64_t deaths_ = 0;  // candidates refresh found in span(S) (state kDead)
+  // Far behind once M^{-1} is kept: more than far_steps_ steps behind, and no M^{-1} bound yet
+  // at this step (a second one at the same step would be the same number).
+  int64_t far_steps_ = 0;
+  Result res_;
+  std::chrono::steady_clock::time_point t0_, last_hook_;
+
+  // refresh's scratch: the tile plan, the candidates' steps in their order, and
+  // refresh_shared's buffer offsets, work items, (chunk, tile) pairs and products
+  TilePlan plan_;
+  std::vector<int64_t> ctq_;
+  std::vector<int64_t> yoff_, ibeg_;
+  std::vector<std::pair<int64_t, int64_t>> pairs_;
+  std::vector<double> ybuf_;
+  std::vector<std::pair<int64_t, int64_t>> sort_tmp_;  // sort_by_step's scratch
+
+  const char* row(int64_t i) const { return G_.row(i); }
+  bool lambda_on() const { return opt_.lambda > 0.0; }
+  double conf(int64_t i) const { return ConflictStat::conflict(rs_[i].align); }
+  void conflict_of(int64_t i, double a) { rs_[i].align = conf_.align(a, rs_[i].norm2); }
+  bool far_behind(int64_t i) const {
+    const int64_t behind = t_ - rs_[i].tq;
+    return behind > far_steps_ && rs_[i].qb_at != static_cast<uint32_t>(t_ + 1);
+  }
+  void sort_by_step(std::vector<int64_t>& cand) { spice::sort_by_step(cand, rs_.data(), t_, sort_tmp_); }
+  void bound_from_inverse(const std::vector<int64_t>& cand, std::vector<double>& qub) {
+    dots_ += inv_.bound(cand, rs_.data(), qub);
+    res_.evaluations += static_cast<int64_t>(cand.size());
+  }
+
+  // engine.cpp
+  void init_norms();
+  Best argmax(const int64_t* cand, int64_t m) const;
+  bool check_stop_before_pick(const Best& b);
+  void add_pick(int64_t j);
+  bool tick();
+  void finish_bound();
+  // refresh.cpp
+  Best refresh(const int64_t* cand, int64_t m, bool need_conflict,
+               int64_t max_rows = std::numeric_limits<int64_t>::max(), bool all_delta = true);
+  bool refresh_shared(const int64_t* cand, bool conflict, int VB, Best& best);
+  void finish_row(int64_t i, int64_t hi, bool conflict, double a, Best& local, int64_t& dead);
+  // the drivers
+  void run_naive();
+  void run_lazy();
+  void run_stochastic();
+  void run_diag_compat();
+  void run_topk_compat();
+};
+
+}  // namespace detail
+}  // namespace spice
