@@ -59,26 +59,61 @@ const char* stop_name(spice::StopReason s) {
   return "unknown";
 }
 
-py::dict py_select(const py::array& G, int dtype_code, int64_t k, double alpha, double lam,
-                double omega, int method, int objective, uint64_t seed, double stochastic_eps,
-                int threads, int64_t batch, const py::object& progress, double interval_s,
-                   int64_t chunk, const py::object& base_out, const std::string& spill_dir) {
+const char* method_name(spice::Method m) {
+  switch (m) {
+    case spice::Method::Naive: return "naive";
+    case spice::Method::Lazy: return "lazy";
+    case spice::Method::Stochastic: return "stochastic";
+  }
+  return "unknown";
+}
+
+spice::Method method_of(const std::string& s) {
+  for (auto m : {spice::Method::Naive, spice::Method::Lazy, spice::Method::Stochastic})
+    if (s == method_name(m)) return m;
+  throw py::value_error("unknown method '" + s + "' (naive, lazy or stochastic)");
+}
+
+const char* objective_name(spice::Objective o) {
+  switch (o) {
+    case spice::Objective::LogDet: return "logdet";
+    case spice::Objective::DiagCompat: return "diag-compat";
+    case spice::Objective::TopKCompat: return "topk-compat";
+  }
+  return "unknown";
+}
+
+spice::Objective objective_of(const std::string& s) {
+  for (auto o : {spice::Objective::LogDet, spice::Objective::DiagCompat,
+                 spice::Objective::TopKCompat})
+    if (s == objective_name(o)) return o;
+  throw py::value_error("unknown objective '" + s + "' (logdet, diag-compat or topk-compat)");
+}
+
+spice::Options make_options(int64_t k, double alpha, double lam, double omega,
+                            const std::string& method, const std::string& objective,
+                            uint64_t seed, double stochastic_eps, int threads, int64_t batch,
+                            int64_t chunk, const std::string& spill_dir) {
+  spice::Options o;
+  o.k = k;
+  o.alpha = alpha;
+  o.lambda = lam;
+  o.omega = omega;
+  o.method = method_of(method);
+  o.objective = objective_of(objective);
+  o.seed = seed;
+  o.stochastic_eps = stochastic_eps;
+  o.threads = threads;
+  o.batch = batch;
+  o.chunk = chunk;
+  o.spill_dir = spill_dir;
+  return o;
+}
+
+py::dict py_select(const py::array& G, int dtype_code, spice::Options opt,
+                   const py::object& progress, double interval_s, const py::object& base_out) {
   spice::MatrixView view = view_of(G, dtype_code);
-  spice::Options opt;
-  opt.k = k;
-  opt.alpha = alpha;
-  opt.lambda = lam;
-  opt.omega = omega;
-  if (method < 0 || method > 2) throw py::value_error("unknown method code");
-  if (objective < 0 || objective > 2) throw py::value_error("unknown objective code");
-  opt.method = static_cast<spice::Method>(method);
-  opt.objective = static_cast<spice::Objective>(objective);
-  opt.seed = seed;
-  opt.stochastic_eps = stochastic_eps;
-  opt.threads = threads;
-  opt.batch = batch;
-  opt.chunk = chunk;
-  opt.spill_dir = spill_dir;
+  opt.base_out = nullptr;
   if (!base_out.is_none()) {
     if (!py::isinstance<py::array_t<double, 0>>(base_out))
       throw py::value_error("base_out must be a float64 numpy array");
@@ -141,11 +176,39 @@ py::array_t<double> py_row_norms2(const py::array& G, int dtype_code, int thread
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "spice compiled core: exact penalised log-det greedy selection";
-  m.def("select", &py_select, py::arg("G"), py::arg("dtype_code"), py::arg("k"), py::arg("alpha"),
-        py::arg("lam"), py::arg("omega"), py::arg("method"), py::arg("objective"),
-        py::arg("seed"), py::arg("stochastic_eps"), py::arg("threads"), py::arg("batch"),
-        py::arg("progress"), py::arg("interval_s"), py::arg("chunk") = 0,
-        py::arg("base_out") = py::none(), py::arg("spill_dir") = std::string());
+  // The run's settings, by keyword (defaults as in spice/core.hpp); validated by select.
+  py::class_<spice::Options>(m, "Options")
+      .def(py::init(&make_options), py::kw_only(), py::arg("k") = 0, py::arg("alpha") = 1.0,
+           py::arg("lam") = 0.0, py::arg("omega") = 0.0, py::arg("method") = "lazy",
+           py::arg("objective") = "logdet", py::arg("seed") = 0, py::arg("stochastic_eps") = 0.01,
+           py::arg("threads") = 0, py::arg("batch") = 0, py::arg("chunk") = 0,
+           py::arg("spill_dir") = std::string())
+      .def_readwrite("k", &spice::Options::k)
+      .def_readwrite("alpha", &spice::Options::alpha)
+      .def_readwrite("lam", &spice::Options::lambda)
+      .def_readwrite("omega", &spice::Options::omega)
+      .def_property(
+          "method", [](const spice::Options& o) { return std::string(method_name(o.method)); },
+          [](spice::Options& o, const std::string& s) { o.method = method_of(s); })
+      .def_property(
+          "objective",
+          [](const spice::Options& o) { return std::string(objective_name(o.objective)); },
+          [](spice::Options& o, const std::string& s) { o.objective = objective_of(s); })
+      .def_readwrite("seed", &spice::Options::seed)
+      .def_readwrite("stochastic_eps", &spice::Options::stochastic_eps)
+      .def_readwrite("threads", &spice::Options::threads)
+      .def_readwrite("batch", &spice::Options::batch)
+      .def_readwrite("chunk", &spice::Options::chunk)
+      .def_readwrite("spill_dir", &spice::Options::spill_dir)
+      .def("__repr__", [](const spice::Options& o) {
+        return "Options(k=" + std::to_string(o.k) + ", alpha=" + std::to_string(o.alpha) +
+               ", lam=" + std::to_string(o.lambda) + ", omega=" + std::to_string(o.omega) +
+               ", method='" + method_name(o.method) + "', objective='" +
+               objective_name(o.objective) + "', seed=" + std::to_string(o.seed) + ")";
+      });
+  m.def("select", &py_select, py::arg("G"), py::arg("dtype_code"), py::arg("options"),
+        py::kw_only(), py::arg("progress") = py::none(), py::arg("interval_s") = 0.25,
+        py::arg("base_out") = py::none());
   m.def("row_norms2", &py_row_norms2, py::arg("G"), py::arg("dtype_code"), py::arg("threads") = 0);
   m.def("kernel_isa", &spice::kernel_isa);
 #ifdef _OPENMP

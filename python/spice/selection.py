@@ -14,8 +14,8 @@ import numpy as np
 from . import _core
 from ._inputs import as_features, describe_bad_row, progress_says_continue
 
-METHODS = {"naive": 0, "lazy": 1, "stochastic": 2}
-OBJECTIVES = {"logdet": 0, "diag-compat": 1, "topk-compat": 2}
+METHODS = ("naive", "lazy", "stochastic")
+OBJECTIVES = ("logdet", "diag-compat", "topk-compat")
 
 ProgressFn = Callable[[int, int, int, float], Optional[bool]]
 
@@ -162,6 +162,31 @@ def _check_number(name: str, v: Any, lo: float, lo_open: bool, hi: float = math.
         raise ValueError(f"{name} = {v} must be {want}")
     return v
 
+def check_options(n: int, k: int | float, *, alpha: Any, conflict_penalty: Any, early_stop: Any,
+                  method: Any, objective: Any, stochastic_eps: Any,
+                  seed: Any) -> tuple[int, float, float, float, float, int]:
+    """Validate the settings of a selection over n rows, as every backend takes them.
+
+    Returns ``(k, alpha, lambda, omega, stochastic_eps, seed)``: k a count in [0, n], omega 0
+    when early stop is off, seed reduced to 64 bits. Raises ValueError/TypeError naming the
+    setting (the CPU core and the GPU driver share these messages).
+    """
+    kk = resolve_k(k, n)
+    a = _check_number("alpha", alpha, 0.0, True)
+    lam = _check_number("conflict_penalty", conflict_penalty, 0.0, False)
+    omega = 0.0
+    if early_stop is not None:
+        omega = _check_number("early_stop", early_stop, 0.0, True, 1.0, True)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
+    seps = _check_number("stochastic_eps", stochastic_eps, 0.0, True, 1.0, True)
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    return kk, a, lam, omega, seps, int(seed) & 0xFFFFFFFFFFFFFFFF
+
+
 
 class _Bar:
     """Minimal progress line on stderr (picks, picks/s, ETA); used when progress=True."""
@@ -280,25 +305,15 @@ def select(
     else:
         arr, code = as_features(G, bf16=bf16)
     n, _ = arr.shape
-    kk = resolve_k(k, n)
-    a = _check_number("alpha", alpha, 0.0, True)
-    lam = _check_number("conflict_penalty", conflict_penalty, 0.0, False)
-    omega = 0.0
-    if early_stop is not None:
-        omega = _check_number("early_stop", early_stop, 0.0, True, 1.0, True)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
-    seps = _check_number("stochastic_eps", stochastic_eps, 0.0, True, 1.0, True)
+    kk, a, lam, omega, seps, seed64 = check_options(
+        n, k, alpha=alpha, conflict_penalty=conflict_penalty, early_stop=early_stop,
+        method=method, objective=objective, stochastic_eps=stochastic_eps, seed=seed)
     if threads is None:
         nthreads = 0
     elif isinstance(threads, (int, np.integer)) and not isinstance(threads, bool) and threads >= 1:
         nthreads = int(threads)
     else:
         raise ValueError(f"threads must be a positive int or None, got {threads!r}")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     cb: Any = _Bar() if progress is True else (progress or None)
     if cb is not None and not callable(cb):
         raise TypeError("progress must be True, False/None or a callable")
@@ -316,12 +331,13 @@ def select(
         if not os.path.isdir(spill):
             raise ValueError(f"spill_dir {spill!r} is not an existing directory")
     if on_gpu:
-        raw = _gpu.select_gpu(arr, kk, a, lam, omega, method, int(seed), seps,
+        raw = _gpu.select_gpu(arr, kk, a, lam, omega, method, seed64, seps,
                               objective=objective, progress=cb, code=code)
     else:
-        raw = _core.select(arr, code, kk, a, lam, omega, METHODS[method], OBJECTIVES[objective],
-                           int(seed) & 0xFFFFFFFFFFFFFFFF, seps, nthreads, 0, cb, 0.2, 0,
-                           base_out, spill)
+        opts = _core.Options(k=kk, alpha=a, lam=lam, omega=omega, method=method,
+                             objective=objective, seed=seed64,
+                             stochastic_eps=seps, threads=nthreads, spill_dir=spill)
+        raw = _core.select(arr, code, opts, progress=cb, interval_s=0.2, base_out=base_out)
     elapsed = time.perf_counter() - t0
     if raw["bad_row"] >= 0:
         raise ValueError(describe_bad_row(arr, code, int(raw["bad_row"]), a))
