@@ -18,10 +18,10 @@ Methods (docs/algorithm.md §2-§4, §8):
 - ``naive``: one fused pass over G per pick (custom kernel: r = G·w, q -= r², conflict dot, Δ,
   score and a two-stage argmax with ties to the lowest index); u_t by two cuBLAS GEMVs over the W
   rows, or, once t > 1.5·d, one GEMV with an explicit d×d M⁻¹ kept by rank-1 updates.
-- ``lazy``: exact lazy greedy without a heap: each step refreshes every live row whose stale bound
-  (the last Δ computed for it) is >= a threshold, first one estimated to take ~B rows, then the
-  best fresh score found; two rounds always suffice. Catch-ups run as cuBLAS GEMMs of the gathered
-  rows against the missing W rows.
+- ``lazy``: exact lazy greedy without a heap (``run_threshold_rounds``): each step refreshes
+  every live row whose stale bound (the last Δ computed for it) is >= a threshold, first one
+  estimated to take ~B rows, then the best fresh score found; two rounds always suffice.
+  Catch-ups run as cuBLAS GEMMs of the gathered rows against the missing W rows.
 - ``stochastic``: the CPU's seeded sampling (SplitMix64 + partial Fisher-Yates, replicated on the
   host), so the same seed draws the same candidates; refreshes as in ``lazy``.
 
@@ -52,6 +52,7 @@ from ._inputs import (
     progress_says_continue,
     row_as_float64,
 )
+from ._numerics import ETA, GAIN_TINY, REL_TINY  # in span(S) and the cosine guard, as the core
 
 __all__ = [
     "BACKEND",
@@ -68,10 +69,6 @@ INSTALL_HINT = (
     "pip install cupy-cuda13x (CUDA 13)"
 )
 
-# In span(S) as in the CPU core (csrc/selector.cpp, in_span): residual and gain both negligible.
-REL_TINY = 1e-10
-GAIN_TINY = 1e-10
-ETA = 1e-8
 ALIVE, PICKED, DEAD = 0, 1, 2
 
 _SUFFIX = {F32: "f32", F64: "f64", F16: "f16", BF16: "bf16"}
@@ -707,7 +704,10 @@ class _Driver:
         pos = int(B * self.sample.size / self.n)
         return float(vals[min(pos, vals.size - 1)])
 
-    def run_lazy(self) -> None:
+    def run_threshold_rounds(self) -> None:
+        """Exact lazy greedy without a heap (a GPU has no cheap priority queue): each step
+        refreshes, in at most two rounds, every live row whose stale bound reaches a threshold
+        (one estimated to catch about B rows, then the best fresh score found)."""
         xp = self.xp
         n = self.n
         self.ub = self.st.delta.copy()
@@ -847,7 +847,7 @@ def _run(ops: Any, k: int, alpha: float, lam: float, omega: float, method: str, 
     if method == "naive":
         drv.run_naive()
     elif method == "lazy":
-        drv.run_lazy()
+        drv.run_threshold_rounds()  # exact lazy greedy, done without a heap
     elif method == "stochastic":
         drv.run_stochastic(seed, stochastic_eps)
     else:
@@ -881,9 +881,9 @@ def select_gpu(
 ) -> dict[str, Any]:
     """Run the selection on ``G``'s CUDA device; returns the keys of ``spice._core.select``.
 
-    Arguments are already validated numbers (as ``spice.select`` passes them to the core):
-    ``k`` a count in [0, n], ``lam`` >= 0, ``omega`` in (0, 1) or 0 (off). ``code`` is the dtype
-    code when ``G`` came from :func:`as_device_features` (it is derived otherwise).
+    ``k`` is a count in [0, n] or a fraction, ``lam`` >= 0, ``omega`` in (0, 1) or 0 (off); they
+    are checked by the CPU path's own validation (same messages). ``code`` is the dtype code when
+    ``G`` came from :func:`as_device_features` (it is derived otherwise).
     Adds ``"backend": "cuda:cupy"`` and ``"device"`` (the GPU's name) to the result.
 
     Raises
@@ -893,23 +893,25 @@ def select_gpu(
     ValueError
         A compatibility objective (CPU only), an unknown method, or a row with NaN/Inf.
     """
+    from .selection import check_options
+
+    check_options(0, 0, alpha=alpha, conflict_penalty=lam, early_stop=omega or None,
+                  method=method, objective=objective, stochastic_eps=stochastic_eps, seed=seed)
     if objective != "logdet":
         raise ValueError(
             f"objective={objective!r} runs on the CPU only; the GPU selector implements the "
             "paper's objective (objective='logdet'). Pass a host array to use the compatibility "
             "modes."
         )
-    if method not in ("naive", "lazy", "stochastic"):
-        raise ValueError(f"method must be one of ['lazy', 'naive', 'stochastic'], got {method!r}")
     cp = _import_cupy()
     ok, why = available()
     if not ok:
         raise RuntimeError(f"spice's GPU selection cannot run: {why}")
     if code is None or not isinstance(G, cp.ndarray):
         G, code = as_device_features(G, bf16=bf16)
-    n = int(G.shape[0])
-    if not (0 <= int(k) <= n):
-        raise ValueError(f"k = {k} is out of range: need 0 <= k <= n = {n}")
+    k, alpha, lam, omega, stochastic_eps, seed = check_options(
+        int(G.shape[0]), k, alpha=alpha, conflict_penalty=lam, early_stop=omega or None,
+        method=method, objective=objective, stochastic_eps=stochastic_eps, seed=seed)
     with cp.cuda.Device(G.device.id):
         ops = _CupyOps(cp, G, code)
         raw = _run(ops, int(k), float(alpha), float(lam), float(omega), method,

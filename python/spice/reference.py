@@ -14,9 +14,7 @@ import numpy as np
 
 # "In the span of S" as in the core: the residual q <= REL_TINY ||g||^2 and the gain alpha q <=
 # GAIN_TINY (a repeated row at a large alpha ||g||^2 has a tiny relative residual but gain ~log 2).
-REL_TINY = 1e-10
-GAIN_TINY = 1e-10
-ETA = 1e-8
+from ._numerics import ETA, GAIN_TINY, REL_TINY
 
 
 def _conflict(G: np.ndarray, S: list[int], norms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
