@@ -84,16 +84,16 @@ const char* objective_name(spice::Objective o) {
 }
 
 spice::Objective objective_of(const std::string& s) {
-  for (auto o : {spice::Objective::LogDet, spice::Objective::DiagCompat,
-                 spice::Objective::TopKCompat})
+  for (auto o :
+       {spice::Objective::LogDet, spice::Objective::DiagCompat, spice::Objective::TopKCompat})
     if (s == objective_name(o)) return o;
   throw py::value_error("unknown objective '" + s + "' (logdet, diag-compat or topk-compat)");
 }
 
 spice::Options make_options(int64_t k, double alpha, double lam, double omega,
-                            const std::string& method, const std::string& objective,
-                            uint64_t seed, double stochastic_eps, int threads, int64_t batch,
-                            int64_t chunk, const std::string& spill_dir) {
+                            const std::string& method, const std::string& objective, uint64_t seed,
+                            double stochastic_eps, int threads, int64_t batch, int64_t chunk,
+                            const std::string& spill_dir) {
   spice::Options o;
   o.k = k;
   o.alpha = alpha;

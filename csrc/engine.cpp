@@ -174,8 +174,7 @@ Result Engine::run() {
     p.picks = t_;
     p.budget = opt_.k;
     p.evaluations = res_.evaluations;
-    p.elapsed_s =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    p.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
     if (!hook_(p)) res_.stop = StopReason::Cancelled;
   }
   res_.dot_products = dots_;

@@ -70,7 +70,9 @@ class Engine {
     const int64_t behind = t_ - rs_[i].tq;
     return behind > far_steps_ && rs_[i].qb_at != static_cast<uint32_t>(t_ + 1);
   }
-  void sort_by_step(std::vector<int64_t>& cand) { spice::sort_by_step(cand, rs_.data(), t_, sort_tmp_); }
+  void sort_by_step(std::vector<int64_t>& cand) {
+    spice::sort_by_step(cand, rs_.data(), t_, sort_tmp_);
+  }
   void bound_from_inverse(const std::vector<int64_t>& cand, std::vector<double>& qub) {
     dots_ += inv_.bound(cand, rs_.data(), qub);
     res_.evaluations += static_cast<int64_t>(cand.size());

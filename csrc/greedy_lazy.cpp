@@ -33,7 +33,7 @@ void Engine::run_lazy() {
   const int64_t far_min = std::max<int64_t>(d_, 4 * std::min<int64_t>(chunk, int64_t(1) << 40));
   std::vector<int64_t> batch, refreshed, stale;
   std::vector<LazyQueue::Entry> fresh;
-  HotList hot;  // candidates refreshed at the previous step, in queue order
+  HotList hot;                      // candidates refreshed at the previous step, in queue order
   std::vector<double> qub;
   std::vector<double> popped_keys;  // keys of this step's popped candidates (batch sizing)
   while (t_ < opt_.k) {
@@ -63,10 +63,8 @@ void Engine::run_lazy() {
         stale.clear();
         size_t keep = 0;
         for (int64_t i : batch) {
-          if (far_behind(i))
-            stale.push_back(i);
-          else
-            batch[keep++] = i;
+          if (far_behind(i)) stale.push_back(i);
+          else batch[keep++] = i;
         }
         batch.resize(keep);
         if (!stale.empty()) {

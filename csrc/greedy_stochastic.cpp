@@ -22,8 +22,8 @@ void Engine::run_stochastic() {
     if (rs_[i].state == kAlive) remaining.push_back(i);
   const double eps = opt_.stochastic_eps;
   const double kk = static_cast<double>(std::max<int64_t>(1, opt_.k));
-  const int64_t sample =
-      std::max<int64_t>(1, static_cast<int64_t>(std::ceil((n_ / kk) * std::log(1.0 / eps))));
+  const int64_t sample = std::max<int64_t>(
+      1, static_cast<int64_t>(std::ceil((n_ / kk) * std::log(1.0 / eps))));
   SplitMix64 rng(opt_.seed);
   std::vector<int64_t> cand, stale;
   std::vector<double> qub;
@@ -53,7 +53,8 @@ void Engine::run_stochastic() {
       cand.clear();
       for (size_t x = 0; x < stale.size(); ++x) {
         const double key = std::log1p(opt_.alpha * qub[x]);
-        if (key > best.score || (key == best.score && stale[x] < best.idx)) cand.push_back(stale[x]);
+        if (key > best.score || (key == best.score && stale[x] < best.idx))
+          cand.push_back(stale[x]);
       }
       sort_by_step(cand);
       const Best b2 = refresh(cand.data(), static_cast<int64_t>(cand.size()), lambda_on());

@@ -103,8 +103,7 @@ void InverseFactor::append_from_inverse(const char* row_j, const double* g, doub
   }
 }
 
-void InverseFactor::append_from_rows(const char* row_j, const double* g, double scale,
-                                     double* w) {
+void InverseFactor::append_from_rows(const char* row_j, const double* g, double scale, double* w) {
   const int64_t d = d_, t = t_;
   // c_s = <g_j, w_s>, u = g_j - sum_s c_s w_s, w_t = u * sqrt(alpha / (1 + alpha q_j)), in
   // one sweep over W: a chunk of rows gets its dots, then its updates of u while it is still
@@ -175,10 +174,10 @@ void InverseFactor::flush() {
 // q~ + 1e-9 ||g||^2 (and the stale q_i) bound q_i(t) from above: a candidate whose bound loses is
 // left in the queue with that tighter key and no exact catch-up.
 //
-// M^{-1} is symmetric, so (from d = 512) only its upper triangle is read: for a block A of rows [a0, a1),
-// g^T M^{-1} g gains sum_{a in A} g_a (sum_{b in A} M_ab g_b + 2 sum_{b >= a1} M_ab g_b). Each
-// block's share is kept per candidate and the shares are added in block order, so the result does
-// not depend on how threads split the blocks.
+// M^{-1} is symmetric, so (from d = 512) only its upper triangle is read: for a block A of rows
+// [a0, a1), g^T M^{-1} g gains sum_{a in A} g_a (sum_{b in A} M_ab g_b + 2 sum_{b >= a1} M_ab g_b).
+// Each block's share is kept per candidate and the shares are added in block order, so the result
+// does not depend on how threads split the blocks.
 int64_t InverseFactor::bound(const std::vector<int64_t>& cand, const RowState* rs,
                              std::vector<double>& qub) {
   const int64_t m = static_cast<int64_t>(cand.size()), d = d_;
@@ -188,7 +187,7 @@ int64_t InverseFactor::bound(const std::vector<int64_t>& cand, const RowState* r
   const int64_t block = static_cast<int64_t>(GT) * R;  // candidates per pass over M^{-1}
   const int64_t nach = (d + VB - 1) / VB;
   if (ubuf_.size() < static_cast<size_t>(block * nach)) ubuf_.resize(block * nach);
-  double* part = ubuf_.data();  // part[c * nach + ac]: block ac's share of candidate c
+  double* part = ubuf_.data();      // part[c * nach + ac]: block ac's share of candidate c
   const int64_t np = t_ - minv_t_;  // w rows not folded into minv_ yet
   const int64_t es = static_cast<int64_t>(G_.elem_size());
   // Below d = 512 the halved rows are too short for the kernels (a 6 x 4 tile's 24 reductions

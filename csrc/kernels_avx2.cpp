@@ -21,14 +21,14 @@ inline __m256d ld4<DType::F64>(const char* p, int64_t j) {
 }
 template <>
 inline __m256d ld4<DType::F16>(const char* p, int64_t j) {
-  const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(
-      reinterpret_cast<const uint16_t*>(p) + j));
+  const __m128i h = _mm_loadl_epi64(
+      reinterpret_cast<const __m128i*>(reinterpret_cast<const uint16_t*>(p) + j));
   return _mm256_cvtps_pd(_mm_cvtph_ps(h));
 }
 template <>
 inline __m256d ld4<DType::BF16>(const char* p, int64_t j) {
-  const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(
-      reinterpret_cast<const uint16_t*>(p) + j));
+  const __m128i h = _mm_loadl_epi64(
+      reinterpret_cast<const __m128i*>(reinterpret_cast<const uint16_t*>(p) + j));
   const __m128i w = _mm_unpacklo_epi16(_mm_setzero_si128(), h);
   return _mm256_cvtps_pd(_mm_castsi128_ps(w));
 }
@@ -169,7 +169,8 @@ inline void axpy_block(const double* const* rows, const double* coef, int R, int
   for (int u = 0; u < ZB; ++u) acc[u] = _mm256_loadu_pd(z + b + 4 * u);
   for (int r = 0; r < R; ++r) {
     const __m256d c = _mm256_set1_pd(coef[r]);
-    for (int u = 0; u < ZB; ++u) acc[u] = _mm256_fmadd_pd(c, _mm256_loadu_pd(rows[r] + b + 4 * u), acc[u]);
+    for (int u = 0; u < ZB; ++u)
+      acc[u] = _mm256_fmadd_pd(c, _mm256_loadu_pd(rows[r] + b + 4 * u), acc[u]);
   }
   for (int u = 0; u < ZB; ++u) _mm256_storeu_pd(z + b + 4 * u, acc[u]);
 }

@@ -23,14 +23,14 @@ inline __m512d ld8<DType::F64>(const char* p, int64_t j) {
 }
 template <>
 inline __m512d ld8<DType::F16>(const char* p, int64_t j) {
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(
-      reinterpret_cast<const uint16_t*>(p) + j));
+  const __m128i h = _mm_loadu_si128(
+      reinterpret_cast<const __m128i*>(reinterpret_cast<const uint16_t*>(p) + j));
   return _mm512_cvtps_pd(_mm256_cvtph_ps(h));
 }
 template <>
 inline __m512d ld8<DType::BF16>(const char* p, int64_t j) {
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(
-      reinterpret_cast<const uint16_t*>(p) + j));
+  const __m128i h = _mm_loadu_si128(
+      reinterpret_cast<const __m128i*>(reinterpret_cast<const uint16_t*>(p) + j));
   const __m256i w = _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
   return _mm512_cvtps_pd(_mm256_castsi256_ps(w));
 }
@@ -85,8 +85,7 @@ constexpr int64_t esize() {
 // into L1 along the way (the caller's next tile: rows of G are cold, and a short catch-up leaves
 // the hardware prefetcher no time to ramp up); pfw[] likewise for the next w vectors.
 template <DType D, int R, int V>
-__attribute__((always_inline)) inline void accumulate(__m512d (&acc)[R][V],
-                                                      const char* const* rows,
+__attribute__((always_inline)) inline void accumulate(__m512d (&acc)[R][V], const char* const* rows,
                                                       const double* const* vecs, int64_t j0,
                                                       int64_t j1, const char* const* pf = nullptr,
                                                       int npf = 0,
@@ -113,8 +112,8 @@ __attribute__((always_inline)) inline void accumulate(__m512d (&acc)[R][V],
 template <DType D, int R, int V>
 __attribute__((always_inline)) inline void finish(const __m512d (&acc)[R][V],
                                                   const char* const* rows,
-                                                  const double* const* vecs, int64_t d,
-                                                  double* out, int ldo) {
+                                                  const double* const* vecs, int64_t d, double* out,
+                                                  int ldo) {
   constexpr int N = R * V, NG = (N + 7) / 8;
   __m512d flat[NG * 8];
   for (int r = 0; r < R; ++r)
@@ -165,8 +164,8 @@ constexpr int64_t kColBlock = 512;
 
 // R rows against V vectors (V % 4 == 0, V <= 32) in R x 4 tiles, column-blocked.
 template <DType D, int R>
-void dots_blocked(const char* const* rows, const double* const* vecs, int V, int64_t d,
-                  double* out, int ldo, bool cold_vecs) {
+void dots_blocked(const char* const* rows, const double* const* vecs, int V, int64_t d, double* out,
+                  int ldo, bool cold_vecs) {
   alignas(64) __m512d acc[R * 32];
   for (int x = 0; x < R * V; ++x) acc[x] = _mm512_setzero_pd();
   const int64_t d8 = d & ~int64_t(7);
@@ -262,7 +261,8 @@ void dots_t(const char* const* rows, int R, const double* const* vecs, int V, in
                      v + 4 < V ? vecs + v + 4 : nullptr, V - v - 4 < 4 ? V - v - 4 : 4);
     for (; v + 2 <= V; v += 2)
       micro<D, 6, 2>(rows + r, vecs + v, d, out + r * V + v, V, v == 0 ? nx : nullptr, nnx);
-    if (v < V) micro<D, 6, 1>(rows + r, vecs + v, d, out + r * V + v, V, v == 0 ? nx : nullptr, nnx);
+    if (v < V)
+      micro<D, 6, 1>(rows + r, vecs + v, d, out + r * V + v, V, v == 0 ? nx : nullptr, nnx);
   }
   // The rows left over (a tile of R % 6 rows): wider register tiles for fewer rows (R x VW
   // accumulators, 18-20 of the 32 registers), so that each row chunk loaded feeds enough
@@ -327,9 +327,9 @@ inline void rank_tile(const double* const* ws, int S, int64_t a, int64_t b, int6
 }
 
 // M[a * d + b] -= ws[s][a] * ws[s][b] for a in [a0, a1), b in [bs, d), s = 0 .. S-1 in order
-// (one FMA per s). Six rows of M at a time, so that each block of w loaded feeds six rows' FMAs (one
-// row at a time was bound by loads: five per four FMAs); columns in blocks so that the S w rows'
-// block stays in cache across rows a.
+// (one FMA per s). Six rows of M at a time, so that each block of w loaded feeds six rows' FMAs
+// (one row at a time was bound by loads: five per four FMAs); columns in blocks so that the S w
+// rows' block stays in cache across rows a.
 void rank_sub(const double* const* ws, int S, int64_t a0, int64_t a1, int64_t bs, int64_t d,
               double* M) {
   constexpr int64_t BB = 512;
@@ -361,7 +361,8 @@ inline void axpy_block(const double* const* rows, const double* coef, int R, int
   for (int u = 0; u < ZB; ++u) acc[u] = _mm512_loadu_pd(z + b + 8 * u);
   for (int r = 0; r < R; ++r) {
     const __m512d c = _mm512_set1_pd(coef[r]);
-    for (int u = 0; u < ZB; ++u) acc[u] = _mm512_fmadd_pd(c, _mm512_loadu_pd(rows[r] + b + 8 * u), acc[u]);
+    for (int u = 0; u < ZB; ++u)
+      acc[u] = _mm512_fmadd_pd(c, _mm512_loadu_pd(rows[r] + b + 8 * u), acc[u]);
   }
   for (int u = 0; u < ZB; ++u) _mm512_storeu_pd(z + b + 8 * u, acc[u]);
 }

@@ -98,15 +98,14 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
       }
       // Catch-up: W rows in ascending order, each chunk applied to every tile of the group.
       bool fused_group = conflict;
-      for (int x = 0; x < nt && fused_group; ++x)
-        fused_group = lo[x] == t_ - 1 && hi[x] == t_;
+      for (int x = 0; x < nt && fused_group; ++x) fused_group = lo[x] == t_ - 1 && hi[x] == t_;
       double a[GTMAX][RM] = {};
       if (fused_group) {  // the naive step: <g, w_{t-1}> and <g, s> in one pass over the rows
         vecs[0] = inv_.w(t_ - 1);
         vecs[1] = sv;
         for (int x = 0; x < nt; ++x) {
-          K_.dots_pf(G_.dtype, rows[x], rcount[x], vecs, 2, d, buf, x + 1 < nt ? rows[x + 1] : nullptr,
-                     x + 1 < nt ? rcount[x + 1] : 0, false);
+          K_.dots_pf(G_.dtype, rows[x], rcount[x], vecs, 2, d, buf,
+                     x + 1 < nt ? rows[x + 1] : nullptr, x + 1 < nt ? rcount[x + 1] : 0, false);
           for (int r = 0; r < rcount[x]; ++r) {
             const int64_t i = cand[plan_.start[t0 + x] + r];
             const double v = buf[r * 2];
@@ -131,8 +130,8 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
             // Prefetch the next tile's rows only before their first use: rows already used
             // in an earlier chunk are in L2, and pulling them into L1 early evicts this tile's.
             const bool pf = xn < nt && lo[xn] >= s0;
-            K_.dots_pf(G_.dtype, rows[x], rcount[x], vecs + v0, nv, d, buf,
-                       pf ? rows[xn] : nullptr, pf ? rcount[xn] : 0, cold);
+            K_.dots_pf(G_.dtype, rows[x], rcount[x], vecs + v0, nv, d, buf, pf ? rows[xn] : nullptr,
+                       pf ? rcount[xn] : 0, cold);
             cold = false;
             for (int r = 0; r < rcount[x]; ++r) {
               const int64_t i = cand[plan_.start[t0 + x] + r];
@@ -252,10 +251,12 @@ bool Engine::refresh_shared(const int64_t* cand, bool conflict, int VB, Best& be
   std::sort(pairs_.begin(), pairs_.end());
   // Work items: a chunk's pairs, split when there are too few chunks to share between threads.
   int64_t nchunks = 0;
-  for (size_t k = 0; k < pairs_.size(); ++k) nchunks += k == 0 || pairs_[k].first != pairs_[k - 1].first;
+  for (size_t k = 0; k < pairs_.size(); ++k)
+    nchunks += k == 0 || pairs_[k].first != pairs_[k - 1].first;
   const int64_t want = 8 * static_cast<int64_t>(nt_);
-  const int64_t per = nchunks >= want ? std::numeric_limits<int64_t>::max()
-                                      : std::max<int64_t>(1, static_cast<int64_t>(pairs_.size()) / want);
+  const int64_t per = nchunks >= want
+                          ? std::numeric_limits<int64_t>::max()
+                          : std::max<int64_t>(1, static_cast<int64_t>(pairs_.size()) / want);
   ibeg_.clear();
   for (size_t k = 0; k < pairs_.size(); ++k)
     if (k == 0 || pairs_[k].first != pairs_[k - 1].first ||

@@ -68,8 +68,8 @@ void RowStore::open(size_t cap, const std::string& spill_dir) {
 #endif
   if (fe != 0) {
     ::close(fd);
-    throw std::runtime_error("spill_dir: cannot reserve " + std::to_string(bytes) +
-                             " bytes in '" + spill_dir + "': " + std::strerror(fe));
+    throw std::runtime_error("spill_dir: cannot reserve " + std::to_string(bytes) + " bytes in '" +
+                             spill_dir + "': " + std::strerror(fe));
   }
   void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   const int me = errno;

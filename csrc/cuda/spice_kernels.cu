@@ -22,19 +22,23 @@ typedef unsigned char u8;
 typedef long long i64;
 typedef unsigned long long u64;
 
-#define SPICE_WARPS 8                       // warps per block of the row kernels
+#define SPICE_WARPS 8          // warps per block of the row kernels
+// The numbers of csrc/spice/numerics.hpp (the CPU core) and python/spice/_numerics.py; a test
+// (tests/test_select_numerics.py) keeps the three equal.
 #define SPICE_THREADS (SPICE_WARPS * 32)
-#define SPICE_ROWS 4                        // rows per warp per pass (register blocking)
-#define SPICE_REL_TINY 1e-10                // in span(S): q_i <= REL_TINY * ||g_i||^2 and
-#define SPICE_GAIN_TINY 1e-10               // alpha q_i <= GAIN_TINY (as the CPU core's in_span)
-#define SPICE_ETA 1e-8                      // cosine denominator guard
+#define SPICE_ROWS 4           // rows per warp per pass (register blocking)
+#define SPICE_REL_TINY 1e-10   // in span(S): q_i <= REL_TINY * ||g_i||^2 and
+#define SPICE_GAIN_TINY 1e-10  // alpha q_i <= GAIN_TINY (as the CPU core's in_span)
+#define SPICE_ETA 1e-8         // cosine denominator guard
 #define SPICE_IDX_NONE 0x7fffffffffffffffLL
 
 #define SPICE_ALIVE 0
 #define SPICE_PICKED 1
 #define SPICE_DEAD 2
 
-__device__ __forceinline__ double spice_neg_inf() { return __longlong_as_double(0xfff0000000000000LL); }
+__device__ __forceinline__ double spice_neg_inf() {
+  return __longlong_as_double(0xfff0000000000000LL);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Element loaders
@@ -323,11 +327,12 @@ __device__ __forceinline__ void spice_step_body(
 }
 
 template <class L>
-__device__ __forceinline__ void spice_step(
-    const typename L::T* G, i64 d, i64 stride, int vec, const i64* cand, i64 m, const double* w,
-    const double* s, const double* snorm_p, double t, const double* norm2, double* q, u8* state,
-    double* delta, double* align, double* score, double alpha, double lambda, double* part_score,
-    i64* part_idx, u64* evals) {
+__device__ __forceinline__ void spice_step(const typename L::T* G, i64 d, i64 stride, int vec,
+                                           const i64* cand, i64 m, const double* w, const double* s,
+                                           const double* snorm_p, double t, const double* norm2,
+                                           double* q, u8* state, double* delta, double* align,
+                                           double* score, double alpha, double lambda,
+                                           double* part_score, i64* part_idx, u64* evals) {
   const bool ds = s != 0 && t > 0.0;
   if (w && ds)
     spice_step_body<L, true, true>(G, d, stride, vec, cand, m, w, s, snorm_p, t, norm2, q, state,
@@ -341,9 +346,9 @@ __device__ __forceinline__ void spice_step(
                                     delta, align, score, alpha, lambda, part_score, part_idx,
                                     evals);
   else
-    spice_step_body<L, false, false>(G, d, stride, vec, cand, m, w, s, snorm_p, t, norm2, q,
-                                     state, delta, align, score, alpha, lambda, part_score,
-                                     part_idx, evals);
+    spice_step_body<L, false, false>(G, d, stride, vec, cand, m, w, s, snorm_p, t, norm2, q, state,
+                                     delta, align, score, alpha, lambda, part_score, part_idx,
+                                     evals);
 }
 
 // Squared row norms, float64, one warp per SPICE_ROWS rows.
@@ -401,8 +406,8 @@ __device__ __forceinline__ void spice_norms(const typename L::T* G, i64 n, i64 d
 // Run with a single block (blockDim.x a multiple of 32).
 template <class L>
 __device__ __forceinline__ void spice_pick(const typename L::T* G, i64 d, i64 stride, i64 j,
-                                           double* s, double* g64, double* a_out,
-                                           double* snorm_out, u8* state) {
+                                           double* s, double* g64, double* a_out, double* snorm_out,
+                                           u8* state) {
   const typename L::T* row = G + j * stride;
   if (threadIdx.x == 0) state[j] = SPICE_PICKED;
   double a = 0.0, sn = 0.0;
@@ -435,27 +440,27 @@ __device__ __forceinline__ void spice_gather(const typename L::T* G, i64 d, i64 
   }
 }
 
-#define SPICE_INSTANTIATE(SFX, L)                                                               \
-  extern "C" __global__ void __launch_bounds__(SPICE_THREADS) spice_step_##SFX(                 \
-      const L::T* G, i64 d, i64 stride, int vec, const i64* cand, i64 m, const double* w,       \
-      const double* s, const double* snorm_p, double t, const double* norm2, double* q,         \
-      u8* state, double* delta, double* align, double* score, double alpha, double lambda,      \
-      double* part_score, i64* part_idx, u64* evals) {                                          \
-    spice_step<L>(G, d, stride, vec, cand, m, w, s, snorm_p, t, norm2, q, state, delta, align,  \
-                  score, alpha, lambda, part_score, part_idx, evals);                           \
-  }                                                                                             \
-  extern "C" __global__ void __launch_bounds__(SPICE_THREADS) spice_norms_##SFX(                \
-      const L::T* G, i64 n, i64 d, i64 stride, int vec, double* out) {                          \
-    spice_norms<L>(G, n, d, stride, vec, out);                                                  \
-  }                                                                                             \
-  extern "C" __global__ void spice_pick_##SFX(const L::T* G, i64 d, i64 stride, i64 j,          \
-                                              double* s, double* g64, double* a_out,            \
-                                              double* snorm_out, u8* state) {                   \
-    spice_pick<L>(G, d, stride, j, s, g64, a_out, snorm_out, state);                            \
-  }                                                                                             \
-  extern "C" __global__ void spice_gather_##SFX(const L::T* G, i64 d, i64 stride,               \
-                                                const i64* cand, i64 m, double* out) {          \
-    spice_gather<L>(G, d, stride, cand, m, out);                                                \
+#define SPICE_INSTANTIATE(SFX, L)                                                                  \
+  extern "C" __global__ void __launch_bounds__(SPICE_THREADS) spice_step_##SFX(                    \
+      const L::T* G, i64 d, i64 stride, int vec, const i64* cand, i64 m, const double* w,          \
+      const double* s, const double* snorm_p, double t, const double* norm2, double* q, u8* state, \
+      double* delta, double* align, double* score, double alpha, double lambda,                    \
+      double* part_score, i64* part_idx, u64* evals) {                                             \
+    spice_step<L>(G, d, stride, vec, cand, m, w, s, snorm_p, t, norm2, q, state, delta, align,     \
+                  score, alpha, lambda, part_score, part_idx, evals);                              \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(SPICE_THREADS)                                      \
+      spice_norms_##SFX(const L::T* G, i64 n, i64 d, i64 stride, int vec, double* out) {           \
+    spice_norms<L>(G, n, d, stride, vec, out);                                                     \
+  }                                                                                                \
+  extern "C" __global__ void spice_pick_##SFX(const L::T* G, i64 d, i64 stride, i64 j, double* s,  \
+                                              double* g64, double* a_out, double* snorm_out,       \
+                                              u8* state) {                                         \
+    spice_pick<L>(G, d, stride, j, s, g64, a_out, snorm_out, state);                               \
+  }                                                                                                \
+  extern "C" __global__ void spice_gather_##SFX(const L::T* G, i64 d, i64 stride, const i64* cand, \
+                                                i64 m, double* out) {                              \
+    spice_gather<L>(G, d, stride, cand, m, out);                                                   \
   }
 
 SPICE_INSTANTIATE(f32, LoadF32)
@@ -470,8 +475,8 @@ SPICE_INSTANTIATE(bf16, LoadBF16)
 // One block: the global best of the per-block partials; out = [index (-1: none), score,
 // delta[index], align[index], q[index]].
 extern "C" __global__ void spice_argmax_final(const double* part_score, const i64* part_idx,
-                                              i64 nparts, const double* delta,
-                                              const double* align, const double* q, double* out) {
+                                              i64 nparts, const double* delta, const double* align,
+                                              const double* q, double* out) {
   double s = spice_neg_inf();
   i64 i = SPICE_IDX_NONE;
   for (i64 p = threadIdx.x; p < nparts; p += blockDim.x) {
@@ -501,8 +506,7 @@ extern "C" __global__ void spice_argmax_final(const double* part_score, const i6
 // w = (g - v) * scale (v == nullptr: g * scale) into w_out (d) and, when perm != nullptr, into
 // the permuted copy w_perm (dp entries; perm[p] = source element or -1 for padding).
 extern "C" __global__ void spice_finish_w(const double* g, const double* v, double scale, i64 d,
-                                          double* w_out, const i64* perm, i64 dp,
-                                          double* w_perm) {
+                                          double* w_out, const i64* perm, i64 dp, double* w_perm) {
   const i64 top = d > dp ? d : dp;
   for (i64 x = (i64)blockIdx.x * blockDim.x + threadIdx.x; x < top;
        x += (i64)gridDim.x * blockDim.x) {

@@ -24,7 +24,7 @@ struct alignas(64) RowState {
   double align = 0.0;  // cos(g_i, sum of picks) at the last full refresh
   double norm2 = 0.0;  // ||g_i||^2
   double qb = std::numeric_limits<double>::infinity();  // lazy, k > d: M^{-1} bound on q_i
-  int64_t tq = 0;      // step at which q is current
+  int64_t tq = 0;                                       // step at which q is current
   uint8_t state = 0;
   uint32_t qb_at = 0;  // 1 + the step of its last M^{-1} bound (low 32 bits)
 };

@@ -22,9 +22,7 @@ struct MatrixView {
   int64_t row_stride = 0;  // elements between consecutive rows
   DType dtype = DType::F32;
 
-  size_t elem_size() const {
-    return (dtype == DType::F64) ? 8 : (dtype == DType::F32 ? 4 : 2);
-  }
+  size_t elem_size() const { return (dtype == DType::F64) ? 8 : (dtype == DType::F32 ? 4 : 2); }
   const char* row(int64_t i) const {
     return static_cast<const char*>(data) + static_cast<size_t>(i) * row_stride * elem_size();
   }
@@ -35,10 +33,10 @@ enum class Objective : int { LogDet = 0, DiagCompat = 1, TopKCompat = 2 };
 enum class StopReason : int { Budget = 0, EarlyStop = 1, Exhausted = 2, Cancelled = 3 };
 
 struct Options {
-  int64_t k = 0;                 // budget (number of picks), 0 <= k <= n
-  double alpha = 1.0;            // Fisher scale, > 0
-  double lambda = 0.0;           // conflict penalty weight, >= 0
-  double omega = 0.0;            // SPICE+ early stop ratio in (0,1); <= 0 disables
+  int64_t k = 0;        // budget (number of picks), 0 <= k <= n
+  double alpha = 1.0;   // Fisher scale, > 0
+  double lambda = 0.0;  // conflict penalty weight, >= 0
+  double omega = 0.0;   // SPICE+ early stop ratio in (0,1); <= 0 disables
   Method method = Method::Lazy;
   Objective objective = Objective::LogDet;
   uint64_t seed = 0;             // stochastic greedy sampling

@@ -38,8 +38,8 @@ class InverseFactor {
   const kern::Table& K_;
   int64_t d_;
   int nt_;
-  int64_t t_ = 0;            // rows of W
-  RowStore W_;               // t rows of length d
+  int64_t t_ = 0;             // rows of W
+  RowStore W_;                // t rows of length d
   std::vector<double> minv_;  // d x d: M^{-1} = I - sum_{s < minv_t_} w_s w_s^T, once t >= d
   int64_t minv_t_ = 0;
   std::vector<double> ubuf_;  // scratch of bound (per-block shares)

@@ -33,8 +33,8 @@ struct Table {
   // M[a * d + b] -= ws[s][a] * ws[s][b] for rows a in [a0, a1) of the d x d matrix M, columns
   // b in [b0, d), s = 0 .. S-1 in order (the order of updates per element is fixed, so the
   // result does not depend on how callers split the rows a between threads).
-  void (*rank_sub)(const double* const* ws, int S, int64_t a0, int64_t a1, int64_t b0,
-                   int64_t d, double* M);
+  void (*rank_sub)(const double* const* ws, int S, int64_t a0, int64_t a1, int64_t b0, int64_t d,
+                   double* M);
   // z[b] += coef[r] * rows[r][b] for b < len, r = 0 .. R-1 in order (one FMA each on the SIMD
   // paths), whatever the caller's split of b.
   void (*axpy_rows)(const double* const* rows, const double* coef, int R, int64_t len, double* z);

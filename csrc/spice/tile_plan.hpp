@@ -15,11 +15,11 @@ inline int64_t catchup_end(int64_t tq, int64_t max_rows, int64_t t) {
 }
 
 struct TilePlan {
-  std::vector<int64_t> start;  // tile x holds candidates [start[x], start[x + 1])
-  std::vector<int64_t> lo, hi;  // tile x's steps: its rows are caught up from their tq to hi[x]
-  std::vector<int64_t> work;    // tile x's (widest catch-up + 1) * rows
-  std::vector<int64_t> group;   // group g holds tiles [group[g], group[g + 1])
-  int64_t total_work = 0;       // sum of work
+  std::vector<int64_t> start;    // tile x holds candidates [start[x], start[x + 1])
+  std::vector<int64_t> lo, hi;   // tile x's steps: its rows are caught up from their tq to hi[x]
+  std::vector<int64_t> work;     // tile x's (widest catch-up + 1) * rows
+  std::vector<int64_t> group;    // group g holds tiles [group[g], group[g + 1])
+  int64_t total_work = 0;        // sum of work
   std::vector<int64_t> dp_cost;  // scratch of the cut
   std::vector<int> dp_rows;
   int64_t tiles() const { return static_cast<int64_t>(start.size()) - 1; }

@@ -17,12 +17,12 @@
 namespace {
 
 int failures = 0;
-#define CHECK(cond)                                                      \
-  do {                                                                   \
-    if (!(cond)) {                                                       \
-      std::printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);        \
-      ++failures;                                                        \
-    }                                                                    \
+#define CHECK(cond)                                               \
+  do {                                                            \
+    if (!(cond)) {                                                \
+      std::printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond); \
+      ++failures;                                                 \
+    }                                                             \
   } while (0)
 
 using spice::LazyQueue;
@@ -125,7 +125,9 @@ void test_sort_by_step() {
   // (tq, index) ascending for steps below t - 1, then the t - 1 ones in their original order
   size_t k = 0;
   for (; k < cand.size() && rs[cand[k]].tq != t - 1; ++k)
-    if (k > 0) CHECK(std::make_pair(rs[cand[k - 1]].tq, cand[k - 1]) < std::make_pair(rs[cand[k]].tq, cand[k]));
+    if (k > 0)
+      CHECK(std::make_pair(rs[cand[k - 1]].tq, cand[k - 1]) <
+            std::make_pair(rs[cand[k]].tq, cand[k]));
   std::vector<int64_t> last, want;
   for (; k < cand.size(); ++k) last.push_back(cand[k]);
   for (int64_t i : orig)
@@ -176,8 +178,8 @@ int64_t brute_cost(const std::vector<int64_t>& ctq, int64_t t, int64_t max_rows,
 }
 
 void test_tile_planner() {
-  CHECK(spice::catchup_end(3, 100, 50) == 50);   // within reach: to t
-  CHECK(spice::catchup_end(3, 10, 50) == 10);    // far behind: the next multiple of max_rows
+  CHECK(spice::catchup_end(3, 100, 50) == 50);  // within reach: to t
+  CHECK(spice::catchup_end(3, 10, 50) == 10);   // far behind: the next multiple of max_rows
   CHECK(spice::catchup_end(20, 10, 50) == 30);
   std::mt19937_64 rng(5);
   for (int trial = 0; trial < 300; ++trial) {
