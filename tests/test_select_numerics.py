@@ -235,3 +235,28 @@ def test_progress_return_of_another_type_is_named(ret):
     arr, code = as_features(np.eye(4))
     with pytest.raises(TypeError, match="my_progress returned"):
         gpu._run(gpu._NumpyOps(arr, code), 3, 1.0, 0.0, 0.0, "lazy", 0, 0.01, my_progress)
+
+
+def test_numeric_constants_agree_across_cpu_gpu_and_python():
+    """The in-span tolerances, eta and the refused-row limit have one home per language:
+    csrc/spice/numerics.hpp (CPU core), python/spice/_numerics.py (GPU driver, reference, input
+    checks) and the CUDA source's defines. They must be the same numbers."""
+    import re
+    from pathlib import Path
+
+    from spice import _numerics
+
+    root = Path(__file__).resolve().parent.parent
+    hpp = (root / "csrc" / "spice" / "numerics.hpp").read_text()
+    cu = (root / "csrc" / "cuda" / "spice_kernels.cu").read_text()
+
+    def cpp(name):
+        return float(re.search(rf"constexpr double {name} = ([0-9.e+-]+);", hpp).group(1))
+
+    def cuda(name):
+        return float(re.search(rf"#define {name} ([0-9.e+-]+)", cu).group(1))
+
+    assert cpp("kRelTiny") == _numerics.REL_TINY == cuda("SPICE_REL_TINY")
+    assert cpp("kGainTiny") == _numerics.GAIN_TINY == cuda("SPICE_GAIN_TINY")
+    assert cpp("kEta") == _numerics.ETA == cuda("SPICE_ETA")
+    assert cpp("kMaxAlphaNorm2") == _numerics.MAX_ALPHA_NORM2

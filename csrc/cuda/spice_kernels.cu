@@ -22,11 +22,11 @@ typedef unsigned char u8;
 typedef long long i64;
 typedef unsigned long long u64;
 
-#define SPICE_WARPS 8          // warps per block of the row kernels
+#define SPICE_WARPS 8  // warps per block of the row kernels
+#define SPICE_THREADS (SPICE_WARPS * 32)
+#define SPICE_ROWS 4   // rows per warp per pass (register blocking)
 // The numbers of csrc/spice/numerics.hpp (the CPU core) and python/spice/_numerics.py; a test
 // (tests/test_select_numerics.py) keeps the three equal.
-#define SPICE_THREADS (SPICE_WARPS * 32)
-#define SPICE_ROWS 4           // rows per warp per pass (register blocking)
 #define SPICE_REL_TINY 1e-10   // in span(S): q_i <= REL_TINY * ||g_i||^2 and
 #define SPICE_GAIN_TINY 1e-10  // alpha q_i <= GAIN_TINY (as the CPU core's in_span)
 #define SPICE_ETA 1e-8         // cosine denominator guard
