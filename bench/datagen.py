@@ -9,9 +9,18 @@ from __future__ import annotations
 import numpy as np
 
 
-def clustered_features(n: int, d: int, seed: int = 0, clusters: int = 50, noise: float = 0.7,
-                       flip: float = 0.1, dup: float = 0.05, dtype=np.float32,
-                       out: np.ndarray | None = None, block: int = 65536) -> np.ndarray:
+def clustered_features(
+    n: int,
+    d: int,
+    seed: int = 0,
+    clusters: int = 50,
+    noise: float = 0.7,
+    flip: float = 0.1,
+    dup: float = 0.05,
+    dtype=np.float32,
+    out: np.ndarray | None = None,
+    block: int = 65536,
+) -> np.ndarray:
     """(n, d) features generated block by block (``out`` may be a np.memmap)."""
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((clusters, d)).astype(np.float32)
@@ -23,7 +32,7 @@ def clustered_features(n: int, d: int, seed: int = 0, clusters: int = 50, noise:
         x += noise * r.standard_normal((m, d), dtype=np.float32)
         x *= r.uniform(0.3, 2.0, (m, 1)).astype(np.float32)
         x[r.random(m) < flip] *= -1.0
-        G[s:s + m] = x.astype(dtype, copy=False)
+        G[s : s + m] = x.astype(dtype, copy=False)
     nd = int(dup * n)
     if nd:
         src = rng.integers(0, n, nd)

@@ -36,8 +36,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 HERE = Path(__file__).resolve().parent
-CONFIGS = {"rows8": (8, None), "rows1": (1, None), "tok512": (64, 512), "tok1024": (64, 1024),
-           "tok2048": (64, 2048), "tok512_allpos": (64, 512)}
+CONFIGS = {
+    "rows8": (8, None),
+    "rows1": (1, None),
+    "tok512": (64, 512),
+    "tok1024": (64, 1024),
+    "tok2048": (64, 2048),
+    "tok512_allpos": (64, 512),
+}
 
 
 def _spice_path() -> None:
@@ -94,15 +100,29 @@ def worker(args: argparse.Namespace) -> None:
     bs, budget = CONFIGS[args.config]
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        store = extract(model, tok, recs, Path(tmp) / "s", dim=args.dim, lora=LoraSpec(r=8),
-                        max_length=args.max_length, batch_size=bs, max_batch_tokens=budget,
-                        progress=False)
+        store = extract(
+            model,
+            tok,
+            recs,
+            Path(tmp) / "s",
+            dim=args.dim,
+            lora=LoraSpec(r=8),
+            max_length=args.max_length,
+            batch_size=bs,
+            max_batch_tokens=budget,
+            progress=False,
+        )
         el = time.perf_counter() - t0
         live = len(store) - len(store.index.skipped())
-        res = {"config": args.config, "seconds": el, "records": len(store), "featurised": live,
-               "tokens": int(store.index.tokens.sum()),
-               "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-               "summary": summarize(store)}
+        res = {
+            "config": args.config,
+            "seconds": el,
+            "records": len(store),
+            "featurised": live,
+            "tokens": int(store.index.tokens.sum()),
+            "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "summary": summarize(store),
+        }
     print("RESULT " + json.dumps(res), flush=True)
 
 
@@ -111,8 +131,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=24, help="conversations from the head of ShareGPT")
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--dim", type=int, default=8192)
-    ap.add_argument("--configs", default=",".join(CONFIGS), help="comma list of " +
-                    ", ".join(CONFIGS))
+    ap.add_argument(
+        "--configs", default=",".join(CONFIGS), help="comma list of " + ", ".join(CONFIGS)
+    )
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="tiny config model and chats (CI)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -135,13 +156,28 @@ def main() -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(recs, f)
         path = f.name
-    print(f"{len(recs)} conversations, max_length {args.max_length}, d {args.dim}, "
-          f"{'tiny model' if args.quick else 'SmolLM2-135M-Instruct'}", flush=True)
+    print(
+        f"{len(recs)} conversations, max_length {args.max_length}, d {args.dim}, "
+        f"{'tiny model' if args.quick else 'SmolLM2-135M-Instruct'}",
+        flush=True,
+    )
     try:
         for c in configs:
-            cmd = [sys.executable, __file__, "--worker", "--config", c, "--records", path,
-                   "--max-length", str(args.max_length), "--dim", str(args.dim),
-                   "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                "--config",
+                c,
+                "--records",
+                path,
+                "--max-length",
+                str(args.max_length),
+                "--dim",
+                str(args.dim),
+                "--threads",
+                str(args.threads),
+            ] + (["--quick"] if args.quick else [])
             out = subprocess.run(cmd, capture_output=True, text=True, check=False)
             line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
@@ -149,8 +185,11 @@ def main() -> None:
                 sys.exit(1)
             r = json.loads(line[7:])
             rate = r["tokens"] / r["seconds"]
-            print(f"{c:8s} {r['seconds'] / max(r['featurised'], 1):6.2f} s/record  "
-                  f"{rate:7.0f} tok/s  peak {r['peak_gb']:5.2f} GB", flush=True)
+            print(
+                f"{c:8s} {r['seconds'] / max(r['featurised'], 1):6.2f} s/record  "
+                f"{rate:7.0f} tok/s  peak {r['peak_gb']:5.2f} GB",
+                flush=True,
+            )
         print(r["summary"])
     finally:
         os.unlink(path)

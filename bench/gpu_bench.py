@@ -51,7 +51,7 @@ def copy_bandwidth(cp, nbytes: int = 4 << 30, reps: int = 10) -> float:
 def make_features(cp, n: int, d: int, seed: int = 0, rank: int = 256):
     """Gradient-like float16 rows: a decaying low-rank part plus noise, made on the device."""
     rs = cp.random.RandomState(seed)
-    sig = (cp.arange(1, rank + 1, dtype=cp.float32) ** -0.5)
+    sig = cp.arange(1, rank + 1, dtype=cp.float32) ** -0.5
     Q = rs.standard_normal((rank, d), dtype=cp.float32) / math.sqrt(d)
     out = cp.empty((n, d), dtype=cp.float16)
     step = max(1, (1 << 28) // d)
@@ -106,8 +106,14 @@ def timed_run(cp, G, k: int, method: str, alpha: float, lam: float, cap_s: float
         projected = wall + (k - picks) * rate
     else:
         projected = wall
-    return dict(method=method, picks=picks, wall=wall, projected=projected,
-                stop=raw["stop_reason"], evals=raw["evaluations"])
+    return dict(
+        method=method,
+        picks=picks,
+        wall=wall,
+        projected=projected,
+        stop=raw["stop_reason"],
+        evals=raw["evaluations"],
+    )
 
 
 def main() -> int:
@@ -152,14 +158,19 @@ def main() -> int:
         cp.cuda.Device().synchronize()
         norm2 = cp.einsum("ij,ij->i", G[:4096].astype(cp.float32), G[:4096].astype(cp.float32))
         alpha = float(10.0 / float(cp.median(norm2)))
-        print(f"{name}: features made in {time.perf_counter() - t:.1f} s; alpha = {alpha:.4g}",
-              flush=True)
+        print(
+            f"{name}: features made in {time.perf_counter() - t:.1f} s; alpha = {alpha:.4g}",
+            flush=True,
+        )
         step = time_naive_step(cp, G, alpha, args.lam)
         step0 = time_naive_step(cp, G, alpha, 0.0)
         floor = n * d * G.dtype.itemsize / bw
-        print(f"{name}: naive step {step * 1e3:.3f} ms (lambda = 0: {step0 * 1e3:.3f} ms), "
-              f"floor {floor * 1e3:.3f} ms -> {100 * floor / step:.1f}% "
-              f"({100 * floor / step0:.1f}%) of bandwidth", flush=True)
+        print(
+            f"{name}: naive step {step * 1e3:.3f} ms (lambda = 0: {step0 * 1e3:.3f} ms), "
+            f"floor {floor * 1e3:.3f} ms -> {100 * floor / step:.1f}% "
+            f"({100 * floor / step0:.1f}%) of bandwidth",
+            flush=True,
+        )
         for method, cap in (("naive", args.cap_naive), ("lazy", args.cap_lazy)):
             r = timed_run(cp, G, k, method, alpha, args.lam, cap)
             print(f"{name} {method}: {r}", flush=True)
@@ -167,11 +178,16 @@ def main() -> int:
                 f"| {name} | {k} | {step * 1e3:.3f} ms (λ=0: {step0 * 1e3:.3f} ms) | "
                 f"{floor * 1e3:.3f} ms | {100 * floor / step:.1f}% ({100 * floor / step0:.1f}%) | "
                 f"{method} | {r['picks']} | {r['wall']:.1f} | {r['projected']:.1f} | {r['stop']} "
-                f"| {r['evals']} |")
+                f"| {r['evals']} |"
+            )
         del G
         cp.get_default_memory_pool().free_all_blocks()
-    lines += ["", "Runs stopped at the time cap show stop = cancelled; their projection assumes "
-              "the remaining picks run at the final measured pick rate.", ""]
+    lines += [
+        "",
+        "Runs stopped at the time cap show stop = cancelled; their projection assumes "
+        "the remaining picks run at the final measured pick rate.",
+        "",
+    ]
     text = "\n".join(lines)
     with open(args.out, "w") as f:
         f.write(text)

@@ -87,22 +87,29 @@ def bench_roofline(n: int, d: int, rounds: int = 3) -> None:
             for lam in (0.0, 0.1):
                 st = step_time(H, lam)
                 steps[dt, lam] = min(steps.get((dt, lam), float("inf")), st)
-    print(f"\n## 1. Roofline, n={n}, d={d} (best of {rounds} alternating rounds)\n"
-          f"numpy float32 GEMV: {gemv * 1e3:.2f} ms ({G.nbytes / gemv / 1e9:.1f} GB/s)\n")
+    print(
+        f"\n## 1. Roofline, n={n}, d={d} (best of {rounds} alternating rounds)\n"
+        f"numpy float32 GEMV: {gemv * 1e3:.2f} ms ({G.nbytes / gemv / 1e9:.1f} GB/s)\n"
+    )
     print("| G dtype | λ | naive step (ms) | GB/s | vs numpy float32 GEMV time |")
     print("|---|---|---|---|---|")
     for (dt, lam), st in steps.items():
         H = halves[dt]
-        print(f"| {np.dtype(dt).name} | {lam} | {st * 1e3:.2f} | {H.nbytes / st / 1e9:.1f} "
-              f"| {gemv / st:.2f}× |", flush=True)
+        print(
+            f"| {np.dtype(dt).name} | {lam} | {st * 1e3:.2f} | {H.nbytes / st / 1e9:.1f} "
+            f"| {gemv / st:.2f}× |",
+            flush=True,
+        )
     del halves
     per: dict[int, float] = {}
     for _ in range(rounds):
         for th in (1, 2):
             per[th] = min(per.get(th, float("inf")), step_time(G, 0.1, k=30, threads=th))
-    print(f"naive step (float32, λ=0.1), threads=1: {per[1] * 1e3:.2f} ms, threads=2: "
-          f"{per[2] * 1e3:.2f} ms -> {per[1] / per[2]:.2f}× (best of {rounds} alternating rounds)",
-          flush=True)
+    print(
+        f"naive step (float32, λ=0.1), threads=1: {per[1] * 1e3:.2f} ms, threads=2: "
+        f"{per[2] * 1e3:.2f} ms -> {per[1] / per[2]:.2f}× (best of {rounds} alternating rounds)",
+        flush=True,
+    )
     try:  # the machine's own scaling for a memory-bound pass: numpy's GEMV on 1 and 2 threads
         from threadpoolctl import threadpool_limits
     except ImportError:
@@ -114,8 +121,11 @@ def bench_roofline(n: int, d: int, rounds: int = 3) -> None:
             with threadpool_limits(th):
                 ref[th] = min(ref.get(th, float("inf")), gemv_time(G, w))
             time.sleep(0.2)
-    print(f"numpy float32 GEMV, threads=1: {ref[1] * 1e3:.2f} ms, threads=2: {ref[2] * 1e3:.2f} ms "
-          f"-> {ref[1] / ref[2]:.2f}× (the bus's own scaling)", flush=True)
+    print(
+        f"numpy float32 GEMV, threads=1: {ref[1] * 1e3:.2f} ms, threads=2: {ref[2] * 1e3:.2f} ms "
+        f"-> {ref[1] / ref[2]:.2f}× (the bus's own scaling)",
+        flush=True,
+    )
 
 
 def gemm_fma_rate(m: int = 2048, reps: int = 3) -> float:
@@ -145,18 +155,24 @@ def bench_vs_numpy(n: int, d: int, k: int, prefix: int, gemm_m: int = 2048) -> N
     ref = greedy_numpy(G, pk, lam=0.1)
     tn = (time.perf_counter() - t) * k / pk
     same = int(np.sum(ref["indices"] == lazy.indices[:pk]))
-    print(f"lazy {m['s']:.2f} s (extra memory {m['extra_bytes'] / G.nbytes:.3f}× G, "
-          f"{lazy.evaluations:.3g} evaluations, {lazy.dot_products:.3g} dot products); "
-          f"numpy {tn:.1f} s (extrapolated from {pk} steps) -> {tn / m['s']:.1f}× ; "
-          f"first {pk} picks equal: {same}/{pk}", flush=True)
+    print(
+        f"lazy {m['s']:.2f} s (extra memory {m['extra_bytes'] / G.nbytes:.3f}× G, "
+        f"{lazy.evaluations:.3g} evaluations, {lazy.dot_products:.3g} dot products); "
+        f"numpy {tn:.1f} s (extrapolated from {pk} steps) -> {tn / m['s']:.1f}× ; "
+        f"first {pk} picks equal: {same}/{pk}",
+        flush=True,
+    )
     # The arithmetic floor: exact lazy greedy's catch-ups are float64 multiply-adds (one dot of
     # length d per dot product). At numpy's own float64 GEMM rate, the best this machine's BLAS
     # does with the same arithmetic, they alone would take this long.
     rate = gemm_fma_rate(gemm_m)
     floor = lazy.dot_products * d / rate
-    print(f"ceiling: {lazy.dot_products:.3g} dots x {d} = {lazy.dot_products * d:.3g} float64 "
-          f"FMAs take {floor:.2f} s at numpy's float64 GEMM rate ({rate / 1e9:.1f} GFMA/s); "
-          f"30× the numpy time needs {tn / 30:.2f} s", flush=True)
+    print(
+        f"ceiling: {lazy.dot_products:.3g} dots x {d} = {lazy.dot_products * d:.3g} float64 "
+        f"FMAs take {floor:.2f} s at numpy's float64 GEMM rate ({rate / 1e9:.1f} GFMA/s); "
+        f"30× the numpy time needs {tn / 30:.2f} s",
+        flush=True,
+    )
 
 
 def dpp_map_explicit(G: np.ndarray, k: int, alpha: float = 1.0) -> list[int]:
@@ -180,9 +196,12 @@ def bench_vs_dpp(n: int, d: int, k: int) -> None:
     t = time.perf_counter()
     ref = dpp_map_explicit(G, k)
     td = time.perf_counter() - t
-    print(f"spice lazy {tl:.3f} s (best of 3; first {times[0]:.3f} s); numpy DPP MAP (kernel "
-          f"build included) {td:.2f} s -> "
-          f"{td / tl:.1f}×; identical picks: {lazy.indices.tolist() == ref}", flush=True)
+    print(
+        f"spice lazy {tl:.3f} s (best of 3; first {times[0]:.3f} s); numpy DPP MAP (kernel "
+        f"build included) {td:.2f} s -> "
+        f"{td / tl:.1f}×; identical picks: {lazy.indices.tolist() == ref}",
+        flush=True,
+    )
 
 
 def memmap_features(path: str, n: int, d: int, seed: int) -> np.memmap:
@@ -214,38 +233,60 @@ def run_budgeted(G, k: int, method: str, budget: float, **kw):
     return sel, time.perf_counter() - t, peak[0]
 
 
-def bench_big(tag: str, n: int, d: int, k: int, budget: float, methods: list[str],
-              out: str = OUT, spill: str | None = None) -> None:
+def bench_big(
+    tag: str,
+    n: int,
+    d: int,
+    k: int,
+    budget: float,
+    methods: list[str],
+    out: str = OUT,
+    spill: str | None = None,
+) -> None:
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, f"feats_{n}x{d}_f16.bin")
     t = time.perf_counter()
     G = memmap_features(path, n, d, seed=4)
-    print(f"\n## {tag}. n={n}, d={d}, float16 memmap ({G.nbytes / 2**30:.2f} GiB), k={k}, "
-          f"λ=0.1 (data ready in {time.perf_counter() - t:.0f} s)")
-    print("| method | picks | time (s) | stop | logdet | evaluations | peak RSS (MiB) "
-          "| peak anonymous (MiB) |")
+    print(
+        f"\n## {tag}. n={n}, d={d}, float16 memmap ({G.nbytes / 2**30:.2f} GiB), k={k}, "
+        f"λ=0.1 (data ready in {time.perf_counter() - t:.0f} s)"
+    )
+    print(
+        "| method | picks | time (s) | stop | logdet | evaluations | peak RSS (MiB) "
+        "| peak anonymous (MiB) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for m in methods:
         kw = {"spill_dir": spill} if spill else {}
         sel, el, anon = run_budgeted(G, k, m, budget, conflict_penalty=0.1, **kw)
         name = f"{m}, w rows spilled" if spill else m
-        print(f"| {name} | {len(sel)} | {el:.1f} | {sel.stop_reason} | {sel.logdet:.6g} "
-              f"| {sel.evaluations:.3g} | {rss_mb():.0f} | {anon:.0f} |", flush=True)
+        print(
+            f"| {name} | {len(sel)} | {el:.1f} | {sel.stop_reason} | {sel.logdet:.6g} "
+            f"| {sel.evaluations:.3g} | {rss_mb():.0f} | {anon:.0f} |",
+            flush=True,
+        )
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="threads for spice and numpy's OpenBLAS alike (default: all cores)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads for spice and numpy's OpenBLAS alike (default: all cores)",
+    )
     ap.add_argument("--only", default="1,2,3")
     ap.add_argument("--budget", type=float, default=900.0)
     ap.add_argument("--prefix", type=int, default=500)
     ap.add_argument("--methods", default=None, help="runs 4-6: comma list of methods")
     ap.add_argument("--out", default=OUT, help="runs 4-6: folder of the generated memmaps")
-    ap.add_argument("--spill", default=None,
-                    help="runs 4-6: keep the w rows in a temporary file in this folder "
-                         "(spice.select's spill_dir) instead of RAM")
+    ap.add_argument(
+        "--spill",
+        default=None,
+        help="runs 4-6: keep the w rows in a temporary file in this folder "
+        "(spice.select's spill_dir) instead of RAM",
+    )
     args = ap.parse_args()
     print(f"# spice {spice.__version__}, kernels {spice.kernel_isa()}, {os.cpu_count()} CPUs")
     if args.quick:
@@ -253,8 +294,16 @@ def main() -> int:
         bench_vs_numpy(3000, 64, 300, 100, gemm_m=256)
         bench_vs_dpp(1500, 32, 150)
         bench_big("4 (quick)", 20_000, 64, 2_000, args.budget, ["stochastic", "lazy"], args.out)
-        bench_big("4 (quick)", 20_000, 64, 2_000, args.budget, ["lazy"], args.out,
-                  spill=args.spill or args.out)
+        bench_big(
+            "4 (quick)",
+            20_000,
+            64,
+            2_000,
+            args.budget,
+            ["lazy"],
+            args.out,
+            spill=args.spill or args.out,
+        )
         return 0
     only = {int(x) for x in args.only.split(",")}
     if 1 in only:
@@ -267,11 +316,27 @@ def main() -> int:
         m4 = args.methods.split(",") if args.methods else ["stochastic", "lazy"]
         bench_big("4", 1_000_000, 1024, 100_000, args.budget, m4, args.out, args.spill)
     if 5 in only:
-        bench_big("5", 270_000, 8192, 27_000, args.budget,
-                  args.methods.split(",") if args.methods else ["lazy"], args.out, args.spill)
+        bench_big(
+            "5",
+            270_000,
+            8192,
+            27_000,
+            args.budget,
+            args.methods.split(",") if args.methods else ["lazy"],
+            args.out,
+            args.spill,
+        )
     if 6 in only:
-        bench_big("6", 5_000_000, 1024, 10_000, args.budget,
-                  args.methods.split(",") if args.methods else ["lazy"], args.out, args.spill)
+        bench_big(
+            "6",
+            5_000_000,
+            1024,
+            10_000,
+            args.budget,
+            args.methods.split(",") if args.methods else ["lazy"],
+            args.out,
+            args.spill,
+        )
     return 0
 
 

@@ -9,8 +9,15 @@ def gaussian(seed: int, n: int, d: int, dtype=np.float32) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, d)).astype(dtype)
 
 
-def clustered(seed: int, n: int, d: int, clusters: int = 5, dup_frac: float = 0.1,
-              flip_frac: float = 0.1, zero_rows: int = 2) -> np.ndarray:
+def clustered(
+    seed: int,
+    n: int,
+    d: int,
+    clusters: int = 5,
+    dup_frac: float = 0.1,
+    flip_frac: float = 0.1,
+    zero_rows: int = 2,
+) -> np.ndarray:
     """Clustered rows with exact duplicates, sign-flipped (conflicting) rows and zero rows."""
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((clusters, d)) * 2.0

@@ -22,12 +22,18 @@ def run_bench(script: str, *args: str, timeout: float = 300) -> subprocess.Compl
     # source tree with an in-place build for developers), not whatever the tree holds.
     env = dict(os.environ)
     home = str(Path(spice.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join([home] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH")
-                                                  else []))
+    env["PYTHONPATH"] = os.pathsep.join(
+        [home] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    )
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TRANSFORMERS_OFFLINE", "1")
-    return subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_scale_bench_quick(tmp_path):

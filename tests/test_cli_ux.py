@@ -33,8 +33,25 @@ def work(tmp_path_factory) -> Path:
     model = toy.tiny_llama(len(tok), seed=1)
     model.save_pretrained(d / "model")
     tok.save_pretrained(d / "model")
-    assert main(["features", "--model", str(d / "model"), "--data", str(d / "data.jsonl"),
-                 "--out", str(d / "store"), "--dim", "64", "--max-length", "48", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "features",
+                "--model",
+                str(d / "model"),
+                "--data",
+                str(d / "data.jsonl"),
+                "--out",
+                str(d / "store"),
+                "--dim",
+                "64",
+                "--max-length",
+                "48",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return d
 
 
@@ -68,29 +85,37 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"spice-select {spice.__version__}"
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["features", "--dim", "0"], "argument --dim: 0 is out of range [1, inf]"),
-    (["features", "--dim", "-5"], "argument --dim: -5 is out of range"),
-    (["features", "--max-length", "0"], "argument --max-length: 0 is out of range [2, inf]"),
-    (["features", "--batch-size", "0"], "argument --batch-size"),
-    (["features", "--max-batch-tokens", "x"], "argument --max-batch-tokens: 'x' is not an integer"),
-    (["features", "--chunk-rows", "0"], "argument --chunk-rows"),
-    (["features", "--checkpoint-seconds", "0"], "argument --checkpoint-seconds"),
-    (["features", "--lora-r", "-1"], "argument --lora-r"),
-    (["select", "--fraction", "0"], "argument --fraction: 0 is out of range (0, 1]"),
-    (["select", "--fraction", "1.5"], "argument --fraction"),
-    (["select", "--k", "0"], "argument --k"),
-    (["select", "--alpha", "inf"], "argument --alpha: 'inf' is not finite"),
-    (["select", "--alpha", "0"], "argument --alpha"),
-    (["select", "--penalty", "-0.1"], "argument --penalty"),
-    (["select", "--early-stop", "1"], "argument --early-stop"),
-    (["online", "--pool-size", "0"], "argument --pool-size"),
-    (["online", "--lr", "nan"], "argument --lr"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["features", "--dim", "0"], "argument --dim: 0 is out of range [1, inf]"),
+        (["features", "--dim", "-5"], "argument --dim: -5 is out of range"),
+        (["features", "--max-length", "0"], "argument --max-length: 0 is out of range [2, inf]"),
+        (["features", "--batch-size", "0"], "argument --batch-size"),
+        (
+            ["features", "--max-batch-tokens", "x"],
+            "argument --max-batch-tokens: 'x' is not an integer",
+        ),
+        (["features", "--chunk-rows", "0"], "argument --chunk-rows"),
+        (["features", "--checkpoint-seconds", "0"], "argument --checkpoint-seconds"),
+        (["features", "--lora-r", "-1"], "argument --lora-r"),
+        (["select", "--fraction", "0"], "argument --fraction: 0 is out of range (0, 1]"),
+        (["select", "--fraction", "1.5"], "argument --fraction"),
+        (["select", "--k", "0"], "argument --k"),
+        (["select", "--alpha", "inf"], "argument --alpha: 'inf' is not finite"),
+        (["select", "--alpha", "0"], "argument --alpha"),
+        (["select", "--penalty", "-0.1"], "argument --penalty"),
+        (["select", "--early-stop", "1"], "argument --early-stop"),
+        (["online", "--pool-size", "0"], "argument --pool-size"),
+        (["online", "--lr", "nan"], "argument --lr"),
+    ],
+)
 def test_bad_numbers_are_refused_before_any_work(capsys, argv, needle):
-    base = {"features": ["--model", "m", "--data", "d", "--out", "o"],
-            "select": ["--features", "f", "--data", "d", "--out", "o"],
-            "online": ["--model", "m", "--data", "d", "--out", "o"]}[argv[0]]
+    base = {
+        "features": ["--model", "m", "--data", "d", "--out", "o"],
+        "select": ["--features", "f", "--data", "d", "--out", "o"],
+        "online": ["--model", "m", "--data", "d", "--out", "o"],
+    }[argv[0]]
     with pytest.raises(SystemExit) as e:
         main([argv[0], *base, *argv[1:]])
     assert e.value.code == 2
@@ -98,10 +123,24 @@ def test_bad_numbers_are_refused_before_any_work(capsys, argv, needle):
 
 
 def test_multi_line_errors_are_printed_whole(work, capsys):
-    rc = main(["features", "--model", str(work / "model"), "--data", str(work / "data.jsonl"),
-               "--out", str(work / "store"), "--dim", "32", "--max-length", "48", "--quiet"])
+    rc = main(
+        [
+            "features",
+            "--model",
+            str(work / "model"),
+            "--data",
+            str(work / "data.jsonl"),
+            "--out",
+            str(work / "store"),
+            "--dim",
+            "32",
+            "--max-length",
+            "48",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
-    err = err[err.index("spice: error:"):]
+    err = err[err.index("spice: error:") :]
     assert rc == 1 and err.startswith("spice: error: feature store")
     assert "Differences (store -> requested):" in err
     assert "\n  dim: 64 -> 32\n" in err and err.rstrip().endswith("to start over.")
@@ -110,36 +149,105 @@ def test_multi_line_errors_are_printed_whole(work, capsys):
 
 def test_failed_runs_leave_no_output(work, capsys):
     sel = work / "never"
-    rc = main(["select", "--features", str(work / "store"), "--data", str(work / "data.jsonl"),
-               "--k", "500", "--out", str(sel)])
+    rc = main(
+        [
+            "select",
+            "--features",
+            str(work / "store"),
+            "--data",
+            str(work / "data.jsonl"),
+            "--k",
+            "500",
+            "--out",
+            str(sel),
+        ]
+    )
     assert rc == 1 and "out of range" in capsys.readouterr().err
     assert not sel.exists()
     assert not [p for p in work.iterdir() if p.name.startswith(".never")]  # no staging left
     keep = work / "mine"
     keep.mkdir()
     (keep / "notes.txt").write_text("mine")
-    rc = main(["select", "--features", str(work / "store"), "--data", str(work / "data.jsonl"),
-               "--k", "500", "--out", str(keep)])
+    rc = main(
+        [
+            "select",
+            "--features",
+            str(work / "store"),
+            "--data",
+            str(work / "data.jsonl"),
+            "--k",
+            "500",
+            "--out",
+            str(keep),
+        ]
+    )
     assert rc == 1 and [p.name for p in keep.iterdir()] == ["notes.txt"]
     empty = work / "empty.jsonl"
     empty.write_text("\n")
-    rc = main(["run", "--model", str(work / "model"), "--data", str(empty), "--out",
-               str(work / "deep" / "run-empty"), "--dim", "16", "--quiet", "--no-report"])
+    rc = main(
+        [
+            "run",
+            "--model",
+            str(work / "model"),
+            "--data",
+            str(empty),
+            "--out",
+            str(work / "deep" / "run-empty"),
+            "--dim",
+            "16",
+            "--quiet",
+            "--no-report",
+        ]
+    )
     assert rc == 1 and "holds no records" in capsys.readouterr().err
     assert not (work / "deep").exists()
-    rc = main(["features", "--model", str(work / "model"), "--data", str(empty), "--out",
-               str(work / "features-empty"), "--dim", "16", "--quiet"])
+    rc = main(
+        [
+            "features",
+            "--model",
+            str(work / "model"),
+            "--data",
+            str(empty),
+            "--out",
+            str(work / "features-empty"),
+            "--dim",
+            "16",
+            "--quiet",
+        ]
+    )
     assert rc == 1 and "holds no records" in capsys.readouterr().err
     assert not (work / "features-empty").exists()
 
 
 def test_selection_appears_whole_and_only_on_success(work):
     out = work / "sel"
-    assert main(["select", "--features", str(work / "store"), "--data", str(work / "data.jsonl"),
-                 "--k", "6", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "select",
+                "--features",
+                str(work / "store"),
+                "--data",
+                str(work / "data.jsonl"),
+                "--k",
+                "6",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["axolotl_dataset.yaml", "dataset_info.json", "indices.npy", "scores.csv",
-                     "selection.json", "subset.jsonl", "timing.json", "trl_sft.py"]
+    assert names == [
+        "axolotl_dataset.yaml",
+        "dataset_info.json",
+        "indices.npy",
+        "scores.csv",
+        "selection.json",
+        "subset.jsonl",
+        "timing.json",
+        "trl_sft.py",
+    ]
     assert not [p for p in work.iterdir() if p.name.startswith(".sel.tmp-")]
 
 
@@ -162,18 +270,48 @@ def test_a_damaged_store_is_refused_naming_the_chunk(work, tmp_path, capsys):
 def test_data_identity_is_the_records_content(work, tmp_path):
     lines = (work / "data.jsonl").read_text().splitlines()
     spaced = tmp_path / "spaced.jsonl"
-    spaced.write_text("\n\n".join(json.dumps(json.loads(x), indent=None, separators=(", ", " : "))
-                                  for x in lines) + "\n\n\n")
+    spaced.write_text(
+        "\n\n".join(json.dumps(json.loads(x), indent=None, separators=(", ", " : ")) for x in lines)
+        + "\n\n\n"
+    )
     out = tmp_path / "sel"
-    assert main(["select", "--features", str(work / "store"), "--data", str(spaced), "--k", "6",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "select",
+                "--features",
+                str(work / "store"),
+                "--data",
+                str(spaced),
+                "--k",
+                "6",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     sel = json.loads((out / "selection.json").read_text())
     subset = (out / "subset.jsonl").read_text().splitlines()
     assert [json.loads(x) for x in subset] == [json.loads(lines[i]) for i in sel["indices"]]
     changed = tmp_path / "changed.jsonl"
     changed.write_text((work / "data.jsonl").read_text().replace('"output": "', '"output": "x', 1))
-    assert main(["select", "--features", str(work / "store"), "--data", str(changed), "--k", "6",
-                 "--out", str(tmp_path / "no")]) == 1
+    assert (
+        main(
+            [
+                "select",
+                "--features",
+                str(work / "store"),
+                "--data",
+                str(changed),
+                "--k",
+                "6",
+                "--out",
+                str(tmp_path / "no"),
+            ]
+        )
+        == 1
+    )
 
 
 def test_demo_replaces_its_own_folder(tmp_path, capsys):
@@ -217,8 +355,17 @@ def test_help_states_the_library_defaults():
 
 
 def test_debug_shows_the_traceback(work, capsys):
-    argv = ["select", "--features", str(work / "store"), "--data", str(work / "data.jsonl"),
-            "--k", "500", "--out", str(work / "dbg")]
+    argv = [
+        "select",
+        "--features",
+        str(work / "store"),
+        "--data",
+        str(work / "data.jsonl"),
+        "--k",
+        "500",
+        "--out",
+        str(work / "dbg"),
+    ]
     assert main(argv) == 1
     with pytest.raises(ValueError, match="out of range"):
         main(["--debug", *argv])
@@ -227,8 +374,17 @@ def test_debug_shows_the_traceback(work, capsys):
 
 def test_online_that_fails_early_leaves_no_folder(work, capsys):
     out = work / "online-never"
-    rc = main(["online", "--model", str(work / "no-model"), "--data", str(work / "data.jsonl"),
-               "--out", str(out)])
+    rc = main(
+        [
+            "online",
+            "--model",
+            str(work / "no-model"),
+            "--data",
+            str(work / "data.jsonl"),
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 1 and "does not exist" in capsys.readouterr().err
     assert not out.exists()
 
@@ -247,15 +403,30 @@ def test_new_extraction_options_reach_extract(work, monkeypatch):
 
     monkeypatch.setattr(driver, "extract", spy)
     monkeypatch.setattr(spice.features, "extract", spy, raising=False)  # the lazy name's cache
-    base = ["features", "--model", str(work / "model"), "--data", str(work / "data.jsonl"),
-            "--out", str(work / "never-f"), "--quiet"]
+    base = [
+        "features",
+        "--model",
+        str(work / "model"),
+        "--data",
+        str(work / "data.jsonl"),
+        "--out",
+        str(work / "never-f"),
+        "--quiet",
+    ]
     assert main(base) == 1
-    assert main([*base, "--max-batch-tokens", "300", "--chunk-rows", "7",
-                 "--checkpoint-seconds", "2.5"]) == 1
+    assert (
+        main(
+            [*base, "--max-batch-tokens", "300", "--chunk-rows", "7", "--checkpoint-seconds", "2.5"]
+        )
+        == 1
+    )
     assert "max_batch_tokens" not in seen[0] and "shard_rows" not in seen[0]
     assert seen[0]["checkpoint_seconds"] == 60.0
-    assert (seen[1]["max_batch_tokens"], seen[1]["shard_rows"], seen[1]["checkpoint_seconds"]) \
-        == (300, 7, 2.5)
+    assert (seen[1]["max_batch_tokens"], seen[1]["shard_rows"], seen[1]["checkpoint_seconds"]) == (
+        300,
+        7,
+        2.5,
+    )
     assert not (work / "never-f").exists()
 
 

@@ -29,9 +29,21 @@ def test_cpp_unit_tests(tmp_path):
         pytest.skip("no C++ compiler")
     exe = tmp_path / "unit_tests"
     build = subprocess.run(
-        [cxx, "-std=c++17", "-O1", "-Wall", "-Werror", f"-I{CSRC}",
-         str(CSRC / "tests" / "unit_tests.cpp"), str(CSRC / "tile_plan.cpp"), "-o", str(exe)],
-        capture_output=True, text=True)
+        [
+            cxx,
+            "-std=c++17",
+            "-O1",
+            "-Wall",
+            "-Werror",
+            f"-I{CSRC}",
+            str(CSRC / "tests" / "unit_tests.cpp"),
+            str(CSRC / "tile_plan.cpp"),
+            "-o",
+            str(exe),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert build.returncode == 0, build.stderr
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr

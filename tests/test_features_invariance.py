@@ -86,7 +86,7 @@ def test_response_only_masking(tiny_llama, tokenizer, records):
     f0 = _features(tiny_llama, ids, am, lm, ids)
     g = torch.Generator().manual_seed(0)
     noise = torch.randint(3, 300, ids.shape, generator=g)
-    prompt = (am.bool() & ~lm)
+    prompt = am.bool() & ~lm
     assert prompt.any() and lm.any()
     # changing the labels of prompt tokens changes nothing ...
     f1 = _features(tiny_llama, ids, am, lm, torch.where(prompt, noise, ids))
@@ -106,8 +106,9 @@ def test_loss_on_all_differs_from_response(tmp_path, tiny_llama, tokenizer, reco
     assert np.abs(got - base).max() > 1e-3 * np.abs(base).max()
 
 
-def test_truncation_keeps_the_response_and_skips_empty_ones(tmp_path, tiny_llama, tokenizer,
-                                                            records, base, capsys):
+def test_truncation_keeps_the_response_and_skips_empty_ones(
+    tmp_path, tiny_llama, tokenizer, records, base, capsys
+):
     long = {"id": "too-long", "prompt": "write a function " * 80, "response": "ok"}
     empty = {"id": "empty", "prompt": "hello", "response": ""}
     recs = [records[0], long, records[1], empty]
@@ -151,8 +152,16 @@ def test_lm_head_runs_only_where_the_loss_is(tmp_path, tiny_llama, tokenizer, re
     seen = []
     h = tiny_llama.lm_head.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
     try:
-        store = extract(tiny_llama, tokenizer, records[:6], tmp_path / "s", dim=64, lora=LORA,
-                        batch_size=1, progress=False)
+        store = extract(
+            tiny_llama,
+            tokenizer,
+            records[:6],
+            tmp_path / "s",
+            dim=64,
+            lora=LORA,
+            batch_size=1,
+            progress=False,
+        )
     finally:
         h.remove()
     assert len(seen) == 6

@@ -142,8 +142,12 @@ def test_chat_template_masks_assistant_turns(chat_tokenizer):
     t = tokenize_record(load_records([{"messages": msgs}])[0], chat_tokenizer)
     text = chat_tokenizer.decode(t.input_ids[t.loss_mask])
     assert text == "3<|im_end|>\n4<|im_end|>\n"
-    no_tmpl = tokenize_record(load_records([{"messages": msgs}])[0], chat_tokenizer.__class__(
-        tokenizer_object=chat_tokenizer.backend_tokenizer, eos_token="</s>", bos_token="<s>"))
+    no_tmpl = tokenize_record(
+        load_records([{"messages": msgs}])[0],
+        chat_tokenizer.__class__(
+            tokenizer_object=chat_tokenizer.backend_tokenizer, eos_token="</s>", bos_token="<s>"
+        ),
+    )
     assert chat_tokenizer.decode(no_tmpl.input_ids[no_tmpl.loss_mask]) == "3\n4\n</s>"
 
 

@@ -13,8 +13,14 @@ from spice.store import FeatureStore, StoreIncompleteError, StoreMismatchError
 pytest_plugins = ["features_fixtures"]
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-KW = {"dim": 96, "lora": LoraSpec(r=4), "batch_size": 3, "max_batch_tokens": None, "shard_rows": 5,
-      "progress": False}  # batches of 3 rows, whatever their length: the counts below rely on it
+KW = {
+    "dim": 96,
+    "lora": LoraSpec(r=4),
+    "batch_size": 3,
+    "max_batch_tokens": None,
+    "shard_rows": 5,
+    "progress": False,
+}  # batches of 3 rows, whatever their length: the counts below rely on it
 
 
 def files(path):

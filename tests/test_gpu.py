@@ -30,12 +30,18 @@ from spice import gpu
 from select_data import clustered, gaussian
 
 CU = os.path.join(os.path.dirname(__file__), "..", "csrc", "cuda", "spice_kernels.cu")
-KERNELS = [f"spice_{k}_{s}" for k in ("step", "norms", "pick", "gather")
-           for s in ("f32", "f64", "f16", "bf16")] + [
-    "spice_argmax_final", "spice_finish_w", "spice_permute", "spice_rank1", "spice_catchup",
-    "spice_compact"]
-
-
+KERNELS = [
+    f"spice_{k}_{s}"
+    for k in ("step", "norms", "pick", "gather")
+    for s in ("f32", "f64", "f16", "bf16")
+] + [
+    "spice_argmax_final",
+    "spice_finish_w",
+    "spice_permute",
+    "spice_rank1",
+    "spice_catchup",
+    "spice_compact",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -63,8 +69,11 @@ def test_kernel_source_is_self_contained():
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
 def test_kernels_compile_with_nvcc(tmp_path):
     out = tmp_path / "spice_kernels.o"
-    r = subprocess.run(["nvcc", "-c", "--std=c++17", "-arch=sm_90", "-Werror", "all-warnings",
-                        "-o", str(out), CU], capture_output=True, text=True)
+    r = subprocess.run(
+        ["nvcc", "-c", "--std=c++17", "-arch=sm_90", "-Werror", "all-warnings", "-o", str(out), CU],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     if shutil.which("nm"):  # the host launch stubs of the extern "C" kernels
         syms = subprocess.run(["nm", str(out)], capture_output=True, text=True).stdout
@@ -101,8 +110,7 @@ def test_kernels_compile_with_nvrtc():
         pytest.skip(f"libnvrtc does not load: {e}")
     prog = ctypes.c_void_p()
     src = open(CU, "rb").read()
-    assert lib.nvrtcCreateProgram(ctypes.byref(prog), src, b"spice_kernels.cu", 0, None,
-                                  None) == 0
+    assert lib.nvrtcCreateProgram(ctypes.byref(prog), src, b"spice_kernels.cu", 0, None, None) == 0
     opts = [b"--gpu-architecture=compute_90", b"--std=c++17"]
     rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
     size = ctypes.c_size_t()
@@ -229,9 +237,15 @@ EMU = settings(max_examples=20, deadline=None)
 
 
 @EMU
-@given(seed=st.integers(0, 2**31), n=st.integers(2, 40), d=st.integers(1, 12),
-       lam=st.sampled_from([0.0, 0.1, 2.0]), omega=st.sampled_from([None, 0.3, 0.6]),
-       alpha=st.sampled_from([0.1, 1.0, 5.0]), minv=st.sampled_from([0.0, 0.5, 1.5]))
+@given(
+    seed=st.integers(0, 2**31),
+    n=st.integers(2, 40),
+    d=st.integers(1, 12),
+    lam=st.sampled_from([0.0, 0.1, 2.0]),
+    omega=st.sampled_from([None, 0.3, 0.6]),
+    alpha=st.sampled_from([0.1, 1.0, 5.0]),
+    minv=st.sampled_from([0.0, 0.5, 1.5]),
+)
 def test_emulated_naive_matches_core(seed, n, d, lam, omega, alpha, minv):
     G = gaussian(seed, n, d)
     k = min(n, 1 + seed % n)
@@ -242,9 +256,13 @@ def test_emulated_naive_matches_core(seed, n, d, lam, omega, alpha, minv):
 
 
 @EMU
-@given(seed=st.integers(0, 2**31), lam=st.sampled_from([0.0, 0.1, 1.0]),
-       omega=st.sampled_from([None, 0.2, 0.5]), batch=st.sampled_from([0, 1, 3]),
-       method=st.sampled_from(["naive", "lazy"]))
+@given(
+    seed=st.integers(0, 2**31),
+    lam=st.sampled_from([0.0, 0.1, 1.0]),
+    omega=st.sampled_from([None, 0.2, 0.5]),
+    batch=st.sampled_from([0, 1, 3]),
+    method=st.sampled_from(["naive", "lazy"]),
+)
 def test_emulated_clustered_matches_core(seed, lam, omega, batch, method):
     """Duplicates, sign flips and zero rows: ties must go to the lowest index."""
     G = clustered(seed, 120, 8)
@@ -254,12 +272,17 @@ def test_emulated_clustered_matches_core(seed, lam, omega, batch, method):
 
 
 @EMU
-@given(seed=st.integers(0, 2**31), lam=st.sampled_from([0.0, 0.3]),
-       data=st.sampled_from(["gaussian", "clustered"]), eps=st.sampled_from([0.01, 0.3]))
+@given(
+    seed=st.integers(0, 2**31),
+    lam=st.sampled_from([0.0, 0.3]),
+    data=st.sampled_from(["gaussian", "clustered"]),
+    eps=st.sampled_from([0.01, 0.3]),
+)
 def test_emulated_stochastic_draws_the_cores_samples(seed, lam, data, eps):
     G = gaussian(seed, 90, 6) if data == "gaussian" else clustered(seed, 90, 6)
-    sel = spice.select(G, 30, conflict_penalty=lam, method="stochastic", seed=seed,
-                       stochastic_eps=eps)
+    sel = spice.select(
+        G, 30, conflict_penalty=lam, method="stochastic", seed=seed, stochastic_eps=eps
+    )
     raw = gpu.emulate(G, 30, 1.0, lam, 0.0, "stochastic", seed, eps)
     _assert_same(raw, sel, exact_bound=False)
     # The GPU refreshes each sampled row once; the CPU core may first bound far-behind rows with
@@ -275,8 +298,9 @@ def test_emulated_low_precision_inputs(dtype):
 
         G = (G32.view(np.uint32) >> 16).astype(np.uint16)
         sel = spice.select(G, 30, conflict_penalty=0.1, method="lazy", bf16=True)
-        raw = gpu._run(gpu._NumpyOps(G, _inputs.BF16), 30, 1.0, 0.1, 0.0, "lazy", 0, 0.01,
-                       lazy_batch=2)
+        raw = gpu._run(
+            gpu._NumpyOps(G, _inputs.BF16), 30, 1.0, 0.1, 0.0, "lazy", 0, 0.01, lazy_batch=2
+        )
     else:
         G = G32.astype(dtype)
         sel = spice.select(G, 30, conflict_penalty=0.1, method="lazy")
@@ -322,8 +346,10 @@ def test_emulated_progress_can_cancel():
 def _kernel_signatures() -> dict[str, list[str]]:
     src = open(CU).read().replace("\\\n", " ")
     sigs = {}
-    pat = re.compile(r'extern "C" __global__ void\s+(?:__launch_bounds__\([^)]*\)\s*)?'
-                     r"(\w+?)(?:_##SFX)?\s*\(([^)]*)\)")
+    pat = re.compile(
+        r'extern "C" __global__ void\s+(?:__launch_bounds__\([^)]*\)\s*)?'
+        r"(\w+?)(?:_##SFX)?\s*\(([^)]*)\)"
+    )
     for name, params in pat.findall(src):
         types = []
         for p in params.split(","):
@@ -369,11 +395,35 @@ class _FakeKernel:
     def code(self):
         from spice import _inputs
 
-        return {"f32": _inputs.F32, "f64": _inputs.F64, "f16": _inputs.F16,
-                "bf16": _inputs.BF16}[self.sfx]
+        return {"f32": _inputs.F32, "f64": _inputs.F64, "f16": _inputs.F16, "bf16": _inputs.BF16}[
+            self.sfx
+        ]
 
-    def k_step(self, grid, G, d, stride, vec, cand, m, w, s, snorm, t, norm2, q, state, delta,
-               align, score, alpha, lam, part_score, part_idx, evals):
+    def k_step(
+        self,
+        grid,
+        G,
+        d,
+        stride,
+        vec,
+        cand,
+        m,
+        w,
+        s,
+        snorm,
+        t,
+        norm2,
+        q,
+        state,
+        delta,
+        align,
+        score,
+        alpha,
+        lam,
+        part_score,
+        part_idx,
+        evals,
+    ):
         assert G.shape[1] == d and (G.shape[0] < 2 or G.strides[0] == stride * G.itemsize)
         vecn = gpu._VEC[self.code]
         if w is not None:
@@ -381,11 +431,21 @@ class _FakeKernel:
         if s is not None:
             s = _unperm(s, d, vecn) if vec else s[:d]
         ops = gpu._NumpyOps(G, self.code)
-        st_ = types.SimpleNamespace(norm2=norm2, q=q, state=state, delta=delta, align=align,
-                                    score=score)
+        st_ = types.SimpleNamespace(
+            norm2=norm2, q=q, state=state, delta=delta, align=align, score=score
+        )
         c = None if cand is None else cand[:m]
-        out = ops.step(st_, c, w, s if t > 0 else None, snorm, int(t), float(alpha),
-                       float(lam), evals is not None)
+        out = ops.step(
+            st_,
+            c,
+            w,
+            s if t > 0 else None,
+            snorm,
+            int(t),
+            float(alpha),
+            float(lam),
+            evals is not None,
+        )
         part_score[:grid] = -np.inf
         part_idx[:grid] = np.iinfo(np.int64).max
         k = grid - 1  # the winner may come from any block
@@ -455,7 +515,8 @@ class _FakeCupy:
         dev = types.SimpleNamespace(id=0, attributes={"MultiProcessorCount": 2})
         self.cuda = types.SimpleNamespace(
             Device=lambda *a: dev,
-            runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"fake"}))
+            runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"fake"}),
+        )
 
     def __getattr__(self, name):
         return getattr(np, name)
@@ -476,14 +537,24 @@ def fake_cupy(monkeypatch):
 def test_fake_cupy_sees_every_kernel():
     sigs = _kernel_signatures()
     names = set(sigs)
-    assert {"spice_step", "spice_norms", "spice_pick", "spice_gather", "spice_argmax_final",
-            "spice_finish_w", "spice_permute", "spice_rank1", "spice_catchup",
-            "spice_compact"} <= names
+    assert {
+        "spice_step",
+        "spice_norms",
+        "spice_pick",
+        "spice_gather",
+        "spice_argmax_final",
+        "spice_finish_w",
+        "spice_permute",
+        "spice_rank1",
+        "spice_catchup",
+        "spice_compact",
+    } <= names
     assert len(sigs["spice_step"]) == 21
 
 
-@pytest.mark.parametrize("dtype,d", [("float32", 16), ("float32", 13), ("float16", 24),
-                                     ("bfloat16", 40), ("float64", 6)])
+@pytest.mark.parametrize(
+    "dtype,d", [("float32", 16), ("float32", 13), ("float16", 24), ("bfloat16", 40), ("float64", 6)]
+)
 @pytest.mark.parametrize("method", ["naive", "lazy", "stochastic"])
 def test_cupy_ops_plumbing_against_core(fake_cupy, dtype, d, method):
     from spice import _inputs
@@ -498,10 +569,21 @@ def test_cupy_ops_plumbing_against_core(fake_cupy, dtype, d, method):
         ops = gpu._CupyOps(fake_cupy, G, code)
         ops.mb, ops.sb, ops.cap = 8, 4, 4  # tiny chunks and a compaction buffer that overflows
         assert ops.vec == int(d * G.itemsize % 16 == 0)
-        sel = spice.select(G, 30, conflict_penalty=lam, early_stop=omega, method=method, seed=d,
-                           **kw)
-        raw = gpu._run(ops, 30, 1.0, lam, omega or 0.0, method, d, 0.01, minv_factor=minv,
-                       lazy_batch=2 if method == "lazy" else 0)
+        sel = spice.select(
+            G, 30, conflict_penalty=lam, early_stop=omega, method=method, seed=d, **kw
+        )
+        raw = gpu._run(
+            ops,
+            30,
+            1.0,
+            lam,
+            omega or 0.0,
+            method,
+            d,
+            0.01,
+            minv_factor=minv,
+            lazy_batch=2 if method == "lazy" else 0,
+        )
         _assert_same(raw, sel, exact_bound=(method == "naive"), rtol=1e-7)
         if method == "naive":
             assert raw["evaluations"] == sel.evaluations
@@ -528,10 +610,10 @@ def _device_or_skip():
 
 
 def _gpu_matches_cpu(cp, G, k, method, lam, omega=None, seed=0, *, exact_bound=None, **kw):
-    sel = spice.select(G, k, conflict_penalty=lam, early_stop=omega, method=method, seed=seed,
-                       **kw)
-    raw = gpu.select_gpu(cp.asarray(G), k, 1.0, lam, omega or 0.0, method, seed, 0.01,
-                         bf16=kw.get("bf16", False))
+    sel = spice.select(G, k, conflict_penalty=lam, early_stop=omega, method=method, seed=seed, **kw)
+    raw = gpu.select_gpu(
+        cp.asarray(G), k, 1.0, lam, omega or 0.0, method, seed, 0.01, bf16=kw.get("bf16", False)
+    )
     assert raw["backend"] == "cuda:cupy"
     _assert_same(raw, sel, exact_bound=False, rtol=1e-5)
     if exact_bound if exact_bound is not None else method == "naive":
@@ -544,9 +626,14 @@ GPU_SETTINGS = settings(max_examples=15, deadline=None)
 
 @pytest.mark.gpu
 @GPU_SETTINGS
-@given(seed=st.integers(0, 2**31), n=st.integers(2, 40), d=st.integers(1, 40),
-       lam=st.sampled_from([0.0, 0.1, 2.0]), omega=st.sampled_from([None, 0.3]),
-       method=st.sampled_from(["naive", "lazy", "stochastic"]))
+@given(
+    seed=st.integers(0, 2**31),
+    n=st.integers(2, 40),
+    d=st.integers(1, 40),
+    lam=st.sampled_from([0.0, 0.1, 2.0]),
+    omega=st.sampled_from([None, 0.3]),
+    method=st.sampled_from(["naive", "lazy", "stochastic"]),
+)
 def test_gpu_matches_cpu_gaussian(seed, n, d, lam, omega, method):
     cp = _device_or_skip()
     G = gaussian(seed, n, d)
@@ -555,9 +642,13 @@ def test_gpu_matches_cpu_gaussian(seed, n, d, lam, omega, method):
 
 @pytest.mark.gpu
 @GPU_SETTINGS
-@given(seed=st.integers(0, 2**31), lam=st.sampled_from([0.0, 0.1, 1.0]),
-       omega=st.sampled_from([None, 0.2]), d=st.sampled_from([16, 13, 64]),
-       method=st.sampled_from(["naive", "lazy"]))
+@given(
+    seed=st.integers(0, 2**31),
+    lam=st.sampled_from([0.0, 0.1, 1.0]),
+    omega=st.sampled_from([None, 0.2]),
+    d=st.sampled_from([16, 13, 64]),
+    method=st.sampled_from(["naive", "lazy"]),
+)
 def test_gpu_matches_cpu_clustered(seed, lam, omega, d, method):
     cp = _device_or_skip()
     _gpu_matches_cpu(cp, clustered(seed, 300, d), 60, method, lam, omega)
@@ -591,8 +682,7 @@ def test_gpu_strided_and_unaligned_rows():
     Wd = cp.asarray(wide)
     # scalar path (d odd; base not 16-byte aligned) and vector path (row-strided views)
     for sl in (np.s_[:, :33], np.s_[:, 3:35], np.s_[:, :32], np.s_[1:, 8:40]):
-        sel = spice.select(np.ascontiguousarray(wide[sl]), 50, conflict_penalty=0.1,
-                           method="naive")
+        sel = spice.select(np.ascontiguousarray(wide[sl]), 50, conflict_penalty=0.1, method="naive")
         raw = gpu.select_gpu(Wd[sl], 50, 1.0, 0.1, 0.0, "naive")
         np.testing.assert_array_equal(raw["indices"], sel.indices)
         np.testing.assert_allclose(raw["gains"], sel.gains, rtol=1e-5)

@@ -24,7 +24,7 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_
 HOME = str(Path(spice.__file__).resolve().parents[1])  # the checkout's python/ (or site-packages)
 
 # A sitecustomize that makes the optional dependencies unimportable, as in a numpy-only install.
-BLOCKER = '''
+BLOCKER = """
 import sys
 class _Block:
     def find_spec(self, name, path=None, target=None):
@@ -32,7 +32,7 @@ class _Block:
             raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
         return None
 sys.meta_path.insert(0, _Block())
-'''
+"""
 OPTIONAL = {"torch", "transformers", "peft", "matplotlib", "pyarrow", "tqdm"}
 
 
@@ -47,17 +47,29 @@ def blocked_env(tmp: Path, blocked: set[str] = OPTIONAL) -> dict[str, str]:
 def make_store(tmp: Path, n: int = 40, d: int = 16, shard_rows: int = 16) -> tuple[Path, Path]:
     """Records and a float32 store of random rows for them, written with numpy only."""
     data = tmp / "data.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"p{i}", "response": f"r{i}"}) + "\n"
-                            for i in range(n)))
-    w = StoreWriter(tmp / "store", {"data": {**data_fingerprint(data), "records": n}},
-                    total_rows=n, dim=d, dtype="float32", shard_rows=shard_rows)
+    data.write_text(
+        "".join(json.dumps({"prompt": f"p{i}", "response": f"r{i}"}) + "\n" for i in range(n))
+    )
+    w = StoreWriter(
+        tmp / "store",
+        {"data": {**data_fingerprint(data), "records": n}},
+        total_rows=n,
+        dim=d,
+        dtype="float32",
+        shard_rows=shard_rows,
+    )
     w.prepare()
     rng = np.random.default_rng(0)
     for c in w.chunks:
         a, b = w.chunk_rows(c)
-        w.write_chunk(c, rng.standard_normal((b - a, d)),
-                      [{"row": r, "id": str(r), "tokens": 3, "loss_tokens": 1, "loss": 1.0}
-                       for r in range(a, b)])
+        w.write_chunk(
+            c,
+            rng.standard_normal((b - a, d)),
+            [
+                {"row": r, "id": str(r), "tokens": 3, "loss_tokens": 1, "loss": 1.0}
+                for r in range(a, b)
+            ],
+        )
     w.finalize()
     return data, tmp / "store"
 
@@ -77,17 +89,32 @@ def test_numpy_only_install_selects_and_names_the_missing_extras(tmp_path):
     env = blocked_env(tmp_path)
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "spice", *args], env=env,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "spice", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     for mod in ("torch", "matplotlib", "pyarrow"):  # the blocker works
-        probe = subprocess.run([sys.executable, "-c", f"import {mod}"], env=env,
-                               capture_output=True)
+        probe = subprocess.run(
+            [sys.executable, "-c", f"import {mod}"], env=env, capture_output=True
+        )
         assert probe.returncode != 0, mod
     assert cli("--help").returncode == 0
     assert cli("run", "--help").returncode == 0
-    r = cli("select", "--features", str(store), "--data", str(data), "--k", "5",
-            "--out", str(tmp_path / "sel"))
+    r = cli(
+        "select",
+        "--features",
+        str(store),
+        "--data",
+        str(data),
+        "--k",
+        "5",
+        "--out",
+        str(tmp_path / "sel"),
+    )
     assert r.returncode == 0, r.stderr
     got = json.loads((tmp_path / "sel" / "selection.json").read_text())["indices"]
     assert got == spice.select(FeatureStore.open(store), 5).indices.tolist()
@@ -97,10 +124,33 @@ def test_numpy_only_install_selects_and_names_the_missing_extras(tmp_path):
         (["online", "--model", "m", "--data", str(data), "--out", str(tmp_path / "o")], "hf"),
         (["demo", "--quick", "--out", str(tmp_path / "demo")], "hf,report"),
         (["run", "--model", "m", "--data", str(data), "--out", str(tmp_path / "r")], "hf,report"),
-        (["run", "--model", "m", "--data", str(data), "--out", str(tmp_path / "r"),
-          "--no-report"], "hf"),
-        (["select", "--features", str(store), "--data", str(tmp_path / "d.parquet"), "--k", "5",
-          "--out", str(tmp_path / "pq")], "parquet"),
+        (
+            [
+                "run",
+                "--model",
+                "m",
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "r"),
+                "--no-report",
+            ],
+            "hf",
+        ),
+        (
+            [
+                "select",
+                "--features",
+                str(store),
+                "--data",
+                str(tmp_path / "d.parquet"),
+                "--k",
+                "5",
+                "--out",
+                str(tmp_path / "pq"),
+            ],
+            "parquet",
+        ),
     ]:
         r = cli(*argv)
         assert r.returncode == 1, (argv, r.stderr)
@@ -112,10 +162,17 @@ def test_numpy_only_install_selects_and_names_the_missing_extras(tmp_path):
 
 def test_selection_does_not_import_torch(tmp_path):
     """versions() names torch's version from the installed metadata instead of importing it."""
-    code = ("import sys, spice.pipeline as p; v = p.versions(); "
-            "assert 'torch' not in sys.modules, 'torch imported'; print(v.get('torch'))")
-    r = subprocess.run([sys.executable, "-c", code], env=dict(ENV, PYTHONPATH=HOME),
-                       capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys, spice.pipeline as p; v = p.versions(); "
+        "assert 'torch' not in sys.modules, 'torch imported'; print(v.get('torch'))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        env=dict(ENV, PYTHONPATH=HOME),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -134,11 +191,11 @@ def test_verify_hashes_exactly_the_chunk_bytes(tmp_path):
     """Oracle: each chunk's sha256 over features.npy's bytes, computed here independently."""
     _, store = make_store(tmp_path, n=50, d=7, shard_rows=9)
     f = FeatureStore.open(store)
-    raw = (store / "features.npy").read_bytes()[int(f.features.offset):]
+    raw = (store / "features.npy").read_bytes()[int(f.features.offset) :]
     row = 7 * 4
     for ch in f.manifest["chunks"]:
         a, m = ch["offset"], ch["rows"]
-        assert hashlib.sha256(raw[a * row:(a + m) * row]).hexdigest() == ch["sha256"]
+        assert hashlib.sha256(raw[a * row : (a + m) * row]).hexdigest() == ch["sha256"]
     f.verify()
     # an array held in memory (no file behind it) is checked the same way
     mem = FeatureStore(f.path, f.manifest, np.array(f.features))
@@ -210,8 +267,16 @@ def test_overwrite_replaces_the_previous_run_and_nothing_else(tmp_path):
         select_to_dir(FeatureStore.open(store), data, out, 7)
     sel = select_to_dir(FeatureStore.open(store), data, out, 7, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == [
-        "axolotl_dataset.yaml", "dataset_info.json", "indices.npy", "notes.txt", "scores.csv",
-        "selection.json", "subset.jsonl", "timing.json", "trl_sft.py"]
+        "axolotl_dataset.yaml",
+        "dataset_info.json",
+        "indices.npy",
+        "notes.txt",
+        "scores.csv",
+        "selection.json",
+        "subset.jsonl",
+        "timing.json",
+        "trl_sft.py",
+    ]
     assert json.loads((out / "selection.json").read_text())["indices"] == sel.indices.tolist()
     assert len((out / "subset.jsonl").read_text().splitlines()) == 7
     shutil.rmtree(out)
@@ -220,23 +285,37 @@ def test_overwrite_replaces_the_previous_run_and_nothing_else(tmp_path):
 def test_require_extras_names_what_is_missing(monkeypatch):
     from spice import pipeline
 
-    monkeypatch.setattr(pipeline, "EXTRAS", {"hf": ("numpy", "no_such_module_q7"),
-                                             "report": ("no_such_module_r8",)})
+    monkeypatch.setattr(
+        pipeline, "EXTRAS", {"hf": ("numpy", "no_such_module_q7"), "report": ("no_such_module_r8",)}
+    )
     pipeline.require_extras("x", "hf", unused=("no_such_module_q7",))
-    with pytest.raises(ModuleNotFoundError, match=r"x needs no_such_module_q7, which is not "
-                       r"installed: pip install 'spice-select\[hf\]'"):
+    with pytest.raises(
+        ModuleNotFoundError,
+        match=r"x needs no_such_module_q7, which is not "
+        r"installed: pip install 'spice-select\[hf\]'",
+    ):
         pipeline.require_extras("x", "hf")
-    with pytest.raises(ModuleNotFoundError, match=r"q7, no_such_module_r8, which are not .*"
-                       r"\[hf,report\]'"):
+    with pytest.raises(
+        ModuleNotFoundError,
+        match=r"q7, no_such_module_r8, which are not .*"
+        r"\[hf,report\]'",
+    ):
         pipeline.require_extras("x", "hf", "report")
 
 
 def test_spice_features_imports_without_torch(tmp_path):
-    code = ("import sys, spice.features as f; f.load_records; f.FeatureStore; "
-            "assert 'torch' not in sys.modules\n"
-            "try:\n    f.extract\nexcept ModuleNotFoundError as e:\n    print(e)")
-    r = subprocess.run([sys.executable, "-c", code], env=blocked_env(tmp_path),
-                       capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys, spice.features as f; f.load_records; f.FeatureStore; "
+        "assert 'torch' not in sys.modules\n"
+        "try:\n    f.extract\nexcept ModuleNotFoundError as e:\n    print(e)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        env=blocked_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "spice.features.extract needs torch" in r.stdout
     assert "pip install 'spice-select[hf]'" in r.stdout

@@ -19,8 +19,9 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_
 
 
 def spice_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "spice", *args], env=ENV, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "spice", *args], env=ENV, capture_output=True, text=True, timeout=300
+    )
     if check and out.returncode != 0:
         raise AssertionError(f"spice {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
     return out
@@ -42,10 +43,33 @@ def workdir(tmp_path_factory) -> Path:
 
 def test_features_select_report_end_to_end(workdir):
     d = workdir
-    spice_cli("features", "--model", str(d / "model"), "--data", str(d / "data.jsonl"),
-              "--out", str(d / "store"), "--dim", "128", "--max-length", "48", "--quiet")
-    out = spice_cli("select", "--features", str(d / "store"), "--data", str(d / "data.jsonl"),
-                    "--k", "8", "--penalty", "0.2", "--out", str(d / "sel"))
+    spice_cli(
+        "features",
+        "--model",
+        str(d / "model"),
+        "--data",
+        str(d / "data.jsonl"),
+        "--out",
+        str(d / "store"),
+        "--dim",
+        "128",
+        "--max-length",
+        "48",
+        "--quiet",
+    )
+    out = spice_cli(
+        "select",
+        "--features",
+        str(d / "store"),
+        "--data",
+        str(d / "data.jsonl"),
+        "--k",
+        "8",
+        "--penalty",
+        "0.2",
+        "--out",
+        str(d / "sel"),
+    )
     assert "selected 8 of 80" in out.stdout
     sel = json.loads((d / "sel" / "selection.json").read_text())
     lines = (d / "data.jsonl").read_text().splitlines()
@@ -66,9 +90,22 @@ def test_features_select_report_end_to_end(workdir):
     # rerun with the same inputs gives identical files (here with the w rows spilled to disk)
     first = {p.name: p.read_bytes() for p in (d / "sel").iterdir() if p.name != "timing.json"}
     (d / "spill").mkdir()
-    spice_cli("select", "--features", str(d / "store"), "--data", str(d / "data.jsonl"),
-              "--k", "8", "--penalty", "0.2", "--out", str(d / "sel"), "--overwrite",
-              "--spill-dir", str(d / "spill"))
+    spice_cli(
+        "select",
+        "--features",
+        str(d / "store"),
+        "--data",
+        str(d / "data.jsonl"),
+        "--k",
+        "8",
+        "--penalty",
+        "0.2",
+        "--out",
+        str(d / "sel"),
+        "--overwrite",
+        "--spill-dir",
+        str(d / "spill"),
+    )
     assert list((d / "spill").iterdir()) == []
     again = {p.name: p.read_bytes() for p in (d / "sel").iterdir() if p.name != "timing.json"}
     assert first == again
@@ -79,24 +116,71 @@ def test_features_select_report_end_to_end(workdir):
 
 def test_failures_are_one_line(workdir):
     d = workdir
-    r = spice_cli("select", "--features", str(d / "store"), "--data", str(d / "data.jsonl"),
-                  "--k", "8", "--out", str(d / "sel"), check=False)
+    r = spice_cli(
+        "select",
+        "--features",
+        str(d / "store"),
+        "--data",
+        str(d / "data.jsonl"),
+        "--k",
+        "8",
+        "--out",
+        str(d / "sel"),
+        check=False,
+    )
     assert r.returncode == 1 and "--overwrite" in r.stderr and "Traceback" not in r.stderr
-    r = spice_cli("select", "--features", str(d / "store"), "--data", str(d / "data.jsonl"),
-                  "--k", "500", "--out", str(d / "big"), check=False)
+    r = spice_cli(
+        "select",
+        "--features",
+        str(d / "store"),
+        "--data",
+        str(d / "data.jsonl"),
+        "--k",
+        "500",
+        "--out",
+        str(d / "big"),
+        check=False,
+    )
     assert r.returncode == 1 and "out of range" in r.stderr
     other = d / "other.jsonl"
     other.write_text((d / "data.jsonl").read_text().replace("Add", "Sum", 1))
-    r = spice_cli("select", "--features", str(d / "store"), "--data", str(other), "--k", "3",
-                  "--out", str(d / "o"), check=False)
+    r = spice_cli(
+        "select",
+        "--features",
+        str(d / "store"),
+        "--data",
+        str(other),
+        "--k",
+        "3",
+        "--out",
+        str(d / "o"),
+        check=False,
+    )
     assert r.returncode == 1 and "other data" in r.stderr
     bad = d / "bad.jsonl"
     bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": 3\n')
-    r = spice_cli("features", "--model", str(d / "model"), "--data", str(bad), "--out",
-                  str(d / "bs"), "--quiet", check=False)
+    r = spice_cli(
+        "features",
+        "--model",
+        str(d / "model"),
+        "--data",
+        str(bad),
+        "--out",
+        str(d / "bs"),
+        "--quiet",
+        check=False,
+    )
     assert r.returncode == 1 and "bad.jsonl:2" in r.stderr
-    r = spice_cli("features", "--model", str(d / "nope"), "--data", str(d / "data.jsonl"),
-                  "--out", str(d / "x"), check=False)
+    r = spice_cli(
+        "features",
+        "--model",
+        str(d / "nope"),
+        "--data",
+        str(d / "data.jsonl"),
+        "--out",
+        str(d / "x"),
+        check=False,
+    )
     assert r.returncode == 1 and "nope" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -120,7 +204,9 @@ def test_online_schedule_and_resume(workdir, tmp_path):
         assert res.steps == (5 if T == 1 else 1)
         perm = np.random.default_rng(0).permutation(40)
         for p in range(5):  # each pick comes from its own pool
-            assert set(res.indices[2 * p:2 * p + 2].tolist()) <= set(perm[8 * p:8 * p + 8].tolist())
+            assert set(res.indices[2 * p : 2 * p + 2].tolist()) <= set(
+                perm[8 * p : 8 * p + 8].tolist()
+            )
     # interrupted after 3 pools (T = 2: checkpoint after pool 2), then resumed: same picks
     cfg = OnlineConfig(update_every=2, **base)
     m, tok = fresh()

@@ -60,8 +60,9 @@ def test_real_pool_is_deterministic_disjoint_and_has_the_defects():
     kw = dict(n_test=5, n_val=3, n_chat_test=4, n_chat_val=2, sharegpt=_fake_chat(80))
     a = D.make_real_pool(200, **kw)
     b = D.make_real_pool(200, **kw)
-    assert [(r.user, r.answer, r.defect) for r in a.pool] == \
-        [(r.user, r.answer, r.defect) for r in b.pool]
+    assert [(r.user, r.answer, r.defect) for r in a.pool] == [
+        (r.user, r.answer, r.defect) for r in b.pool
+    ]
     assert len(a.pool) == 200
     rates = a.rates()
     assert rates["wrong"] == pytest.approx(0.15) and rates["dup"] == pytest.approx(0.10)

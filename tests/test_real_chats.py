@@ -59,8 +59,13 @@ def sharegpt_like() -> tuple[list[dict], dict[str, str]]:
     add("system", _turns(("system", "be brief"), ("human", t[138]), ("gpt", t[139])))
     add("system", _turns(("system", ""), ("human", t[140]), ("gpt", t[141])))
     add("emptyturn", _turns(("human", ""), ("gpt", t[142])))
-    add("unicode", _turns(("human", "請把這句話翻譯成英文：天空為什麼是藍色的？ 🌍"),
-                          ("gpt", "Why is the sky blue? — «Rayleigh» ✓ مرحبا")))
+    add(
+        "unicode",
+        _turns(
+            ("human", "請把這句話翻譯成英文：天空為什麼是藍色的？ 🌍"),
+            ("gpt", "Why is the sky blue? — «Rayleigh» ✓ مرحبا"),
+        ),
+    )
     add("unicode", _turns(("human", "\u200b\u00e9\u0301 \U0001f600" * 5), ("gpt", t[143])))
     add("huge", _turns(("human", " ".join(t[:60])), ("gpt", t[144])))
     add("repeat", _turns(("human", t[145]), ("human", t[146]), ("gpt", t[147])))
@@ -78,8 +83,18 @@ def chats(tmp_path_factory):
 
 def test_every_conversation_is_accounted_for(tmp_path, chats, tiny_llama, chat_tokenizer, capsys):
     path, convs, skip = chats
-    store = extract(tiny_llama, chat_tokenizer, path, tmp_path / "s", dim=64, lora=LoraSpec(r=2),
-                    max_length=48, shard_rows=16, progress=True, dtype="float32")
+    store = extract(
+        tiny_llama,
+        chat_tokenizer,
+        path,
+        tmp_path / "s",
+        dim=64,
+        lora=LoraSpec(r=2),
+        max_length=48,
+        shard_rows=16,
+        progress=True,
+        dtype="float32",
+    )
     err = capsys.readouterr().err
     n = len(convs)
     assert len(store) == n and store.ids == [c["id"] for c in convs]
@@ -166,8 +181,9 @@ def test_a_long_prompt_is_cut_from_the_left_and_the_reply_kept(chat_tokenizer):
     header = "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\n"
     assert text.startswith(header)
     assert len(text) - len(header) < len(chat_tokenizer.decode(full.input_ids)) - len(header)
-    assert text.endswith("reasoning <|im_end|>\n<|im_start|>assistant\nanswer 0 return value"
-                         "<|im_end|>\n")
+    assert text.endswith(
+        "reasoning <|im_end|>\n<|im_start|>assistant\nanswer 0 return value<|im_end|>\n"
+    )
 
 
 def test_a_reply_longer_than_max_length_is_cut_at_the_end(tokenizer):
@@ -180,10 +196,11 @@ def test_a_reply_longer_than_max_length_is_cut_at_the_end(tokenizer):
 
 
 def test_skipped_records_tokenise_to_nothing(chat_tokenizer):
-    for obj, why in [({"conversations": []}, "empty_conversation"),
-                     ({"messages": [{"role": "assistant", "content": "x"}]},
-                      "no_user_turn_before_assistant"),
-                     ({"prompt": "p", "response": " "}, "empty_response")]:
+    for obj, why in [
+        ({"conversations": []}, "empty_conversation"),
+        ({"messages": [{"role": "assistant", "content": "x"}]}, "no_user_turn_before_assistant"),
+        ({"prompt": "p", "response": " "}, "empty_response"),
+    ]:
         rec = load_records([obj])[0]
         assert rec.skip == why
         t = tokenize_record(rec, chat_tokenizer)
@@ -191,15 +208,25 @@ def test_skipped_records_tokenise_to_nothing(chat_tokenizer):
 
 
 def test_template_errors_skip_the_record(chat_tokenizer):
-    strict = chat_tokenizer.__class__(tokenizer_object=chat_tokenizer.backend_tokenizer,
-                                      eos_token="</s>", bos_token="<s>")
+    strict = chat_tokenizer.__class__(
+        tokenizer_object=chat_tokenizer.backend_tokenizer, eos_token="</s>", bos_token="<s>"
+    )
     strict.chat_template = (
         "{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
         "{{ raise_exception('Conversation roles must alternate user/assistant') }}{% endif %}"
-        "{{ m['content'] }}\n{% endfor %}")
-    rec = load_records([{"messages": [{"role": "user", "content": "a"},
-                                      {"role": "user", "content": "b"},
-                                      {"role": "assistant", "content": "c"}]}])[0]
+        "{{ m['content'] }}\n{% endfor %}"
+    )
+    rec = load_records(
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "user", "content": "b"},
+                    {"role": "assistant", "content": "c"},
+                ]
+            }
+        ]
+    )[0]
     t = tokenize_record(rec, strict)
     assert t.skipped and "template_error" in t.flags and "must alternate" in t.detail
 
@@ -224,8 +251,9 @@ def test_online_schedule_over_real_shaped_chats(tmp_path, chats, tiny_llama, cha
 
     path, convs, skip = chats
     loaded = load_records(path)
-    cfg = OnlineConfig(pool_size=4, picks_per_pool=2, update_every=3, dim=32, max_length=48,
-                       batch_size=4, lr=1e-2)
+    cfg = OnlineConfig(
+        pool_size=4, picks_per_pool=2, update_every=3, dim=32, max_length=48, batch_size=4, lr=1e-2
+    )
     # place the skipped conversations where the schedule's shuffle makes them the first pools
     perm = np.random.default_rng(cfg.seed).permutation(len(loaded))
     ordered = [r for r in loaded if r.id in skip] + [r for r in loaded if r.id not in skip]
@@ -243,11 +271,18 @@ def test_online_schedule_over_real_shaped_chats(tmp_path, chats, tiny_llama, cha
 def test_the_left_cut_starts_at_the_users_words_not_at_a_lookalike(chat_tokenizer):
     """The first user message "a" also occurs in the system text; the cut still starts after the
     user header, so the system block survives whole."""
-    rec = load_records([{"messages": [
-        {"role": "system", "content": "a name"},
-        {"role": "user", "content": "a"},
-        {"role": "user", "content": "step by step reasoning " * 40},
-        {"role": "assistant", "content": "done"}]}])[0]
+    rec = load_records(
+        [
+            {
+                "messages": [
+                    {"role": "system", "content": "a name"},
+                    {"role": "user", "content": "a"},
+                    {"role": "user", "content": "step by step reasoning " * 40},
+                    {"role": "assistant", "content": "done"},
+                ]
+            }
+        ]
+    )[0]
     t = tokenize_record(rec, chat_tokenizer, max_length=48)
     assert "prompt_truncated" in t.flags and t.n_loss_tokens > 0
     text = chat_tokenizer.decode(t.input_ids)

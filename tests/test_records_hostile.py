@@ -19,20 +19,61 @@ from spice.store import SKIP_REASONS
 
 pytest_plugins = ["features_fixtures"]
 
-KEYS = ["id", "instruction", "input", "output", "prompt", "response", "completion", "messages",
-        "conversations", "role", "content", "from", "value", "text", "type"]
-ROLES = ["user", "assistant", "system", "human", "gpt", "tool", "model", "chatgpt", "USER", "alien",
-         ""]
+KEYS = [
+    "id",
+    "instruction",
+    "input",
+    "output",
+    "prompt",
+    "response",
+    "completion",
+    "messages",
+    "conversations",
+    "role",
+    "content",
+    "from",
+    "value",
+    "text",
+    "type",
+]
+ROLES = [
+    "user",
+    "assistant",
+    "system",
+    "human",
+    "gpt",
+    "tool",
+    "model",
+    "chatgpt",
+    "USER",
+    "alien",
+    "",
+]
 TEXT = st.one_of(
     st.text(max_size=30),
-    st.sampled_from(["", " ", "\n\n", "\u200b", "🌍" * 10, "請回答", "مرحبا", "\x00", "{{ x }}",
-                     "<|im_end|>", "</s>"]),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "\n\n",
+            "\u200b",
+            "🌍" * 10,
+            "請回答",
+            "مرحبا",
+            "\x00",
+            "{{ x }}",
+            "<|im_end|>",
+            "</s>",
+        ]
+    ),
     st.integers(1, 3000).map(lambda n: "long words " * n),  # huge fields
 )
-SCALAR = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False),
-                   TEXT)
-ANY = st.recursive(SCALAR, lambda c: st.lists(c, max_size=3)
-                   | st.dictionaries(st.sampled_from(KEYS), c, max_size=3), max_leaves=8)
+SCALAR = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False), TEXT)
+ANY = st.recursive(
+    SCALAR,
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.sampled_from(KEYS), c, max_size=3),
+    max_leaves=8,
+)
 
 
 def message(role_key: str, text_key: str):
@@ -44,17 +85,26 @@ def message(role_key: str, text_key: str):
 
 RECORD = st.one_of(
     ANY,
-    st.fixed_dictionaries({"conversations": st.lists(message("from", "value"), max_size=6)},
-                          optional={"id": st.one_of(st.integers(), TEXT, ANY)}),
+    st.fixed_dictionaries(
+        {"conversations": st.lists(message("from", "value"), max_size=6)},
+        optional={"id": st.one_of(st.integers(), TEXT, ANY)},
+    ),
     st.fixed_dictionaries({"messages": st.lists(message("role", "content"), max_size=6)}),
-    st.fixed_dictionaries({"instruction": st.one_of(TEXT, ANY), "output": st.one_of(TEXT, ANY)},
-                          optional={"input": st.one_of(TEXT, ANY)}),
+    st.fixed_dictionaries(
+        {"instruction": st.one_of(TEXT, ANY), "output": st.one_of(TEXT, ANY)},
+        optional={"input": st.one_of(TEXT, ANY)},
+    ),
     st.fixed_dictionaries({"prompt": TEXT}, optional={"response": TEXT, "completion": ANY}),
 )
-LINE = st.one_of(RECORD.map(lambda r: json.dumps(r, ensure_ascii=False)),
-                 st.sampled_from(['{"prompt": "a", "respo', "[1, 2", "nan", "{}", "null", "\"x\""]))
-SETTINGS = settings(max_examples=60, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+LINE = st.one_of(
+    RECORD.map(lambda r: json.dumps(r, ensure_ascii=False)),
+    st.sampled_from(['{"prompt": "a", "respo', "[1, 2", "nan", "{}", "null", '"x"']),
+)
+SETTINGS = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def _write(tmp_path_factory, lines: list[str]):
@@ -100,21 +150,37 @@ def _line_no(lines: list[str], i: int) -> int:
 
 
 def test_malformed_rows_can_be_skipped_end_to_end(tmp_path, tiny_llama, chat_tokenizer):
-    lines = ['{"conversations": [{"from": "human", "value": "add 1 2"}, '
-             '{"from": "gpt", "value": "3"}]}',
-             '{"conversations": [{"from": "alien", "value": "x"}]}',
-             '{"prompt": "a", "respo',
-             '{"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}, '
-             '{"role": "assistant", "content": "yo"}]}',
-             '[1, 2]']
+    lines = [
+        '{"conversations": [{"from": "human", "value": "add 1 2"}, {"from": "gpt", "value": "3"}]}',
+        '{"conversations": [{"from": "alien", "value": "x"}]}',
+        '{"prompt": "a", "respo',
+        '{"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}, '
+        '{"role": "assistant", "content": "yo"}]}',
+        "[1, 2]",
+    ]
     path = tmp_path / "d.jsonl"
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(RecordError, match=r"d\.jsonl:2: conversations\[0\]: unknown speaker"):
-        extract(tiny_llama, chat_tokenizer, path, tmp_path / "strict", dim=32,
-                lora=LoraSpec(r=2), progress=False)
+        extract(
+            tiny_llama,
+            chat_tokenizer,
+            path,
+            tmp_path / "strict",
+            dim=32,
+            lora=LoraSpec(r=2),
+            progress=False,
+        )
     assert not (tmp_path / "strict").exists()  # refused before anything was written
-    store = extract(tiny_llama, chat_tokenizer, path, tmp_path / "s", dim=32, lora=LoraSpec(r=2),
-                    progress=False, invalid="skip")
+    store = extract(
+        tiny_llama,
+        chat_tokenizer,
+        path,
+        tmp_path / "s",
+        dim=32,
+        lora=LoraSpec(r=2),
+        progress=False,
+        invalid="skip",
+    )
     assert len(store) == 5
     f = np.asarray(store.features)
     assert [bool(row.any()) for row in f] == [True, False, False, True, False]

@@ -77,8 +77,7 @@ def test_rank_deficient_input_is_fine():
         assert np.isfinite(sel.gains).all() and np.all(sel.gains > 0)
         if method != "stochastic":
             assert np.all(np.diff(sel.gains) <= 1e-12)
-            np.testing.assert_array_equal(sel.indices,
-                                          greedy_reference(G, 20)["indices"])
+            np.testing.assert_array_equal(sel.indices, greedy_reference(G, 20)["indices"])
 
 
 def test_only_zero_rows_left_stops_exhausted():
@@ -132,8 +131,7 @@ def test_bfloat16_inputs():
 def test_float64_matches_reference():
     G = gaussian(5, 60, 7).astype(np.float64)
     sel = spice.select(G, 10, conflict_penalty=0.2)
-    np.testing.assert_array_equal(sel.indices,
-                                  greedy_reference(G, 10, lam=0.2)["indices"])
+    np.testing.assert_array_equal(sel.indices, greedy_reference(G, 10, lam=0.2)["indices"])
 
 
 def test_memmap_identical_to_in_memory(tmp_path):
@@ -221,8 +219,11 @@ def test_stochastic_is_seeded():
 
 
 @settings(max_examples=20, deadline=None)
-@given(seed=st.integers(0, 2**31), lam=st.sampled_from([0.0, 0.1, 1.0]),
-       alpha=st.sampled_from([0.5, 1.0, 3.0]))
+@given(
+    seed=st.integers(0, 2**31),
+    lam=st.sampled_from([0.0, 0.1, 1.0]),
+    alpha=st.sampled_from([0.5, 1.0, 3.0]),
+)
 def test_diag_compat_matches_transcription(seed, lam, alpha):
     G = gaussian(seed, 60, 8) * 0.7
     sel = spice.select(G, 15, alpha=alpha, conflict_penalty=lam, objective="diag-compat")
@@ -280,11 +281,15 @@ hostile_floats = st.one_of(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(G=hnp.arrays(np.float64, hnp.array_shapes(min_dims=2, max_dims=2, max_side=12),
-                    elements=hostile_floats),
-       k=st.integers(0, 12), lam=st.sampled_from([0.0, 0.1, 10.0]),
-       method=st.sampled_from(["naive", "lazy", "stochastic"]),
-       dtype=st.sampled_from([np.float32, np.float64, np.float16]))
+@given(
+    G=hnp.arrays(
+        np.float64, hnp.array_shapes(min_dims=2, max_dims=2, max_side=12), elements=hostile_floats
+    ),
+    k=st.integers(0, 12),
+    lam=st.sampled_from([0.0, 0.1, 10.0]),
+    method=st.sampled_from(["naive", "lazy", "stochastic"]),
+    dtype=st.sampled_from([np.float32, np.float64, np.float16]),
+)
 def test_hostile_inputs_never_crash(G, k, lam, method, dtype):
     with np.errstate(over="ignore"):
         G = G.astype(dtype)
@@ -298,8 +303,9 @@ def test_hostile_inputs_never_crash(G, k, lam, method, dtype):
     assert np.isfinite(sel.gains).all() and np.isfinite(sel.logdet)
     assert len(set(sel.indices.tolist())) == len(sel)
     if method != "stochastic":
-        other = spice.select(G, k, conflict_penalty=lam,
-                             method="lazy" if method == "naive" else "naive")
+        other = spice.select(
+            G, k, conflict_penalty=lam, method="lazy" if method == "naive" else "naive"
+        )
         np.testing.assert_array_equal(sel.indices, other.indices)
 
 

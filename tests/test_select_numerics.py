@@ -35,7 +35,7 @@ def mp_curvature(G: np.ndarray, alpha: float) -> tuple[float, int]:
     full = mp_logdet(G, alpha)
     ratios = []
     for x in range(G.shape[0]):
-        base = mp_logdet(G[x:x + 1], alpha)
+        base = mp_logdet(G[x : x + 1], alpha)
         ratios.append((full - mp_logdet(np.delete(G, x, axis=0), alpha)) / base)
     j = min(range(len(ratios)), key=lambda i: ratios[i])
     return float(1 - ratios[j]), j
@@ -83,8 +83,13 @@ def test_logdet_refuses_what_float64_cannot_resolve():
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**31), m=st.integers(1, 6), d=st.integers(1, 5),
-       k=st.integers(-900, 900), alpha=st.sampled_from([1e-6, 0.3, 1.0, 7.0, 1e4]))
+@given(
+    seed=st.integers(0, 2**31),
+    m=st.integers(1, 6),
+    d=st.integers(1, 5),
+    k=st.integers(-900, 900),
+    alpha=st.sampled_from([1e-6, 0.3, 1.0, 7.0, 1e4]),
+)
 def test_logdet_is_invariant_under_power_of_two_scaling(seed, m, d, k, alpha):
     # G -> 2^k G, alpha -> 4^-k alpha leaves every alpha g g^T unchanged: the log det must be
     # the same, bit for bit, however far 2^k G is from 1 (until alpha 4^-k leaves float64).
@@ -101,8 +106,13 @@ def test_logdet_is_invariant_under_power_of_two_scaling(seed, m, d, k, alpha):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**31), m=st.integers(1, 4), d=st.integers(1, 4),
-       p=st.integers(0, 300), alpha=st.sampled_from([1e-300, 1e-100, 1e-3, 1.0, 1e3]))
+@given(
+    seed=st.integers(0, 2**31),
+    m=st.integers(1, 4),
+    d=st.integers(1, 4),
+    p=st.integers(0, 300),
+    alpha=st.sampled_from([1e-300, 1e-100, 1e-3, 1.0, 1e3]),
+)
 def test_logdet_is_right_or_refused(seed, m, d, p, alpha):
     G = np.random.default_rng(seed).standard_normal((m, d)) * 10.0**p
     try:
@@ -202,21 +212,32 @@ def test_alpha_norm2_limit_is_named_and_exact():
 
 
 # ---------------------------------------------------------------- parameters
-@pytest.mark.parametrize("kwargs, match", [
-    ({"alpha": math.inf}, r"alpha = inf must be a finite number > 0"),
-    ({"alpha": -math.inf}, r"alpha = -inf must be a finite number > 0"),
-    ({"conflict_penalty": math.inf}, r"conflict_penalty = inf must be a finite number >= 0"),
-    ({"early_stop": math.inf}, r"early_stop = inf must be a number in \(0, 1\)"),
-    ({"stochastic_eps": math.nan}, r"stochastic_eps = nan must be a number in \(0, 1\)"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"alpha": math.inf}, r"alpha = inf must be a finite number > 0"),
+        ({"alpha": -math.inf}, r"alpha = -inf must be a finite number > 0"),
+        ({"conflict_penalty": math.inf}, r"conflict_penalty = inf must be a finite number >= 0"),
+        ({"early_stop": math.inf}, r"early_stop = inf must be a number in \(0, 1\)"),
+        ({"stochastic_eps": math.nan}, r"stochastic_eps = nan must be a number in \(0, 1\)"),
+    ],
+)
 def test_numeric_parameter_messages_state_the_rule(kwargs, match):
     with pytest.raises(ValueError, match=match):
         spice.select(np.eye(3), 2, **kwargs)
 
 
 # ---------------------------------------------------------------- progress callbacks
-@pytest.mark.parametrize("ret, stop", [(None, "budget"), (True, "budget"), (np.True_, "budget"),
-                                       (False, "cancelled"), (np.False_, "cancelled")])
+@pytest.mark.parametrize(
+    "ret, stop",
+    [
+        (None, "budget"),
+        (True, "budget"),
+        (np.True_, "budget"),
+        (False, "cancelled"),
+        (np.False_, "cancelled"),
+    ],
+)
 @pytest.mark.parametrize("method", ["naive", "lazy"])
 def test_progress_return_values(ret, stop, method):
     # The hook runs at least after the last pick, so a False there cancels even a full run.
@@ -229,8 +250,11 @@ def test_progress_return_of_another_type_is_named(ret):
     def my_progress(*_):
         return ret
 
-    with pytest.raises(TypeError, match=rf"progress callback .*my_progress returned "
-                                        rf"{type(ret).__name__}"):
+    with pytest.raises(
+        TypeError,
+        match=rf"progress callback .*my_progress returned "
+        rf"{type(ret).__name__}",
+    ):
         spice.select(np.eye(4), 3, progress=my_progress)
     arr, code = as_features(np.eye(4))
     with pytest.raises(TypeError, match="my_progress returned"):

@@ -17,11 +17,15 @@ SETTINGS = settings(max_examples=25, deadline=None)
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**31), n=st.integers(2, 40), d=st.integers(1, 12),
-       lam=st.sampled_from([0.0, 0.1, 0.5, 2.0]),
-       omega=st.sampled_from([None, 0.3, 0.6]),
-       alpha=st.sampled_from([0.1, 1.0, 5.0]),
-       method=st.sampled_from(["naive", "lazy"]))
+@given(
+    seed=st.integers(0, 2**31),
+    n=st.integers(2, 40),
+    d=st.integers(1, 12),
+    lam=st.sampled_from([0.0, 0.1, 0.5, 2.0]),
+    omega=st.sampled_from([None, 0.3, 0.6]),
+    alpha=st.sampled_from([0.1, 1.0, 5.0]),
+    method=st.sampled_from(["naive", "lazy"]),
+)
 def test_matches_reference_greedy(seed, n, d, lam, omega, alpha, method):
     G = gaussian(seed, n, d)
     k = min(n, 1 + seed % n)
@@ -47,8 +51,11 @@ def test_matches_slogdet_brute_force(seed, lam):
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**31), lam=st.sampled_from([0.0, 0.1, 1.0]),
-       omega=st.sampled_from([None, 0.2, 0.5]))
+@given(
+    seed=st.integers(0, 2**31),
+    lam=st.sampled_from([0.0, 0.1, 1.0]),
+    omega=st.sampled_from([None, 0.2, 0.5]),
+)
 def test_naive_equals_lazy_on_clustered_data(seed, lam, omega):
     G = clustered(seed, 300, 16)
     a = spice.select(G, 60, conflict_penalty=lam, early_stop=omega, method="naive")
@@ -60,11 +67,18 @@ def test_naive_equals_lazy_on_clustered_data(seed, lam, omega):
     assert b.evaluations <= a.evaluations
 
 
-@pytest.mark.parametrize("n,d,k,dtype", [(400, 24, 80, np.float32), (700, 10, 400, np.float32),
-                                         (300, 83, 150, np.float32), (300, 83, 150, np.float16),
-                                         (900, 520, 800, np.float32),
-                                         (500, 4096, 120, np.float16),
-                                         (500, 4096, 120, np.float32)])
+@pytest.mark.parametrize(
+    "n,d,k,dtype",
+    [
+        (400, 24, 80, np.float32),
+        (700, 10, 400, np.float32),
+        (300, 83, 150, np.float32),
+        (300, 83, 150, np.float16),
+        (900, 520, 800, np.float32),
+        (500, 4096, 120, np.float16),
+        (500, 4096, 120, np.float32),
+    ],
+)
 def test_lazy_batch_and_chunk_sizes_do_not_change_picks(n, d, k, dtype):
     """Partial catch-ups (small chunks end on a grid of steps), refresh tiles that mix
     candidates many steps apart (tiles of 1 to 6 rows against up to 32 w rows, each its own
@@ -76,8 +90,10 @@ def test_lazy_batch_and_chunk_sizes_do_not_change_picks(n, d, k, dtype):
 
     G, code = as_features(clustered(3, n, d).astype(dtype))
     naive = _core.select(G, code, _core.Options(k=k, lam=0.1, method="naive"))
-    runs = [_core.select(G, code, _core.Options(k=k, lam=0.1, batch=batch, chunk=chunk))
-            for batch, chunk in ((1, 0), (3, 1), (64, 7), (5, 100), (0, 0), (0, 10**9))]
+    runs = [
+        _core.select(G, code, _core.Options(k=k, lam=0.1, batch=batch, chunk=chunk))
+        for batch, chunk in ((1, 0), (3, 1), (64, 7), (5, 100), (0, 0), (0, 10**9))
+    ]
     for r in runs:
         np.testing.assert_array_equal(r["indices"], naive["indices"])
         np.testing.assert_array_equal(r["gains"], naive["gains"])
@@ -93,8 +109,9 @@ def test_lazy_batches_stay_near_one_at_a_time_work(lam):
     from spice._inputs import as_features
 
     G, code = as_features(clustered(3, 3000, 64))
-    one, auto = (_core.select(G, code, _core.Options(k=300, lam=lam, batch=batch))
-                 for batch in (1, 0))
+    one, auto = (
+        _core.select(G, code, _core.Options(k=300, lam=lam, batch=batch)) for batch in (1, 0)
+    )
     np.testing.assert_array_equal(auto["indices"], one["indices"])
     assert auto["evaluations"] <= 2 * one["evaluations"]
 
@@ -105,8 +122,9 @@ def test_logdet_equals_slogdet(seed, n, d):
     G = gaussian(seed, n, d)
     sel = spice.select(G, n // 2 + 1, alpha=1.3)
     S = sel.indices
-    expect = np.linalg.slogdet(np.eye(len(S)) + 1.3 * G[S].astype(np.float64)
-                               @ G[S].astype(np.float64).T)[1]
+    expect = np.linalg.slogdet(
+        np.eye(len(S)) + 1.3 * G[S].astype(np.float64) @ G[S].astype(np.float64).T
+    )[1]
     assert sel.logdet == pytest.approx(expect, rel=1e-9, abs=1e-12)
     assert spice.logdet(G, S, 1.3) == pytest.approx(expect, rel=1e-9, abs=1e-12)
     assert sel.logdet == pytest.approx(float(np.sum(sel.gains)), rel=1e-12)
@@ -123,14 +141,20 @@ def test_fisher_gains_decrease_and_eps_nonpositive(seed, n, d):
 
 
 @settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 2**31), n=st.integers(4, 12), d=st.integers(2, 6),
-       alpha=st.sampled_from([0.2, 1.0, 4.0]))
+@given(
+    seed=st.integers(0, 2**31),
+    n=st.integers(4, 12),
+    d=st.integers(2, 6),
+    alpha=st.sampled_from([0.2, 1.0, 4.0]),
+)
 def test_approximation_guarantees_against_brute_force_opt(seed, n, d, alpha):
     G = gaussian(seed, n, d).astype(np.float64)
     k = min(4, n - 1)
     sel = spice.select(G, k, alpha=alpha, conflict_penalty=0.0, method="naive")
-    opt = max(np.linalg.slogdet(np.eye(k) + alpha * G[list(S)] @ G[list(S)].T)[1]
-              for S in itertools.combinations(range(n), k))
+    opt = max(
+        np.linalg.slogdet(np.eye(k) + alpha * G[list(S)] @ G[list(S)].T)[1]
+        for S in itertools.combinations(range(n), k)
+    )
     assert sel.logdet >= (1 - 1 / math.e) * opt - 1e-9
     c = spice.curvature(G, alpha)
     assert sel.logdet >= c.factor * opt - 1e-9

@@ -94,8 +94,16 @@ class TrainStats:
     final_loss: float
 
 
-def train(model, tok: Tokenized, subset: np.ndarray, steps: int, batch_size: int, lr: float,
-          seed: int, pad: int) -> TrainStats:
+def train(
+    model,
+    tok: Tokenized,
+    subset: np.ndarray,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    pad: int,
+) -> TrainStats:
     """AdamW for exactly ``steps`` steps of ``batch_size`` examples drawn by epoch-wise shuffles
     of ``subset`` (so every subset costs the same compute); linear warm-up and decay."""
     t0 = time.perf_counter()
@@ -105,7 +113,8 @@ def train(model, tok: Tokenized, subset: np.ndarray, steps: int, batch_size: int
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.05, (steps - s) / max(1, steps - warm))))
+        opt, lambda s: min((s + 1) / warm, max(0.05, (steps - s) / max(1, steps - warm)))
+    )
     order: list[int] = []
     tokens = 0
     losses = []
@@ -126,26 +135,32 @@ def train(model, tok: Tokenized, subset: np.ndarray, steps: int, batch_size: int
         tokens += int((y != -100).sum())
         losses.append(float(out.loss))
     model.eval()
-    tail = losses[-max(1, steps // 10):]
-    return TrainStats(steps, steps * batch_size, tokens, time.perf_counter() - t0,
-                      float(np.mean(tail)) if tail else math.nan)
+    tail = losses[-max(1, steps // 10) :]
+    return TrainStats(
+        steps,
+        steps * batch_size,
+        tokens,
+        time.perf_counter() - t0,
+        float(np.mean(tail)) if tail else math.nan,
+    )
 
 
 @torch.no_grad()
-def greedy_answers(model, tokenizer, prompts: list[str], max_new: int = 12,
-                   batch_size: int = 128) -> list[str]:
+def greedy_answers(
+    model, tokenizer, prompts: list[str], max_new: int = 12, batch_size: int = 128
+) -> list[str]:
     """Greedy decode (left-padded batches, KV cache) until EOS or ``max_new`` tokens."""
     model.eval()
     out: list[str] = []
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     for s in range(0, len(prompts), batch_size):
-        enc = [tokenizer(p)["input_ids"] for p in prompts[s:s + batch_size]]
+        enc = [tokenizer(p)["input_ids"] for p in prompts[s : s + batch_size]]
         T = max(map(len, enc))
         x = torch.full((len(enc), T), pad, dtype=torch.long)
         att = torch.zeros((len(enc), T), dtype=torch.long)
         for j, e in enumerate(enc):
-            x[j, T - len(e):] = torch.tensor(e)
-            att[j, T - len(e):] = 1
+            x[j, T - len(e) :] = torch.tensor(e)
+            att[j, T - len(e) :] = 1
         dev = next(model.parameters()).device
         gen = model.generate(input_ids=x.to(dev), attention_mask=att.to(dev),
                              max_new_tokens=max_new, do_sample=False, pad_token_id=pad,
@@ -187,5 +202,5 @@ def response_losses(model, tok: Tokenized, pad: int, batch_size: int = 64) -> np
         ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt.clamp_min(0),
                                                reduction="none")  # fmt: skip
         m = (tgt != -100).float()
-        out[s:s + len(rows)] = ((ce * m).sum(1) / m.sum(1).clamp_min(1)).cpu().numpy()
+        out[s : s + len(rows)] = ((ce * m).sum(1) / m.sum(1).clamp_min(1)).cpu().numpy()
     return out

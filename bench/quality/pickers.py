@@ -55,8 +55,9 @@ def ifd_pick(loss_cond: np.ndarray, loss_uncond: np.ndarray, k: int) -> Pick:
     ok = [i for i in order if ifd[i] < 1.0]
     rest = [i for i in order if ifd[i] >= 1.0]
     chosen = (ok + rest)[:k]
-    return Pick(np.asarray(chosen, dtype=np.int64),
-                extra={"ifd_ge_1_in_pool": float(np.mean(ifd >= 1.0))})
+    return Pick(
+        np.asarray(chosen, dtype=np.int64), extra={"ifd_ge_1_in_pool": float(np.mean(ifd >= 1.0))}
+    )
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -64,8 +65,9 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return len(sa & sb) / max(1, len(sa | sb))
 
 
-def subset_stats(G: np.ndarray, idx: np.ndarray, alpha: float, defects: list[str],
-                 families: list[str]) -> dict:
+def subset_stats(
+    G: np.ndarray, idx: np.ndarray, alpha: float, defects: list[str], families: list[str]
+) -> dict:
     """Exact log-det, conflict of the picks against the subset mean, defect composition."""
     idx = np.asarray(idx, dtype=np.int64)
     out: dict = {"size": int(len(idx))}

@@ -161,8 +161,14 @@ def subset_stats(G: np.ndarray, idx: np.ndarray, alpha: float, pool: list[D.Row]
     return st
 
 
-def knob_pick(G: np.ndarray, k: int, alpha: float, alpha_mult: float = 1.0, unit: bool = False,
-              conflict_penalty: float = 0.1) -> tuple[S.Pick, spice.Selection]:
+def knob_pick(
+    G: np.ndarray,
+    k: int,
+    alpha: float,
+    alpha_mult: float = 1.0,
+    unit: bool = False,
+    conflict_penalty: float = 0.1,
+) -> tuple[S.Pick, spice.Selection]:
     if unit:
         nrm = np.linalg.norm(G, axis=1, keepdims=True)
         Gu = np.where(nrm > 0, G / np.maximum(nrm, 1e-30), 0.0).astype(np.float32)
@@ -202,12 +208,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--selectors", nargs="+", choices=MAIN, help="only these 10%% selectors")
     ap.add_argument("--no-knobs", action="store_true", help="skip the knob study")
     ap.add_argument("--no-curve", action="store_true", help="skip the accuracy-vs-budget runs")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (1: more oversubscribes a shared 2-core machine)")
-    ap.add_argument("--cache", help="where the dequantised SmolLM2 is cached "
-                    "(default ~/.cache/spice/smollm2-135m; $SPICE_CACHE)")
-    ap.add_argument("--estimate-only", action="store_true",
-                    help="calibrate, print the time estimate of the run, and stop")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: more oversubscribes a shared 2-core machine)",
+    )
+    ap.add_argument(
+        "--cache",
+        help="where the dequantised SmolLM2 is cached "
+        "(default ~/.cache/spice/smollm2-135m; $SPICE_CACHE)",
+    )
+    ap.add_argument(
+        "--estimate-only",
+        action="store_true",
+        help="calibrate, print the time estimate of the run, and stop",
+    )
     args = ap.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
     for key, val in (("n_pool", args.pool), ("seeds", args.seeds), ("knob_seeds", args.knob_seeds),
@@ -229,8 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     key = config_key(cfg, args.quick)
     kf = out / "config.json"
     if kf.is_file() and json.loads(kf.read_text()).get("key") != key:
-        sys.exit(f"error: {out} holds stages of another configuration ({kf}); "
-                 "use another --out or delete it")
+        sys.exit(
+            f"error: {out} holds stages of another configuration ({kf}); "
+            "use another --out or delete it"
+        )
     write_json(kf, {"key": key, "config": cfg, "quick": args.quick})
     st = Stages(out)
     t_start = time.perf_counter()
@@ -272,10 +290,12 @@ def main(argv: list[str] | None = None) -> int:
                                 tok, cfg["max_length"])  # fmt: skip
     wall["pool"] = time.perf_counter() - t0
     lengths = T.lengths()
-    log(f"pool {n} rows ({'tiny model' if args.quick else 'SmolLM2-135M-Instruct'}), "
+    log(
+        f"pool {n} rows ({'tiny model' if args.quick else 'SmolLM2-135M-Instruct'}), "
         f"{int(lengths.sum())} tokens (mean {lengths.mean():.0f}, max {lengths.max()}); "
-        f"defects {({k: round(v, 3) for k, v in data.rates().items()})}; "
-        f"families {data.family_counts()}")
+        f"defects { ({k: round(v, 3) for k, v in data.rates().items()}) }; "
+        f"families {data.family_counts()}"
+    )
 
     # ---- calibration and the estimate ----------------------------------------------------
     def calibrate() -> dict:
@@ -332,8 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     Gval = np.asarray(feats("feat_val", [r.record(f"v{i}") for i, r in enumerate(val_rows)])
                       .features, dtype=np.float32)  # fmt: skip
     # the extraction ran above (it resumes by itself); this stage records its cost once
-    wall["features"] = st.run("features", lambda: {"rows": n, "dim": int(G.shape[1]),
-                                                    "wall_s": time.perf_counter() - t0})["wall_s"]
+    wall["features"] = st.run(
+        "features", lambda: {"rows": n, "dim": int(G.shape[1]), "wall_s": time.perf_counter() - t0}
+    )["wall_s"]
     sq = np.einsum("ij,ij->i", G.astype(np.float64), G.astype(np.float64))
     alpha = float(1.0 / np.median(sq[sq > 0]))
     log(f"features {G.shape}; α = 1/median‖g‖² = {alpha:.4g}")
@@ -342,8 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     base_eval = st.run("baseline", lambda: {
         "test": R.evaluate(base, tok, tests, chat_test_T, pad, cfg["max_new"]),
         "val": R.evaluate(base, tok, vals, chat_val_T, pad, cfg["max_new"])})  # fmt: skip
-    log(f"baseline (no fine-tuning): test overall {base_eval['test']['overall']:.3f}, "
-        f"chat loss {base_eval['test']['chat_loss']:.3f}")
+    log(
+        f"baseline (no fine-tuning): test overall {base_eval['test']['overall']:.3f}, "
+        f"chat loss {base_eval['test']['chat_loss']:.3f}"
+    )
 
     def uncond() -> dict:
         U = R.tokenize_all([{"id": f"u{i}", "prompt": "", "response": r.answer}
@@ -376,17 +399,23 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     for name in selectors:
         if name == "random":
-            subsets[(name, MAIN_BUDGET)] = sel_stage(name, MAIN_BUDGET,
-                                                     lambda k: S.random_pick(n, k, 0))
+            subsets[(name, MAIN_BUDGET)] = sel_stage(
+                name, MAIN_BUDGET, lambda k: S.random_pick(n, k, 0)
+            )
         elif name == "full":
             subsets[(name, 1.0)] = sel_stage(name, 1.0, lambda k: S.Pick(np.arange(n)))
         elif name == "less":
             subsets[(name, MAIN_BUDGET)] = sel_stage(
-                name, MAIN_BUDGET, lambda k: S.less_pick(G, Gval, val_fam, k))
+                name, MAIN_BUDGET, lambda k: S.less_pick(G, Gval, val_fam, k)
+            )
         elif name == "ifd":
             subsets[(name, MAIN_BUDGET)] = sel_stage(
-                name, MAIN_BUDGET, lambda k: S.ifd_pick(np.nan_to_num(cond_loss, nan=0.0),
-                                                        np.nan_to_num(lu, nan=1.0), k))
+                name,
+                MAIN_BUDGET,
+                lambda k: S.ifd_pick(
+                    np.nan_to_num(cond_loss, nan=0.0), np.nan_to_num(lu, nan=1.0), k
+                ),
+            )
         elif name == "online":
             subsets[(name, MAIN_BUDGET)] = sel_stage(
                 name, MAIN_BUDGET, lambda k: online_pick(base, tok, records, out / "online", k,
@@ -397,8 +426,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in KNOBS:
             subsets[(name, MAIN_BUDGET)] = sel_stage(name, MAIN_BUDGET, grad_fn(name))
     if "spice" in selectors:
-        theory = st.run("theory", lambda: S.theory_checks(
-            G, gradient_pick("spice", G, resolve_k(MAIN_BUDGET, n), alpha)[1], alpha))
+        theory = st.run(
+            "theory",
+            lambda: S.theory_checks(
+                G, gradient_pick("spice", G, resolve_k(MAIN_BUDGET, n), alpha)[1], alpha
+            ),
+        )
     else:
         theory = {}
     wall["selections"] = time.perf_counter() - t0
@@ -410,18 +443,25 @@ def main(argv: list[str] | None = None) -> int:
             model, ts = R.finetune(base, T, idx, steps=cfg["steps"],
                                    step_tokens=cfg["step_tokens"], lr=cfg["lr"], seed=seed,
                                    pad=pad)  # fmt: skip
-            res = {"selector": name, "budget": budget, "seed": seed, "size": int(len(idx)),
-                   "train": ts.__dict__,
-                   "test": R.evaluate(model, tok, tests, chat_test_T, pad, cfg["max_new"])}
+            res = {
+                "selector": name,
+                "budget": budget,
+                "seed": seed,
+                "size": int(len(idx)),
+                "train": ts.__dict__,
+                "test": R.evaluate(model, tok, tests, chat_test_T, pad, cfg["max_new"]),
+            }
             if uses_val(name, budget):
                 res["val"] = R.evaluate(model, tok, vals, chat_val_T, pad, cfg["max_new"])
             return res
 
         r = st.run(f"run/{name}@{budget:g}@s{seed}", go)
         val = f" val {r['val']['overall']:.3f}" if "val" in r else ""
-        log(f"{name:13s} b={budget:<5g} seed={seed} n={len(idx):4d} test "
+        log(
+            f"{name:13s} b={budget:<5g} seed={seed} n={len(idx):4d} test "
             f"{r['test']['overall']:.3f} chat {r['test']['chat_loss']:.3f}{val} "
-            f"({r['wall_s']:.0f}s)")
+            f"({r['wall_s']:.0f}s)"
+        )
         return r
 
     def report(final: bool) -> None:
@@ -447,8 +487,11 @@ def main(argv: list[str] | None = None) -> int:
                 train_stage(name, MAIN_BUDGET, subsets[(name, MAIN_BUDGET)], seed)
                 report(False)
     # chosen once the 10% table and the knob runs exist, then fixed for the curve and the report
-    cands = sorted(r["selector"] for r in _runs(out)
-                   if r["selector"] in GRADIENT and abs(r["budget"] - MAIN_BUDGET) < 1e-12)
+    cands = sorted(
+        r["selector"]
+        for r in _runs(out)
+        if r["selector"] in GRADIENT and abs(r["budget"] - MAIN_BUDGET) < 1e-12
+    )
     prev = st.get("best") if st.done("best") else None
     if prev is None or prev.get("candidates") != cands:
         write_json(st.path("best"), {"value": best_setting(out), "candidates": cands})
@@ -477,8 +520,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def online_pick(base, tok, records: list[dict], out: Path, k: int, alpha: float,
-                cfg: dict) -> S.Pick:
+def online_pick(
+    base, tok, records: list[dict], out: Path, k: int, alpha: float, cfg: dict
+) -> S.Pick:
     """The online schedule on a copy of the base model (it trains its adapters as it goes),
     scaled to the pool: pools of ``online_pool``, ``online_picks`` picks each (the paper's 10%),
     an AdamW step of the proxy's adapters every ``online_every`` pools, at the target's learning
@@ -510,8 +554,12 @@ def plan_runs(cfg: dict, selectors: list[str], args) -> dict:
     other = [b for b in cfg["budgets"] if abs(b - MAIN_BUDGET) > 1e-12]
     curve = 0 if args.no_curve else len(other) * (len(CURVE) + 1) * len(cfg["curve_seeds"])
     with_val = len([s for s in selectors if uses_val(s, MAIN_BUDGET)]) * len(cfg["seeds"]) + knobs
-    return {"main_runs": main, "knob_runs": knobs, "curve_runs": curve,
-            "runs_with_val_eval": with_val}
+    return {
+        "main_runs": main,
+        "knob_runs": knobs,
+        "curve_runs": curve,
+        "runs_with_val_eval": with_val,
+    }
 
 
 def estimate(cfg, cal, plan, T, chat_test_T, chat_val_T, lengths, n, selectors) -> dict:
@@ -520,7 +568,7 @@ def estimate(cfg, cal, plan, T, chat_test_T, chat_val_T, lengths, n, selectors) 
                     cal["generate_s_per_prompt"], cal["forward_s_per_token"])  # fmt: skip
     pool_tok = float(lengths.sum())
     mean_tok = pool_tok / max(1, n)
-    val_n = (cfg["n_val"] * len(D.FAMILIES) + cfg["n_chat_val"])
+    val_n = cfg["n_val"] * len(D.FAMILIES) + cfg["n_chat_val"]
     test_eval = cfg["n_test"] * len(D.FAMILIES) * g + float(chat_test_T.lengths().sum()) * fw
     val_eval = cfg["n_val"] * len(D.FAMILIES) * g + float(chat_val_T.lengths().sum()) * fw
     per_run = cfg["steps"] * cfg["step_tokens"] * tr + test_eval
@@ -565,8 +613,13 @@ def best_setting(out: Path) -> str | None:
             by.setdefault(r["selector"], []).append(r)
     if not by:
         return None
-    return max(sorted(by), key=lambda s: (np.mean([r["val"]["overall"] for r in by[s]]),
-                                          -np.mean([r["val"]["chat_loss"] for r in by[s]])))
+    return max(
+        sorted(by),
+        key=lambda s: (
+            np.mean([r["val"]["overall"] for r in by[s]]),
+            -np.mean([r["val"]["chat_loss"] for r in by[s]]),
+        ),
+    )
 
 
 def collect(out, cfg, args, n, alpha, data, base_eval, theory, est, cal, wall, final) -> dict:
@@ -639,29 +692,43 @@ def render_md(r: dict) -> str:
         L += [f"**PARTIAL** ({r['n_runs']} training runs so far)", ""]
     c = r["config"]
     L.append(f"Command: `{r['command']}`  ")
-    L.append(f"Model: {r['model']}; machine {r['machine']['platform']}, {r['machine']['cpus']} "
-             f"CPUs, {r['machine']['threads']} torch threads, torch {r['machine']['torch']}  ")
-    L.append(f"Pool n = {r['n']}, k = {r['k']} (10%); {c['steps']} steps × ≤{c['step_tokens']} "
-             f"tokens per step for every subset; LoRA r = 8, lr {c['lr']}; seeds {c['seeds']}; "
-             f"α = {r['alpha']:.4g} (1/median‖g‖²)  ")
-    L.append(f"Pool defects {({k: round(v, 3) for k, v in r['pool_defects'].items()})}, "
-             f"families {r['pool_families']}")
+    L.append(
+        f"Model: {r['model']}; machine {r['machine']['platform']}, {r['machine']['cpus']} "
+        f"CPUs, {r['machine']['threads']} torch threads, torch {r['machine']['torch']}  "
+    )
+    L.append(
+        f"Pool n = {r['n']}, k = {r['k']} (10%); {c['steps']} steps × ≤{c['step_tokens']} "
+        f"tokens per step for every subset; LoRA r = 8, lr {c['lr']}; seeds {c['seeds']}; "
+        f"α = {r['alpha']:.4g} (1/median‖g‖²)  "
+    )
+    L.append(
+        f"Pool defects { ({k: round(v, 3) for k, v in r['pool_defects'].items()}) }, "
+        f"families {r['pool_families']}"
+    )
     L.append("")
     bt = r["baseline"]["test"]
-    L.append("Exact match on held-out test prompts (%, mean ± std over seeds) and mean response "
-             "loss on held-out ShareGPT turns (nats/token):")
+    L.append(
+        "Exact match on held-out test prompts (%, mean ± std over seeds) and mean response "
+        "loss on held-out ShareGPT turns (nats/token):"
+    )
     L.append("")
     fams = list(D.FAMILIES)
     L.append("| selector | size | " + " | ".join(fams) + " | overall | chat loss | val overall |")
     L.append("|---|---|" + "---|" * (len(fams) + 3))
-    L.append("| no fine-tuning | – | " + " | ".join(f"{100 * bt[f]:.1f}" for f in fams)
-             + f" | {100 * bt['overall']:.1f} | {bt['chat_loss']:.3f} | "
-             f"{100 * r['baseline']['val']['overall']:.1f} |")
+    L.append(
+        "| no fine-tuning | – | "
+        + " | ".join(f"{100 * bt[f]:.1f}" for f in fams)
+        + f" | {100 * bt['overall']:.1f} | {bt['chat_loss']:.3f} | "
+        f"{100 * r['baseline']['val']['overall']:.1f} |"
+    )
     for name, row in r["table"].items():
         size = r["subset_stats"].get(f"{name}@{1.0 if name == 'full' else 0.1:g}", {}).get("size")
-        L.append(f"| {name} | {size} | " + " | ".join(_f(row[f]) for f in fams)
-                 + f" | {_f(row['overall'])} | {_f(row['chat_loss'], pct=False)} | "
-                 f"{_f(row['val_overall'])} |")
+        L.append(
+            f"| {name} | {size} | "
+            + " | ".join(_f(row[f]) for f in fams)
+            + f" | {_f(row['overall'])} | {_f(row['chat_loss'], pct=False)} | "
+            f"{_f(row['val_overall'])} |"
+        )
     L.append("")
     L.append("Subsets (composition, exact log det at the run's α, mean conflict):")
     L.append("")
@@ -669,10 +736,12 @@ def render_md(r: dict) -> str:
     L.append("|---|---|---|---|---|---|---|---|---|")
     for name, s in r["subset_stats"].items():
         chat = s.get("families", {}).get("chat", 0) / max(1, s["size"])
-        L.append(f"| {name} | {s['size']} | {s.get('logdet', math.nan):.2f} | "
-                 f"{s.get('mean_conflict', math.nan):.3f} | {s['frac_wrong']:.1%} | "
-                 f"{s['frac_dup']:.1%} | {s['frac_filler']:.1%} | {s['frac_ramble']:.1%} | "
-                 f"{chat:.1%} |")
+        L.append(
+            f"| {name} | {s['size']} | {s.get('logdet', math.nan):.2f} | "
+            f"{s.get('mean_conflict', math.nan):.3f} | {s['frac_wrong']:.1%} | "
+            f"{s['frac_dup']:.1%} | {s['frac_filler']:.1%} | {s['frac_ramble']:.1%} | "
+            f"{chat:.1%} |"
+        )
     if r.get("best_setting"):
         L += ["", f"Best gradient setting on the validation prompts: **{r['best_setting']}**."]
     L += ["", "Accuracy (overall exact match on test, %) vs budget:", ""]
@@ -681,8 +750,12 @@ def render_md(r: dict) -> str:
     L.append("|---|" + "---|" * len(bs))
     for name, cv in r["curve"].items():
         L.append(f"| {name} | " + " | ".join(_f(cv[b]) if b in cv else "" for b in bs) + " |")
-    L += ["", "Wall time by stage (s): " + ", ".join(
-        f"{k} {v:.0f}" for k, v in sorted(r["stage_wall_s"].items())), ""]
+    L += [
+        "",
+        "Wall time by stage (s): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["stage_wall_s"].items())),
+        "",
+    ]
     return "\n".join(L)
 
 

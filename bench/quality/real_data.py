@@ -123,8 +123,9 @@ def first_exchange(conv: dict) -> tuple[str, str] | None:
     return None
 
 
-def read_sharegpt(want: int, max_user_chars: int, max_answer_chars: int,
-                  fh=None) -> list[tuple[str, str, str]]:
+def read_sharegpt(
+    want: int, max_user_chars: int, max_answer_chars: int, fh=None
+) -> list[tuple[str, str, str]]:
     """The first ``want`` usable (id, user, answer) exchanges of the ShareGPT file, in file order.
 
     The file is a JSON array whose end is cut off: records are decoded one at a time and reading
@@ -271,11 +272,24 @@ def ramble(row: Row, rng: random.Random, sentences: int) -> Row:
     return Row(row.user, f"{row.answer}\n\n{tail}", row.family, row.key, "ramble", row.source)
 
 
-def make_real_pool(n_pool: int, n_test: int, n_val: int, n_chat_test: int, n_chat_val: int,
-                   *, chat_frac: float = 0.3, wrong: float = 0.15, dup: float = 0.10,
-                   filler_frac: float = 0.08, ramble_frac: float = 0.08, ramble_sentences: int = 8,
-                   max_user_chars: int = 400, max_answer_chars: int = 700, seed: int = 0,
-                   sharegpt: list[tuple[str, str, str]] | None = None) -> RealPool:
+def make_real_pool(
+    n_pool: int,
+    n_test: int,
+    n_val: int,
+    n_chat_test: int,
+    n_chat_val: int,
+    *,
+    chat_frac: float = 0.3,
+    wrong: float = 0.15,
+    dup: float = 0.10,
+    filler_frac: float = 0.08,
+    ramble_frac: float = 0.08,
+    ramble_sentences: int = 8,
+    max_user_chars: int = 400,
+    max_answer_chars: int = 700,
+    seed: int = 0,
+    sharegpt: list[tuple[str, str, str]] | None = None,
+) -> RealPool:
     """The pool (``n_pool`` rows, shuffled) and the clean held-out sets.
 
     Of the pool: ``filler_frac`` filler rows, ``dup`` near-duplicates of clean rows, and
@@ -303,8 +317,8 @@ def make_real_pool(n_pool: int, n_test: int, n_val: int, n_chat_test: int, n_cha
     rng.shuffle(convs)
     chat = [Row(u, a, "chat", f"sg:{cid}", "clean", "sharegpt") for cid, u, a in convs]
     chat_test = chat[:n_chat_test]
-    chat_val = chat[n_chat_test:n_chat_test + n_chat_val]
-    chat_pool = chat[n_chat_test + n_chat_val:]
+    chat_val = chat[n_chat_test : n_chat_test + n_chat_val]
+    chat_pool = chat[n_chat_test + n_chat_val :]
 
     held: dict[str, list[Row]] = {}
     held_keys: set[str] = set()

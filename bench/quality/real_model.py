@@ -195,12 +195,30 @@ def add_lora(base, seed: int):
     targets = [t for t in TARGETS if t in present]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return get_peft_model(model, LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0,
-                                                target_modules=targets, bias="none"))
+        return get_peft_model(
+            model,
+            LoraConfig(
+                r=LORA_R,
+                lora_alpha=LORA_ALPHA,
+                lora_dropout=0.0,
+                target_modules=targets,
+                bias="none",
+            ),
+        )
 
 
-def finetune(base, T: Tok, subset: np.ndarray, *, steps: int, step_tokens: int, lr: float,
-             seed: int, pad: int, micro_tokens: int = 512) -> tuple[Any, TrainStats]:
+def finetune(
+    base,
+    T: Tok,
+    subset: np.ndarray,
+    *,
+    steps: int,
+    step_tokens: int,
+    lr: float,
+    seed: int,
+    pad: int,
+    micro_tokens: int = 512,
+) -> tuple[Any, TrainStats]:
     """LoRA fine-tune a copy of ``base`` on ``subset`` under the fixed compute budget described
     in the module docstring; token-mean response loss per step, AdamW, linear warm-up then
     cosine decay. Returns the adapted model and what it cost."""
@@ -250,9 +268,10 @@ def finetune(base, T: Tok, subset: np.ndarray, *, steps: int, step_tokens: int, 
         loss_tokens += n_tgt
         losses.append(total)
     model.eval()
-    tail = losses[-max(1, steps // 5):]
-    return model, TrainStats(steps, examples, tokens, loss_tokens, time.perf_counter() - t0,
-                             float(np.mean(tail)))
+    tail = losses[-max(1, steps // 5) :]
+    return model, TrainStats(
+        steps, examples, tokens, loss_tokens, time.perf_counter() - t0, float(np.mean(tail))
+    )
 
 
 @torch.no_grad()
@@ -269,8 +288,8 @@ def greedy(model, tok, users: list[str], max_new: int, batch_size: int = 32) -> 
         x = torch.full((len(enc), L), pad, dtype=torch.long)
         att = torch.zeros((len(enc), L), dtype=torch.long)
         for j, e in enumerate(enc):
-            x[j, L - len(e):] = torch.tensor(e)
-            att[j, L - len(e):] = 1
+            x[j, L - len(e) :] = torch.tensor(e)
+            att[j, L - len(e) :] = 1
         gen = model.generate(input_ids=x, attention_mask=att, max_new_tokens=max_new,
                              do_sample=False, pad_token_id=pad, eos_token_id=stops,
                              temperature=None, top_p=None, top_k=None)  # fmt: skip
@@ -299,8 +318,9 @@ def response_losses(model, T: Tok, pad: int, micro_tokens: int = 1024) -> np.nda
     return out
 
 
-def evaluate(model, tok, tests: dict[str, list[tuple[str, str]]], chat_T: Tok, pad: int,
-             max_new: int) -> dict:
+def evaluate(
+    model, tok, tests: dict[str, list[tuple[str, str]]], chat_T: Tok, pad: int, max_new: int
+) -> dict:
     """Exact match per verifiable family (greedy; macro mean over families as ``overall``) and
     the mean response loss on held-out ShareGPT turns (``chat_loss``)."""
     t0 = time.perf_counter()
@@ -319,6 +339,8 @@ def evaluate(model, tok, tests: dict[str, list[tuple[str, str]]], chat_T: Tok, p
     ls = response_losses(model, chat_T, pad)
     acc["chat_loss"] = float(np.nanmean(ls)) if np.isfinite(ls).any() else math.nan
     acc["eval_s"] = time.perf_counter() - t0
-    acc["examples"] = [{"prompt": u, "answer": a, "pred": p}
-                       for u, a, p in list(zip(users, answers, preds))[:: max(1, len(users) // 12)]]
+    acc["examples"] = [
+        {"prompt": u, "answer": a, "pred": p}
+        for u, a, p in list(zip(users, answers, preds))[:: max(1, len(users) // 12)]
+    ]
     return acc

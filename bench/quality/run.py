@@ -42,10 +42,32 @@ MAIN = ["random", "full", "topk-compat", "diag-compat", "fisher", "spice", "spic
         "less", "ifd"]  # fmt: skip
 CURVE = ["random", "fisher", "spice"]
 
-FULL = dict(n_pool=2000, n_test=40, n_val=8, warm_frac=0.05, warm_steps=150, dim=512,
-            steps=300, batch=32, lr=2e-3, seeds=[0, 1, 2], budgets=[0.01, 0.05, 0.10, 0.25])
-QUICK = dict(n_pool=160, n_test=6, n_val=3, warm_frac=0.1, warm_steps=4, dim=64,
-             steps=3, batch=8, lr=3e-3, seeds=[0], budgets=[0.05, 0.10])
+FULL = dict(
+    n_pool=2000,
+    n_test=40,
+    n_val=8,
+    warm_frac=0.05,
+    warm_steps=150,
+    dim=512,
+    steps=300,
+    batch=32,
+    lr=2e-3,
+    seeds=[0, 1, 2],
+    budgets=[0.01, 0.05, 0.10, 0.25],
+)
+QUICK = dict(
+    n_pool=160,
+    n_test=6,
+    n_val=3,
+    warm_frac=0.1,
+    warm_steps=4,
+    dim=64,
+    steps=3,
+    batch=8,
+    lr=3e-3,
+    seeds=[0],
+    budgets=[0.05, 0.10],
+)
 
 
 def log(msg: str) -> None:
@@ -64,8 +86,9 @@ def features(proxy, tok, records, out: Path, dim: int):
     return np.ascontiguousarray(np.asarray(st.features, dtype=np.float32))
 
 
-def try_online(proxy, tok, records, out: Path, k: int, alpha: float,
-               dim: int) -> tuple[S.Pick | None, str]:
+def try_online(
+    proxy, tok, records, out: Path, k: int, alpha: float, dim: int
+) -> tuple[S.Pick | None, str]:
     """SPICE with the paper's online schedule (pools of 120, 12 picks, proxy step every 10
     pools), when ``spice.online`` exists; same α, feature dimension and LoRA rank as offline."""
     try:
@@ -88,7 +111,8 @@ def try_online(proxy, tok, records, out: Path, k: int, alpha: float,
         res = run_online(proxy, tok, records, str(out), cfg)
         idx = np.asarray(res.indices, dtype=np.int64)[:k]
         return S.Pick(idx, extra={"online_picks": int(len(res.indices))}), (
-            f"spice.online.run_online ({len(res.indices)} picks, first {len(idx)} used)")
+            f"spice.online.run_online ({len(res.indices)} picks, first {len(idx)} used)"
+        )
     except Exception as e:  # noqa: BLE001
         return None, f"skipped: run_online failed ({type(e).__name__}: {str(e)[:120]})"
 
@@ -106,10 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budgets", type=float, nargs="+", help="fractions for the budget curve")
     ap.add_argument("--steps", type=int, help="training steps per subset")
     ap.add_argument("--pool", type=int, help="pool size")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (1 is fastest on a shared 2-core machine)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                    help="where to train and evaluate the proxy and targets")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1 is fastest on a shared 2-core machine)",
+    )
+    ap.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where to train and evaluate the proxy and targets",
+    )
     ap.add_argument("--target-hidden", type=int, help="target hidden size (default 128)")
     ap.add_argument("--target-layers", type=int, help="target layers (default 4)")
     ap.add_argument("--only", nargs="+", choices=MAIN, help="train only these selectors")
@@ -160,16 +191,20 @@ def main(argv: list[str] | None = None) -> int:
     feat_s = time.perf_counter() - t0
     sq = np.einsum("ij,ij->i", G.astype(np.float64), G.astype(np.float64))
     alpha = float(1.0 / np.median(sq[sq > 0]))
-    log(f"proxy warm-up {warm_s:.1f}s on {len(warm)} rows; features {G.shape} in {feat_s:.1f}s; "
-        f"alpha = 1/median|g|^2 = {alpha:.4g}")
+    log(
+        f"proxy warm-up {warm_s:.1f}s on {len(warm)} rows; features {G.shape} in {feat_s:.1f}s; "
+        f"alpha = 1/median|g|^2 = {alpha:.4g}"
+    )
 
     # ---- selections ---------------------------------------------------------------------------
     def gradient_picks(k: int) -> dict[str, tuple[S.Pick, object]]:
         res = {}
-        res["topk-compat"] = S.spice_pick(G, k, alpha, conflict_penalty=0.0,
-                                          objective="topk-compat")
-        res["diag-compat"] = S.spice_pick(G, k, alpha, conflict_penalty=0.1,
-                                          objective="diag-compat")
+        res["topk-compat"] = S.spice_pick(
+            G, k, alpha, conflict_penalty=0.0, objective="topk-compat"
+        )
+        res["diag-compat"] = S.spice_pick(
+            G, k, alpha, conflict_penalty=0.1, objective="diag-compat"
+        )
         res["fisher"] = S.spice_pick(G, k, alpha, conflict_penalty=0.0)
         res["spice"] = S.spice_pick(G, k, alpha, conflict_penalty=0.1)
         res["spice+"] = S.spice_pick(G, k, alpha, conflict_penalty=0.1, early_stop=0.5)
@@ -184,13 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     picks["random"] = S.random_pick(n, k10, 0)  # stats for seed 0; each seed redraws below
     picks["less"] = S.less_pick(G, Gval, val_fam, k10)
     lc = M.response_losses(proxy, T, pad)
-    unc = M.tokenize([{"id": r["id"], "prompt": "", "response": r["response"]} for r in records],
-                     tok)
+    unc = M.tokenize(
+        [{"id": r["id"], "prompt": "", "response": r["response"]} for r in records], tok
+    )
     lu = M.response_losses(proxy, unc, pad)
     picks["ifd"] = S.ifd_pick(lc, lu, k10)
     # a copy: the online schedule trains its proxy as it goes
-    online, online_note = try_online(copy.deepcopy(proxy), tok, records, out / "online", k10,
-                                      alpha, cfg["dim"])
+    online, online_note = try_online(
+        copy.deepcopy(proxy), tok, records, out / "online", k10, alpha, cfg["dim"]
+    )
     if online is not None:
         picks["online"] = online
     sel_s = time.perf_counter() - t0
@@ -230,8 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         r = {"selector": name, "budget": budget, "seed": seed, "size": int(len(idx)),
              "acc": acc, "train_s": ts.wall_s, "steps": ts.steps, "examples": ts.examples,
              "loss_tokens": ts.tokens, "final_loss": ts.final_loss}  # fmt: skip
-        log(f"{name:12s} b={budget:<5} seed={seed} n={len(idx):5d} overall={acc['overall']:.3f} "
-            f"({ts.wall_s:.1f}s)")
+        log(
+            f"{name:12s} b={budget:<5} seed={seed} n={len(idx):5d} overall={acc['overall']:.3f} "
+            f"({ts.wall_s:.1f}s)"
+        )
         return r
 
     # ---- aggregate + write --------------------------------------------------------------------
@@ -308,13 +347,19 @@ def render_md(r: dict) -> str:
         L.append(f"**PARTIAL** (in progress or cut short: {len(r['runs'])} training runs so far)")
         L.append("")
     L.append(f"Command: `{r['command']}`  ")
-    L.append(f"Machine: {r['machine']['platform']}, {r['machine']['cpus']} CPUs, "
-             f"{r['machine']['threads']} torch threads, torch {r['machine']['torch']}  ")
-    L.append(f"Seeds: {r['config']['seeds']}; pool n = {r['n']}, budget k = {r['k']} (10%); "
-             f"{r['config']['steps']} steps × batch {r['config']['batch']} for every subset; "
-             f"wall time {r['wall_s'] / 60:.1f} min  ")
-    L.append(f"Proxy {r['proxy_params']:,} params, target {r['target_params']:,} params; "
-             f"α = {r['alpha']:.4g} (1/median‖g‖²); pool defects {r['defect_rates']}  ")
+    L.append(
+        f"Machine: {r['machine']['platform']}, {r['machine']['cpus']} CPUs, "
+        f"{r['machine']['threads']} torch threads, torch {r['machine']['torch']}  "
+    )
+    L.append(
+        f"Seeds: {r['config']['seeds']}; pool n = {r['n']}, budget k = {r['k']} (10%); "
+        f"{r['config']['steps']} steps × batch {r['config']['batch']} for every subset; "
+        f"wall time {r['wall_s'] / 60:.1f} min  "
+    )
+    L.append(
+        f"Proxy {r['proxy_params']:,} params, target {r['target_params']:,} params; "
+        f"α = {r['alpha']:.4g} (1/median‖g‖²); pool defects {r['defect_rates']}  "
+    )
     L.append(f"Online selector: {r['online_note']}")
     L.append("")
     L.append("Exact-match accuracy (%) on clean held-out test sets, mean ± std over seeds:")
@@ -323,32 +368,43 @@ def render_md(r: dict) -> str:
     L.append("| selector | " + " | ".join(cols) + " | train s |")
     L.append("|---|" + "---|" * (len(cols) + 1))
     for name, row in r["table"].items():
-        L.append(f"| {name} | " + " | ".join(_f(row[c]) for c in cols)
-                 + f" | {_f(row['train_s'], pct=False)} |")
+        L.append(
+            f"| {name} | "
+            + " | ".join(_f(row[c]) for c in cols)
+            + f" | {_f(row['train_s'], pct=False)} |"
+        )
     L.append("")
     L.append("Subset diagnostics (same features for every selector):")
     L.append("")
-    L.append("| selector | size | log-det | Jaccard vs SPICE | neg-aligned | mean conflict | "
-             "wrong | dup | filler |")
+    L.append(
+        "| selector | size | log-det | Jaccard vs SPICE | neg-aligned | mean conflict | "
+        "wrong | dup | filler |"
+    )
     L.append("|---|---|---|---|---|---|---|---|---|")
     for name, st in r["subset_stats"].items():
-        L.append(f"| {name} | {st['size']} | {st.get('logdet', math.nan):.2f} | "
-                 f"{st['jaccard_spice']:.2f} | {st['neg_aligned_frac']:.1%} | "
-                 f"{st['mean_conflict']:.3f} | {st['frac_wrong']:.1%} | {st['frac_dup']:.1%} | "
-                 f"{st['frac_filler']:.1%} |")
+        L.append(
+            f"| {name} | {st['size']} | {st.get('logdet', math.nan):.2f} | "
+            f"{st['jaccard_spice']:.2f} | {st['neg_aligned_frac']:.1%} | "
+            f"{st['mean_conflict']:.3f} | {st['frac_wrong']:.1%} | {st['frac_dup']:.1%} | "
+            f"{st['frac_filler']:.1%} |"
+        )
     sp = r["subset_stats"].get("spice+", {})
     if sp:
         L.append("")
-        L.append(f"SPICE+ (ω = 0.5) kept {sp.get('kept')} of the budget {r['k']} "
-                 f"({sp.get('kept_frac_of_budget', 0):.0%}); stop reason {sp.get('stop_reason')}.")
+        L.append(
+            f"SPICE+ (ω = 0.5) kept {sp.get('kept')} of the budget {r['k']} "
+            f"({sp.get('kept_frac_of_budget', 0):.0%}); stop reason {sp.get('stop_reason')}."
+        )
     th = r["theory"]
     L.append("")
-    L.append("Theory checks on the SPICE (λ = 0.1) run: "
-             f"Spearman(conflict, Δ) = {th['spearman_conflict_gain']:.3f}, "
-             f"Spearman(conflict, |ε|) = {th['spearman_conflict_abs_eps']:.3f}, "
-             f"half-life step of Δ = {th['half_life_step']} of {th['picks']}, "
-             f"curvature c = {th['curvature_c']:.4f} (greedy factor {th['greedy_factor']:.4f}), "
-             f"certified ratio {th['certified_ratio']:.4f}.")
+    L.append(
+        "Theory checks on the SPICE (λ = 0.1) run: "
+        f"Spearman(conflict, Δ) = {th['spearman_conflict_gain']:.3f}, "
+        f"Spearman(conflict, |ε|) = {th['spearman_conflict_abs_eps']:.3f}, "
+        f"half-life step of Δ = {th['half_life_step']} of {th['picks']}, "
+        f"curvature c = {th['curvature_c']:.4f} (greedy factor {th['greedy_factor']:.4f}), "
+        f"certified ratio {th['certified_ratio']:.4f}."
+    )
     L.append("")
     L.append("Accuracy (overall, %) vs budget:")
     L.append("")
@@ -359,8 +415,10 @@ def render_md(r: dict) -> str:
         L.append(f"| {name} | " + " | ".join(_f(c[b]) if b in c else "" for b in bs) + " |")
     cs = r["cost_s"]
     L.append("")
-    L.append(f"Selection cost: proxy warm-up {cs['proxy_warmup']:.1f}s, features "
-             f"{cs['features']:.1f}s, all selections {cs['selection']:.1f}s.")
+    L.append(
+        f"Selection cost: proxy warm-up {cs['proxy_warmup']:.1f}s, features "
+        f"{cs['features']:.1f}s, all selections {cs['selection']:.1f}s."
+    )
     return "\n".join(L) + "\n"
 
 

@@ -84,8 +84,10 @@ def native_code(dt: Any, bf16: bool, name: str = "G") -> tuple[int, Any]:
 def rows_contiguous(arr: Any) -> bool:
     """Elements inside a row are adjacent and rows are a positive whole number of items apart."""
     isz = arr.dtype.itemsize
-    return not ((arr.shape[1] > 1 and arr.strides[1] != isz) or (
-        arr.shape[0] > 1 and (arr.strides[0] <= 0 or arr.strides[0] % isz)))
+    return not (
+        (arr.shape[1] > 1 and arr.strides[1] != isz)
+        or (arr.shape[0] > 1 and (arr.strides[0] <= 0 or arr.strides[0] % isz))
+    )
 
 
 def as_features(G: Any, *, name: str = "G", bf16: bool = False) -> tuple[np.ndarray, int]:
@@ -142,8 +144,9 @@ def row_as_float64(arr: np.ndarray, code: int, rows: Any) -> np.ndarray:
     return np.asarray(sub, dtype=np.float64)
 
 
-def describe_bad_row(arr: np.ndarray, code: int, row: int, alpha: float, *,
-                     row_name: int | None = None) -> str:
+def describe_bad_row(
+    arr: np.ndarray, code: int, row: int, alpha: float, *, row_name: int | None = None
+) -> str:
     """The error message for a row the core refused: a non-finite entry, a squared norm that
     overflows float64, or alpha * ||g||^2 above MAX_ALPHA_NORM2. ``row`` indexes ``arr``;
     ``row_name`` is the number the message gives (default ``row``)."""
@@ -162,8 +165,10 @@ def describe_bad_row(arr: np.ndarray, code: int, row: int, alpha: float, *,
     if lg_n2 > big:
         return f"row {name} of G is too large: ||g||^2 = 1e{lg_n2:.1f} overflows float64; {hint}"
     if lg_an2 > big:
-        return (f"row {name} of G is too large: alpha * ||g||^2 = 1e{lg_an2:.1f} overflows "
-                f"float64 (alpha = {alpha}); {hint}")
+        return (
+            f"row {name} of G is too large: alpha * ||g||^2 = 1e{lg_an2:.1f} overflows "
+            f"float64 (alpha = {alpha}); {hint}"
+        )
     return (
         f"row {name} of G is too large: alpha * ||g||^2 = 1e{lg_an2:.1f} (alpha = {alpha}) "
         f"exceeds {MAX_ALPHA_NORM2:.0e}, beyond which float64 round-off turns the gain of a row "

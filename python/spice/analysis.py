@@ -58,8 +58,10 @@ def _cholesky_checked(K: np.ndarray, what: str) -> np.ndarray:
         L = None
     # Pivot i = L_ii^2 carries a round-off of about eps K_ii (Cholesky's backward error is
     # componentwise, (|L||L^T|)_ii = K_ii), whatever the scale of row i.
-    if L is None or not np.isfinite(L).all() or not np.all(
-        np.diagonal(L) ** 2 > _PIVOT_FLOOR * np.diagonal(K)
+    if (
+        L is None
+        or not np.isfinite(L).all()
+        or not np.all(np.diagonal(L) ** 2 > _PIVOT_FLOOR * np.diagonal(K))
     ):
         raise ValueError(
             f"{what} cannot be resolved in float64: the rows are (nearly) linearly dependent at "

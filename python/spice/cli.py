@@ -18,14 +18,27 @@ from pathlib import Path
 from typing import Any
 
 # optional dependencies -> the extra of spice-select that installs them
-_EXTRAS = {"torch": "hf", "transformers": "hf", "peft": "hf", "tqdm": "hf", "safetensors": "hf",
-           "tokenizers": "hf", "matplotlib": "report", "pyarrow": "parquet",
-           "datasets": "hf-datasets"}
+_EXTRAS = {
+    "torch": "hf",
+    "transformers": "hf",
+    "peft": "hf",
+    "tqdm": "hf",
+    "safetensors": "hf",
+    "tokenizers": "hf",
+    "matplotlib": "report",
+    "pyarrow": "parquet",
+    "datasets": "hf-datasets",
+}
 _INSTALL = "pip install 'spice-select["
 
 
-def _number(kind: type, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-            hi_open: bool = False) -> Any:
+def _number(
+    kind: type,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> Any:
     """An argparse type: a finite int/float within [lo, hi] (open ends where asked)."""
 
     def parse(text: str) -> Any:
@@ -36,8 +49,9 @@ def _number(kind: type, lo: float | None = None, hi: float | None = None, lo_ope
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
         if isinstance(v, float) and not math.isfinite(v):
             raise argparse.ArgumentTypeError(f"{text!r} is not finite")
-        bad = (lo is not None and (v <= lo if lo_open else v < lo)) or \
-              (hi is not None and (v >= hi if hi_open else v > hi))
+        bad = (lo is not None and (v <= lo if lo_open else v < lo)) or (
+            hi is not None and (v >= hi if hi_open else v > hi)
+        )
         if bad:
             left = "(" if lo_open else "["
             right = ")" if hi_open else "]"
@@ -76,13 +90,27 @@ def _extract(args: argparse.Namespace, out: Path) -> Any:
         kw["max_batch_tokens"] = args.max_batch_tokens
     if args.chunk_rows is not None:
         kw["shard_rows"] = args.chunk_rows
-    return extract(model, tok, args.data, out=out, dim=args.dim, projection=args.projection,
-                   lora=lora, loss_on=args.loss_on, max_length=args.max_length,
-                   batch_size=args.batch_size, shard=args.shard, seed=args.seed,
-                   dtype=args.dtype, progress=not args.quiet,
-                   checkpoint_seconds=args.checkpoint_seconds,
-                   invalid="skip" if args.skip_invalid else "error", split=args.split,
-                   columns=args.columns, **kw)
+    return extract(
+        model,
+        tok,
+        args.data,
+        out=out,
+        dim=args.dim,
+        projection=args.projection,
+        lora=lora,
+        loss_on=args.loss_on,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        shard=args.shard,
+        seed=args.seed,
+        dtype=args.dtype,
+        progress=not args.quiet,
+        checkpoint_seconds=args.checkpoint_seconds,
+        invalid="skip" if args.skip_invalid else "error",
+        split=args.split,
+        columns=args.columns,
+        **kw,
+    )
 
 
 def _unused(args: argparse.Namespace) -> tuple[str, ...]:
@@ -102,14 +130,29 @@ def cmd_features(args: argparse.Namespace) -> int:
 def _select_into(args: argparse.Namespace, store: Any, out: Path, extra: dict) -> int:
     from .pipeline import select_to_dir
 
-    sel = select_to_dir(store, args.data, out, _budget(args), alpha=args.alpha,
-                        conflict_penalty=args.penalty, early_stop=args.early_stop,
-                        method=args.method, objective=args.objective, seed=args.seed,
-                        overwrite=args.overwrite, extra_config=extra, spill_dir=args.spill_dir,
-                        verify=not args.no_verify, split=args.split, columns=args.columns)
+    sel = select_to_dir(
+        store,
+        args.data,
+        out,
+        _budget(args),
+        alpha=args.alpha,
+        conflict_penalty=args.penalty,
+        early_stop=args.early_stop,
+        method=args.method,
+        objective=args.objective,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        extra_config=extra,
+        spill_dir=args.spill_dir,
+        verify=not args.no_verify,
+        split=args.split,
+        columns=args.columns,
+    )
     print(sel.summary())
-    print(f"spice: subset, indices.npy, selection.json, scores.csv, dataset_info.json "
-          f"(LLaMA-Factory), axolotl_dataset.yaml and trl_sft.py are in {out}")
+    print(
+        f"spice: subset, indices.npy, selection.json, scores.csv, dataset_info.json "
+        f"(LLaMA-Factory), axolotl_dataset.yaml and trl_sft.py are in {out}"
+    )
     return 0
 
 
@@ -124,8 +167,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import check_out_dir, removed_if_failed, require_extras
 
     # the report comes last: a missing extra must stop the run before the work, not after it
-    require_extras("spice run", "hf", *(() if args.no_report else ("report",)),
-                   unused=_unused(args))
+    require_extras(
+        "spice run", "hf", *(() if args.no_report else ("report",)), unused=_unused(args)
+    )
     out = check_out_dir(args.out, args.overwrite, "selection.json")
     with removed_if_failed(out):  # a failed first step leaves no empty folder behind
         store = _extract(args, out / "features")
@@ -155,8 +199,18 @@ def _online(args: argparse.Namespace, out: Path) -> int:
     from .pipeline import load_model, versions
 
     over: dict[str, Any] = {}
-    for name in ("pool_size", "picks_per_pool", "update_every", "lr", "early_stop", "alpha",
-                 "dim", "batch_size", "max_length", "seed"):
+    for name in (
+        "pool_size",
+        "picks_per_pool",
+        "update_every",
+        "lr",
+        "early_stop",
+        "alpha",
+        "dim",
+        "batch_size",
+        "max_length",
+        "seed",
+    ):
         v = getattr(args, name)
         if v is not None:
             over[name] = v
@@ -169,8 +223,9 @@ def _online(args: argparse.Namespace, out: Path) -> int:
     source = resolve_source(args.data, args.split)
     model, tok, _ = load_model(args.model, args.gguf_file)
     t0 = time.perf_counter()
-    res = run_online(model, tok, records, out / "online", cfg, resume=not args.restart,
-                     progress=not args.quiet)
+    res = run_online(
+        model, tok, records, out / "online", cfg, resume=not args.restart, progress=not args.quiet
+    )
     if source is not None:
         write_dataset_subset(source, res.indices, out)
     else:
@@ -178,13 +233,24 @@ def _online(args: argparse.Namespace, out: Path) -> int:
     write_json(out / "timing.json", {"elapsed_s": time.perf_counter() - t0})
     from dataclasses import asdict
 
-    write_json(out / "selection.json", {"mode": "online", "indices": res.indices,
-                                        "pools": res.pools, "optimizer_steps": res.steps,
-                                        "config": asdict(cfg), "preset": args.preset,
-                                        "data": str(Path(args.data).resolve()),
-                                        "model": args.model, "versions": versions()})
-    print(f"spice online: {len(res.indices)} picks from {len(res.pools)} pools, "
-          f"{res.steps} optimizer steps; outputs in {out}")
+    write_json(
+        out / "selection.json",
+        {
+            "mode": "online",
+            "indices": res.indices,
+            "pools": res.pools,
+            "optimizer_steps": res.steps,
+            "config": asdict(cfg),
+            "preset": args.preset,
+            "data": str(Path(args.data).resolve()),
+            "model": args.model,
+            "versions": versions(),
+        },
+    )
+    print(
+        f"spice online: {len(res.indices)} picks from {len(res.pools)} pools, "
+        f"{res.steps} optimizer steps; outputs in {out}"
+    )
     return 0
 
 
@@ -212,9 +278,12 @@ _FINITE_POS = _number(float, 0, lo_open=True)
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True,
-                   help="local model directory, Hugging Face id (offline cache), or the "
-                        "directory holding --gguf-file")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="local model directory, Hugging Face id (offline cache), or the "
+        "directory holding --gguf-file",
+    )
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model")
 
 
@@ -226,7 +295,7 @@ def _columns(text: str) -> dict[str, str]:
     except ValueError as e:  # argparse says "argument --columns:" itself
         msg = str(e)
         for prefix in ("--columns: ", "columns: "):
-            msg = msg[len(prefix):] if msg.startswith(prefix) else msg
+            msg = msg[len(prefix) :] if msg.startswith(prefix) else msg
         raise argparse.ArgumentTypeError(msg) from None
 
 
@@ -234,84 +303,154 @@ _columns.__name__ = "columns"  # argparse names the type in its messages
 
 
 def _add_hf_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--split", default=None,
-                   help="the split to read when --data is a DatasetDict save_to_disk folder "
-                        "(one with dataset_dict.json)")
-    p.add_argument("--columns", type=_columns, default=None,
-                   help="where the fields are in an unusual schema, e.g. "
-                        "prompt=question,response=answer or messages=dialog,system=sys "
-                        "(fields: prompt, response, messages, system)")
+    p.add_argument(
+        "--split",
+        default=None,
+        help="the split to read when --data is a DatasetDict save_to_disk folder "
+        "(one with dataset_dict.json)",
+    )
+    p.add_argument(
+        "--columns",
+        type=_columns,
+        default=None,
+        help="where the fields are in an unusual schema, e.g. "
+        "prompt=question,response=answer or messages=dialog,system=sys "
+        "(fields: prompt, response, messages, system)",
+    )
 
 
-_DATA_HELP = ("records: JSONL, JSON, Parquet or Arrow file, or a Hugging Face datasets "
-              "save_to_disk folder")
+_DATA_HELP = (
+    "records: JSONL, JSON, Parquet or Arrow file, or a Hugging Face datasets save_to_disk folder"
+)
 
 
 def _add_data(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--data", required=True, help=what)
     _add_hf_data(p)
-    p.add_argument("--seed", type=_number(int, 0), default=0,
-                   help="seed of the projection, the stochastic method and random choices")
+    p.add_argument(
+        "--seed",
+        type=_number(int, 0),
+        default=0,
+        help="seed of the projection, the stochastic method and random choices",
+    )
 
 
 def _add_feature_opts(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lora-r", type=_number(int, 0), default=8,
-                   help="LoRA rank (0: the model's own linear layers)")
+    p.add_argument(
+        "--lora-r",
+        type=_number(int, 0),
+        default=8,
+        help="LoRA rank (0: the model's own linear layers)",
+    )
     p.add_argument("--dim", type=_INT1, default=8192, help="feature dimension d")
-    p.add_argument("--projection", default="factorized", choices=["factorized", "dense", "none"],
-                   help="how per-layer gradients are projected to --dim columns")
-    p.add_argument("--loss-on", default="response", choices=["response", "all"],
-                   help="tokens in the per-sample loss")
-    p.add_argument("--max-length", type=_number(int, 2), default=512,
-                   help="tokens per record; longer ones keep their response (docs/data.md)")
+    p.add_argument(
+        "--projection",
+        default="factorized",
+        choices=["factorized", "dense", "none"],
+        help="how per-layer gradients are projected to --dim columns",
+    )
+    p.add_argument(
+        "--loss-on",
+        default="response",
+        choices=["response", "all"],
+        help="tokens in the per-sample loss",
+    )
+    p.add_argument(
+        "--max-length",
+        type=_number(int, 2),
+        default=512,
+        help="tokens per record; longer ones keep their response (docs/data.md)",
+    )
     p.add_argument("--batch-size", type=_INT1, default=64, help="most records per batch")
-    p.add_argument("--max-batch-tokens", type=_INT1, default=None,
-                   help="pack batches up to this many padded tokens (default: the library's, "
-                        "512; raise it on a GPU)")
-    p.add_argument("--dtype", default="float16", choices=["float16", "float32"],
-                   help="storage type of the feature rows")
-    p.add_argument("--shard", type=_shard, default="0/1",
-                   help="i/N: this process's part of the records")
-    p.add_argument("--chunk-rows", type=_INT1, default=None,
-                   help="rows per resumable chunk of the store (default: the library's, 4096)")
-    p.add_argument("--checkpoint-seconds", type=_FINITE_POS, default=60.0,
-                   help="save partial progress at least this often")
-    p.add_argument("--skip-invalid", action="store_true",
-                   help="keep malformed records as skipped zero rows instead of stopping")
+    p.add_argument(
+        "--max-batch-tokens",
+        type=_INT1,
+        default=None,
+        help="pack batches up to this many padded tokens (default: the library's, "
+        "512; raise it on a GPU)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="float16",
+        choices=["float16", "float32"],
+        help="storage type of the feature rows",
+    )
+    p.add_argument(
+        "--shard", type=_shard, default="0/1", help="i/N: this process's part of the records"
+    )
+    p.add_argument(
+        "--chunk-rows",
+        type=_INT1,
+        default=None,
+        help="rows per resumable chunk of the store (default: the library's, 4096)",
+    )
+    p.add_argument(
+        "--checkpoint-seconds",
+        type=_FINITE_POS,
+        default=60.0,
+        help="save partial progress at least this often",
+    )
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="keep malformed records as skipped zero rows instead of stopping",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
 def _add_select_opts(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--fraction", type=_number(float, 0, 1, lo_open=True), default=0.1,
-                   help="budget as a fraction of the rows, in (0, 1]")
-    g.add_argument("--k", type=_INT1, default=None, help="budget as a count (overrides "
-                   "--fraction)")
-    p.add_argument("--alpha", type=_FINITE_POS, default=1.0,
-                   help="α in log det(I + α Σ g gᵀ)")
+    g.add_argument(
+        "--fraction",
+        type=_number(float, 0, 1, lo_open=True),
+        default=0.1,
+        help="budget as a fraction of the rows, in (0, 1]",
+    )
+    g.add_argument("--k", type=_INT1, default=None, help="budget as a count (overrides --fraction)")
+    p.add_argument("--alpha", type=_FINITE_POS, default=1.0, help="α in log det(I + α Σ g gᵀ)")
     p.add_argument("--penalty", type=_number(float, 0), default=0.1, help="conflict penalty λ")
-    p.add_argument("--early-stop", type=_number(float, 0, 1, lo_open=True, hi_open=True),
-                   default=None, help="SPICE+: stop when the gain falls below ω × the first, "
-                                      "ω in (0, 1)")
-    p.add_argument("--method", default="lazy", choices=["lazy", "naive", "stochastic"],
-                   help="greedy variant (lazy and naive pick the same rows)")
-    p.add_argument("--objective", default="logdet",
-                   choices=["logdet", "diag-compat", "topk-compat"],
-                   help="logdet: the paper's; the others reproduce the authors' released code")
+    p.add_argument(
+        "--early-stop",
+        type=_number(float, 0, 1, lo_open=True, hi_open=True),
+        default=None,
+        help="SPICE+: stop when the gain falls below ω × the first, ω in (0, 1)",
+    )
+    p.add_argument(
+        "--method",
+        default="lazy",
+        choices=["lazy", "naive", "stochastic"],
+        help="greedy variant (lazy and naive pick the same rows)",
+    )
+    p.add_argument(
+        "--objective",
+        default="logdet",
+        choices=["logdet", "diag-compat", "topk-compat"],
+        help="logdet: the paper's; the others reproduce the authors' released code",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing result")
-    p.add_argument("--spill-dir", default=None,
-                   help="keep the run's w rows (k x d float64) in a temporary file in this "
-                        "directory instead of RAM (same results)")
-    p.add_argument("--no-verify", action="store_true",
-                   help="skip checking the store's rows against their checksums")
+    p.add_argument(
+        "--spill-dir",
+        default=None,
+        help="keep the run's w rows (k x d float64) in a temporary file in this "
+        "directory instead of RAM (same results)",
+    )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip checking the store's rows against their checksums",
+    )
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Shows "(default: …)" where there is a default to show (not for flags or required ones)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.required or action.default is None or action.default is False \
-                or action.default == argparse.SUPPRESS:
+        if (
+            action.required
+            or action.default is None
+            or action.default is False
+            or action.default == argparse.SUPPRESS
+        ):
             return action.help
         return super()._get_help_string(action)
 
@@ -323,8 +462,9 @@ def _sub(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = argparse.ArgumentParser(prog="spice", description="SPICE data selection for LLM tuning",
-                                formatter_class=_Help)
+    p = argparse.ArgumentParser(
+        prog="spice", description="SPICE data selection for LLM tuning", formatter_class=_Help
+    )
     p.add_argument("--version", action="version", version=f"spice-select {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -338,8 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = _sub(sub, "select", "select from a feature store and write the subset")
     s.add_argument("--features", required=True, help="feature store directory")
-    _add_data(s, "the data the features were made from (read with the same --split and "
-                 "--columns)")
+    _add_data(s, "the data the features were made from (read with the same --split and --columns)")
     s.add_argument("--out", required=True, help="output directory")
     _add_select_opts(s)
     s.set_defaults(func=cmd_select)
@@ -358,18 +497,27 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--data", required=True, help=_DATA_HELP)
     _add_hf_data(o)
     o.add_argument("--out", required=True, help="run directory (checkpoint and outputs)")
-    o.add_argument("--preset", default="paper", choices=["paper", "authors", "authors-conflict"],
-                   help="the schedule's settings; the options below override them")
+    o.add_argument(
+        "--preset",
+        default="paper",
+        choices=["paper", "authors", "authors-conflict"],
+        help="the schedule's settings; the options below override them",
+    )
     unset = " (default: the preset's)"
     for name, typ, what in (
-            ("pool-size", _INT1, "records per pool"), ("picks-per-pool", _INT1, "picks per pool"),
-            ("update-every", _INT1, "pools per proxy update"), ("lr", _FINITE_POS,
-                                                                 "proxy learning rate"),
-            ("early-stop", _number(float, 0, 1, lo_open=True, hi_open=True), "SPICE+ ω"),
-            ("alpha", _FINITE_POS, "α"), ("penalty", _number(float, 0), "conflict penalty λ"),
-            ("dim", _INT1, "feature dimension d"), ("batch-size", _INT1, "records per batch"),
-            ("max-length", _number(int, 2), "tokens per record"),
-            ("seed", _number(int, 0), "seed"), ("lora-r", _INT1, "LoRA rank")):
+        ("pool-size", _INT1, "records per pool"),
+        ("picks-per-pool", _INT1, "picks per pool"),
+        ("update-every", _INT1, "pools per proxy update"),
+        ("lr", _FINITE_POS, "proxy learning rate"),
+        ("early-stop", _number(float, 0, 1, lo_open=True, hi_open=True), "SPICE+ ω"),
+        ("alpha", _FINITE_POS, "α"),
+        ("penalty", _number(float, 0), "conflict penalty λ"),
+        ("dim", _INT1, "feature dimension d"),
+        ("batch-size", _INT1, "records per batch"),
+        ("max-length", _number(int, 2), "tokens per record"),
+        ("seed", _number(int, 0), "seed"),
+        ("lora-r", _INT1, "LoRA rank"),
+    ):
         o.add_argument(f"--{name}", type=typ, default=None, help=what + unset)
     o.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     o.add_argument("--overwrite", action="store_true", help="replace an existing result")
@@ -381,11 +529,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=cmd_report)
 
     d = _sub(sub, "demo", "the embedded default: synthetic data, tiny model, 10%%")
-    d.add_argument("--out", default="spice-demo",
-                   help="output folder (a previous demo there is replaced)")
+    d.add_argument(
+        "--out", default="spice-demo", help="output folder (a previous demo there is replaced)"
+    )
     d.add_argument("--quick", action="store_true", help="a smaller run (seconds)")
-    d.add_argument("--overwrite", action="store_true",
-                   help="also replace a folder that does not hold a demo")
+    d.add_argument(
+        "--overwrite", action="store_true", help="also replace a folder that does not hold a demo"
+    )
     d.set_defaults(func=cmd_demo)
     return p
 
@@ -395,8 +545,10 @@ def _error_text(e: BaseException) -> str:
     if isinstance(e, ModuleNotFoundError) and e.name and _INSTALL not in str(e):
         root = e.name.split(".")[0]
         if root in _EXTRAS:
-            return (f"this needs {root}, which is not installed: "
-                    f"pip install 'spice-select[{_EXTRAS[root]}]'")
+            return (
+                f"this needs {root}, which is not installed: "
+                f"pip install 'spice-select[{_EXTRAS[root]}]'"
+            )
     text = str(e).strip()
     return text if text else type(e).__name__
 

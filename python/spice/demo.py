@@ -18,9 +18,23 @@ __all__ = ["run_demo"]
 
 # What a demo writes; a folder holding only these (and the marker) is a demo folder.
 _MARKER = ".spice-demo"
-_OWNED = {_MARKER, "data.jsonl", "features", "subset.jsonl", "selection.json", "scores.csv",
-          "dataset_info.json", "timing.json", "report.md", "gains.png", "epsilon.png",
-          "conflict.png", "indices.npy", "axolotl_dataset.yaml", "trl_sft.py"}
+_OWNED = {
+    _MARKER,
+    "data.jsonl",
+    "features",
+    "subset.jsonl",
+    "selection.json",
+    "scores.csv",
+    "dataset_info.json",
+    "timing.json",
+    "report.md",
+    "gains.png",
+    "epsilon.png",
+    "conflict.png",
+    "indices.npy",
+    "axolotl_dataset.yaml",
+    "trl_sft.py",
+}
 
 
 def _clear_demo_folder(out: Path, overwrite: bool) -> None:
@@ -47,8 +61,9 @@ def _clear_demo_folder(out: Path, overwrite: bool) -> None:
             p.unlink()
 
 
-def run_demo(out: str | os.PathLike = "spice-demo", quick: bool = False,
-             overwrite: bool = False) -> dict:
+def run_demo(
+    out: str | os.PathLike = "spice-demo", quick: bool = False, overwrite: bool = False
+) -> dict:
     """Run the demo into ``out``; returns a dict of what was written.
 
     The demo owns its folder: running it again (quick or not) replaces the previous demo there.
@@ -73,17 +88,39 @@ def run_demo(out: str | os.PathLike = "spice-demo", quick: bool = False,
     data = toy.make_instruction_data(n, seed=0)
     data_path = out / "data.jsonl"
     data_path.write_text("".join(json.dumps(r) + "\n" for r in data), encoding="utf-8")
-    tok = toy.train_tokenizer([r["instruction"] + " " + r["input"] + " " + r["output"]
-                               for r in data], vocab_size=400)
+    tok = toy.train_tokenizer(
+        [r["instruction"] + " " + r["input"] + " " + r["output"] for r in data], vocab_size=400
+    )
     model = toy.tiny_llama(len(tok), hidden=64, layers=2, seed=0)
-    print(f"spice demo: {n} synthetic records, tiny Llama "
-          f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters)", flush=True)
-    store = extract(model, tok, data_path, out=out / "features", dim=512, projection="factorized",
-                    lora=LoraSpec(r=8), max_length=64, batch_size=32, dtype="float32",
-                    max_batch_tokens=None,  # a 0.13M model: 32 rows of 64 tokens are cheap
-                    resume=False, progress=not quick)
-    sel = select_to_dir(store, data_path, out, 0.1, conflict_penalty=0.1, overwrite=True,
-                        extra_config={"model": "spice.toy.tiny_llama(hidden=64, layers=2)"})
+    print(
+        f"spice demo: {n} synthetic records, tiny Llama "
+        f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters)",
+        flush=True,
+    )
+    store = extract(
+        model,
+        tok,
+        data_path,
+        out=out / "features",
+        dim=512,
+        projection="factorized",
+        lora=LoraSpec(r=8),
+        max_length=64,
+        batch_size=32,
+        dtype="float32",
+        max_batch_tokens=None,  # a 0.13M model: 32 rows of 64 tokens are cheap
+        resume=False,
+        progress=not quick,
+    )
+    sel = select_to_dir(
+        store,
+        data_path,
+        out,
+        0.1,
+        conflict_penalty=0.1,
+        overwrite=True,
+        extra_config={"model": "spice.toy.tiny_llama(hidden=64, layers=2)"},
+    )
     paths = make_report(out)
     fams: dict[str, int] = {}
     for i in sel.indices:
@@ -91,7 +128,15 @@ def run_demo(out: str | os.PathLike = "spice-demo", quick: bool = False,
     print(sel.summary())
     print(f"picks per family: {dict(sorted(fams.items()))}")
     print(f"spice demo: done in {time.perf_counter() - t0:.1f} s; outputs in {out}/:")
-    for name in ("subset.jsonl", "selection.json", "scores.csv", "dataset_info.json",
-                 "report.md", "gains.png", "epsilon.png", "conflict.png"):
+    for name in (
+        "subset.jsonl",
+        "selection.json",
+        "scores.csv",
+        "dataset_info.json",
+        "report.md",
+        "gains.png",
+        "epsilon.png",
+        "conflict.png",
+    ):
         print(f"  {Path(out) / name}")
     return {"selection": sel, "out": Path(out), "report": paths}

@@ -145,8 +145,10 @@ def kernel_source_path() -> Path:
     env = os.environ.get("SPICE_CUDA_KERNELS")
     if env:
         candidates.append(Path(env))
-    candidates += [here / "cuda" / "spice_kernels.cu",
-                   here.parent.parent / "csrc" / "cuda" / "spice_kernels.cu"]
+    candidates += [
+        here / "cuda" / "spice_kernels.cu",
+        here.parent.parent / "csrc" / "cuda" / "spice_kernels.cu",
+    ]
     for p in candidates:
         if p.is_file():
             return p
@@ -319,9 +321,18 @@ class _CupyOps:
 
     def norms(self) -> Any:
         out = self.xp.empty(self.n, dtype=self.xp.float64)
-        self._norms((self._grid_rows(self.n),), (_THREADS,),
-                    (self.G, np.int64(self.n), np.int64(self.d), np.int64(self.stride),
-                     np.int32(self.vec), out))
+        self._norms(
+            (self._grid_rows(self.n),),
+            (_THREADS,),
+            (
+                self.G,
+                np.int64(self.n),
+                np.int64(self.d),
+                np.int64(self.stride),
+                np.int32(self.vec),
+                out,
+            ),
+        )
         return out
 
     def step_vec(self, x: Any, out: Any | None = None) -> Any:
@@ -336,32 +347,89 @@ class _CupyOps:
         self._permute((self._grid_flat(self.dp),), (256,), (x, self.perm, np.int64(self.dp), out))
         return out
 
-    def step(self, st: _State, cand: Any | None, w: Any | None, s: Any | None, snorm: Any,
-             t: int, alpha: float, lam: float, count: bool) -> np.ndarray:
+    def step(
+        self,
+        st: _State,
+        cand: Any | None,
+        w: Any | None,
+        s: Any | None,
+        snorm: Any,
+        t: int,
+        alpha: float,
+        lam: float,
+        count: bool,
+    ) -> np.ndarray:
         m = self.n if cand is None else int(cand.size)
         grid = self._grid_rows(m)
         N = self._NULL
-        self._step((grid,), (_THREADS,), (
-            self.G, np.int64(self.d), np.int64(self.stride), np.int32(self.vec),
-            N if cand is None else cand, np.int64(m), N if w is None else w,
-            N if s is None else s, snorm, np.float64(t), st.norm2, st.q, st.state, st.delta,
-            st.align, st.score, np.float64(alpha), np.float64(lam), self.part_score,
-            self.part_idx, self.evals_dev if count else N))
-        self._argmax((1,), (1024,), (self.part_score, self.part_idx, np.int64(grid), st.delta,
-                                     st.align, st.q, self.out))
+        self._step(
+            (grid,),
+            (_THREADS,),
+            (
+                self.G,
+                np.int64(self.d),
+                np.int64(self.stride),
+                np.int32(self.vec),
+                N if cand is None else cand,
+                np.int64(m),
+                N if w is None else w,
+                N if s is None else s,
+                snorm,
+                np.float64(t),
+                st.norm2,
+                st.q,
+                st.state,
+                st.delta,
+                st.align,
+                st.score,
+                np.float64(alpha),
+                np.float64(lam),
+                self.part_score,
+                self.part_idx,
+                self.evals_dev if count else N,
+            ),
+        )
+        self._argmax(
+            (1,),
+            (1024,),
+            (self.part_score, self.part_idx, np.int64(grid), st.delta, st.align, st.q, self.out),
+        )
         return self.xp.asnumpy(self.out)
 
     def pick(self, st: _State, j: int, s: Any, g64: Any, a_out: Any, sn_out: Any) -> None:
-        self._pick((1,), (1024,), (self.G, np.int64(self.d), np.int64(self.stride), np.int64(j),
-                                   s, g64, a_out, sn_out, st.state))
+        self._pick(
+            (1,),
+            (1024,),
+            (
+                self.G,
+                np.int64(self.d),
+                np.int64(self.stride),
+                np.int64(j),
+                s,
+                g64,
+                a_out,
+                sn_out,
+                st.state,
+            ),
+        )
 
-    def finish_w(self, g: Any, v: Any | None, scale: float, w_out: Any,
-                 w_perm: Any | None) -> Any:
+    def finish_w(self, g: Any, v: Any | None, scale: float, w_out: Any, w_perm: Any | None) -> Any:
         top = max(self.d, self.dp)
         N = self._NULL
-        self._finish((self._grid_flat(top),), (256,), (
-            g, N if v is None else v, np.float64(scale), np.int64(self.d), w_out,
-            N if not self.vec else self.perm, np.int64(self.dp), N if not self.vec else w_perm))
+        self._finish(
+            (self._grid_flat(top),),
+            (256,),
+            (
+                g,
+                N if v is None else v,
+                np.float64(scale),
+                np.int64(self.d),
+                w_out,
+                N if not self.vec else self.perm,
+                np.int64(self.dp),
+                N if not self.vec else w_perm,
+            ),
+        )
         return w_perm if self.vec else w_out
 
     def rank1(self, M: Any, w: Any) -> None:
@@ -369,20 +437,38 @@ class _CupyOps:
 
     def gather(self, cand: Any, out: Any) -> None:
         m = int(cand.size)
-        self._gather((self._grid_flat(m * self.d),), (256,), (
-            self.G, np.int64(self.d), np.int64(self.stride), cand, np.int64(m), out))
+        self._gather(
+            (self._grid_flat(m * self.d),),
+            (256,),
+            (self.G, np.int64(self.d), np.int64(self.stride), cand, np.int64(m), out),
+        )
 
     def catchup(self, RT: Any, S: int, s0: int, cand: Any, m: int, tq: Any, q: Any) -> None:
-        self._catchup((self._grid_flat(m, 128),), (128,), (
-            RT, np.int64(S), np.int64(RT.shape[1]), np.int64(s0), np.int64(m), cand, tq, q))
+        self._catchup(
+            (self._grid_flat(m, 128),),
+            (128,),
+            (RT, np.int64(S), np.int64(RT.shape[1]), np.int64(s0), np.int64(m), cand, tq, q),
+        )
 
     def compact(self, st: _State, ub: Any, stamp: Any, cur: int, theta: float) -> Any:
         cp = self.xp
         while True:
             self.counter.fill(0)
-            self._compact((self._grid_flat(self.n, 256, 8 * self.sms),), (256,), (
-                ub, st.state, stamp, np.int32(cur), np.int64(self.n), np.float64(theta),
-                self.cbuf, np.int64(self.cap), self.counter))
+            self._compact(
+                (self._grid_flat(self.n, 256, 8 * self.sms),),
+                (256,),
+                (
+                    ub,
+                    st.state,
+                    stamp,
+                    np.int32(cur),
+                    np.int64(self.n),
+                    np.float64(theta),
+                    self.cbuf,
+                    np.int64(self.cap),
+                    self.counter,
+                ),
+            )
             cnt = int(cp.asnumpy(self.counter)[0])
             if cnt <= self.cap:
                 return cp.sort(self.cbuf[:cnt])
@@ -423,8 +509,18 @@ class _NumpyOps:
     def step_vec(self, x: np.ndarray, out: Any | None = None) -> np.ndarray:
         return x.copy()
 
-    def step(self, st: _State, cand: Any | None, w: Any | None, s: Any | None, snorm: Any,
-             t: int, alpha: float, lam: float, count: bool) -> np.ndarray:
+    def step(
+        self,
+        st: _State,
+        cand: Any | None,
+        w: Any | None,
+        s: Any | None,
+        snorm: Any,
+        t: int,
+        alpha: float,
+        lam: float,
+        count: bool,
+    ) -> np.ndarray:
         idx = np.arange(self.n) if cand is None else np.asarray(cand)
         live = idx[st.state[idx] == ALIVE]
         if count:
@@ -471,8 +567,7 @@ class _NumpyOps:
         sn_out[...] = math.sqrt(float(np.dot(s, s)))
         st.state[j] = PICKED
 
-    def finish_w(self, g: Any, v: Any | None, scale: float, w_out: Any,
-                 w_perm: Any | None) -> Any:
+    def finish_w(self, g: Any, v: Any | None, scale: float, w_out: Any, w_perm: Any | None) -> Any:
         w_out[:] = (g if v is None else g - v) * scale
         return w_out
 
@@ -494,8 +589,7 @@ class _NumpyOps:
         q[rows] = qv
 
     def compact(self, st: _State, ub: Any, stamp: Any, cur: int, theta: float) -> np.ndarray:
-        return np.flatnonzero((st.state == ALIVE) & (stamp != cur) & (ub >= theta)).astype(
-            np.int64)
+        return np.flatnonzero((st.state == ALIVE) & (stamp != cur) & (ub >= theta)).astype(np.int64)
 
     def evals(self) -> int:
         return self.evals_count
@@ -544,8 +638,17 @@ def _better(s: float, i: int, bs: float, bi: int) -> bool:
 
 
 class _Driver:
-    def __init__(self, ops: Any, k: int, alpha: float, lam: float, omega: float,
-                 progress: ProgressFn | None, minv_factor: float, lazy_batch: int) -> None:
+    def __init__(
+        self,
+        ops: Any,
+        k: int,
+        alpha: float,
+        lam: float,
+        omega: float,
+        progress: ProgressFn | None,
+        minv_factor: float,
+        lazy_batch: int,
+    ) -> None:
         self.ops, self.xp = ops, ops.xp
         self.n, self.d = ops.n, ops.d
         self.k, self.alpha, self.lam, self.omega = k, alpha, lam, omega
@@ -584,8 +687,9 @@ class _Driver:
         self.svec: Any = None  # s as the step kernel reads it (lambda > 0)
         self.minv: Any = None
         lim = self.minv_factor * d
-        self.minv_at = (math.ceil(lim) if self.minv_factor > 0 and k > lim
-                        and d * d * 8 <= (1 << 30) else -1)
+        self.minv_at = (
+            math.ceil(lim) if self.minv_factor > 0 and k > lim and d * d * 8 <= (1 << 30) else -1
+        )
         return -1
 
     def conflict_arg(self) -> Any:
@@ -607,7 +711,7 @@ class _Driver:
         self.gains.append(float(out[2]))
         self.scores.append(float(out[1]))
         self.align_step.append(float(out[3]))
-        ops.pick(self.st, j, self.s, self.g64, self.A[t:t + 1], self.SN[t + 1:t + 2])
+        ops.pick(self.st, j, self.s, self.g64, self.A[t : t + 1], self.SN[t + 1 : t + 2])
         scale = math.sqrt(self.alpha / (1.0 + self.alpha * float(out[4])))
         if t == 0:
             self.wvec = ops.finish_w(self.g64, None, scale, self.W[0], self.wbuf)
@@ -623,7 +727,7 @@ class _Driver:
             self.svec = ops.step_vec(self.s, self.sbuf)
         self.t = t + 1
         if self.minv is None and self.t == self.minv_at:
-            Wt = self.W[:self.t]
+            Wt = self.W[: self.t]
             self.minv = xp.eye(self.d, dtype=xp.float64) - Wt.T @ Wt
 
     def tick(self) -> bool:
@@ -664,11 +768,12 @@ class _Driver:
                 cc = cs[a:b]
                 ops.gather(cc, self.gbuf)
                 for s0 in range(lo, t, SB):
-                    RT = _rowdots(xp, self.W[s0:s0 + SB], self.gbuf)  # (SB, MB)
+                    RT = _rowdots(xp, self.W[s0 : s0 + SB], self.gbuf)  # (SB, MB)
                     ops.catchup(RT, min(SB, t - s0), s0, cc, b - a, self.tq, st.q)
             self.tq[cand] = t
-        out = ops.step(st, cand, None, self.conflict_arg(), self.SN[t:t + 1], t, self.alpha,
-                       self.lam, True)
+        out = ops.step(
+            st, cand, None, self.conflict_arg(), self.SN[t : t + 1], t, self.alpha, self.lam, True
+        )
         self.ub[cand] = st.delta[cand]
         return out
 
@@ -679,8 +784,17 @@ class _Driver:
         qt = 0
         while self.t < self.k:
             t = self.t
-            out = ops.step(st, None, self.wvec if qt < t else None, self.conflict_arg(),
-                           self.SN[t:t + 1], t, self.alpha, self.lam, True)
+            out = ops.step(
+                st,
+                None,
+                self.wvec if qt < t else None,
+                self.conflict_arg(),
+                self.SN[t : t + 1],
+                t,
+                self.alpha,
+                self.lam,
+                True,
+            )
             qt = t
             if self.stop_before(out):
                 break
@@ -688,8 +802,17 @@ class _Driver:
             if not self.tick():
                 return
         if qt < self.t:  # the last w: make every q exact for the certificate
-            ops.step(st, None, self.wvec, None, self.SN[self.t:self.t + 1], self.t, self.alpha,
-                     self.lam, False)
+            ops.step(
+                st,
+                None,
+                self.wvec,
+                None,
+                self.SN[self.t : self.t + 1],
+                self.t,
+                self.alpha,
+                self.lam,
+                False,
+            )
 
     def _theta1(self, B: int) -> float:
         xp, st = self.xp, self.st
@@ -730,8 +853,9 @@ class _Driver:
                 out = self.refresh(cand)
                 if rnd == 2:
                     round2 = int(cand.size)
-                if out[0] >= 0 and (best[0] < 0 or _better(out[1], int(out[0]), best[1],
-                                                            int(best[0]))):
+                if out[0] >= 0 and (
+                    best[0] < 0 or _better(out[1], int(out[0]), best[1], int(best[0]))
+                ):
                     best = out
             if self.lazy_batch <= 0:
                 B = min(1 << 20, 2 * B) if round2 else max(32, (B * 4) // 5)
@@ -832,18 +956,37 @@ def _host(xp: Any, x: Any) -> Any:
     return x if isinstance(x, np.ndarray) else x.get()
 
 
-def _run(ops: Any, k: int, alpha: float, lam: float, omega: float, method: str, seed: int,
-         stochastic_eps: float, progress: ProgressFn | None = None, minv_factor: float = 1.5,
-         lazy_batch: int = 0) -> dict[str, Any]:
+def _run(
+    ops: Any,
+    k: int,
+    alpha: float,
+    lam: float,
+    omega: float,
+    method: str,
+    seed: int,
+    stochastic_eps: float,
+    progress: ProgressFn | None = None,
+    minv_factor: float = 1.5,
+    lazy_batch: int = 0,
+) -> dict[str, Any]:
     """The greedy on an ops object (``_CupyOps`` or ``_NumpyOps``); returns the core's keys."""
     drv = _Driver(ops, k, alpha, lam, omega, progress, minv_factor, lazy_batch)
     bad = drv.setup()
     if bad >= 0:
         empty = np.zeros(0)
-        return {"indices": np.zeros(0, dtype=np.int64), "gains": empty, "base": empty,
-                "align": empty, "conflict": empty, "scores": empty, "objective_sum": 0.0,
-                "opt_upper_bound": 0.0, "stop_reason": "budget", "evaluations": 0,
-                "bad_row": bad}
+        return {
+            "indices": np.zeros(0, dtype=np.int64),
+            "gains": empty,
+            "base": empty,
+            "align": empty,
+            "conflict": empty,
+            "scores": empty,
+            "objective_sum": 0.0,
+            "opt_upper_bound": 0.0,
+            "stop_reason": "budget",
+            "evaluations": 0,
+            "bad_row": bad,
+        }
     if method == "naive":
         drv.run_naive()
     elif method == "lazy":
@@ -895,8 +1038,17 @@ def select_gpu(
     """
     from .selection import check_options
 
-    check_options(0, 0, alpha=alpha, conflict_penalty=lam, early_stop=omega or None,
-                  method=method, objective=objective, stochastic_eps=stochastic_eps, seed=seed)
+    check_options(
+        0,
+        0,
+        alpha=alpha,
+        conflict_penalty=lam,
+        early_stop=omega or None,
+        method=method,
+        objective=objective,
+        stochastic_eps=stochastic_eps,
+        seed=seed,
+    )
     if objective != "logdet":
         raise ValueError(
             f"objective={objective!r} runs on the CPU only; the GPU selector implements the "
@@ -910,12 +1062,29 @@ def select_gpu(
     if code is None or not isinstance(G, cp.ndarray):
         G, code = as_device_features(G, bf16=bf16)
     k, alpha, lam, omega, stochastic_eps, seed = check_options(
-        int(G.shape[0]), k, alpha=alpha, conflict_penalty=lam, early_stop=omega or None,
-        method=method, objective=objective, stochastic_eps=stochastic_eps, seed=seed)
+        int(G.shape[0]),
+        k,
+        alpha=alpha,
+        conflict_penalty=lam,
+        early_stop=omega or None,
+        method=method,
+        objective=objective,
+        stochastic_eps=stochastic_eps,
+        seed=seed,
+    )
     with cp.cuda.Device(G.device.id):
         ops = _CupyOps(cp, G, code)
-        raw = _run(ops, int(k), float(alpha), float(lam), float(omega), method,
-                   int(seed) & 0xFFFFFFFFFFFFFFFF, float(stochastic_eps), progress)
+        raw = _run(
+            ops,
+            int(k),
+            float(alpha),
+            float(lam),
+            float(omega),
+            method,
+            int(seed) & 0xFFFFFFFFFFFFFFFF,
+            float(stochastic_eps),
+            progress,
+        )
     if raw["bad_row"] >= 0:
         raise ValueError(_describe_bad_row(G, code, int(raw["bad_row"]), float(alpha)))
     raw["backend"] = BACKEND
@@ -923,9 +1092,19 @@ def select_gpu(
     return raw
 
 
-def emulate(G: Any, k: int, alpha: float = 1.0, lam: float = 0.0, omega: float = 0.0,
-            method: str = "lazy", seed: int = 0, stochastic_eps: float = 0.01, *,
-            minv_factor: float = 1.5, lazy_batch: int = 0) -> dict[str, Any]:
+def emulate(
+    G: Any,
+    k: int,
+    alpha: float = 1.0,
+    lam: float = 0.0,
+    omega: float = 0.0,
+    method: str = "lazy",
+    seed: int = 0,
+    stochastic_eps: float = 0.01,
+    *,
+    minv_factor: float = 1.5,
+    lazy_batch: int = 0,
+) -> dict[str, Any]:
     """The GPU driver's exact control flow on the host (numpy emulation of the kernels).
 
     For tests and debugging only: slow, float64, ``backend == "numpy-emulation"``.
@@ -933,8 +1112,18 @@ def emulate(G: Any, k: int, alpha: float = 1.0, lam: float = 0.0, omega: float =
     from ._inputs import as_features
 
     arr, code = as_features(G)
-    raw = _run(_NumpyOps(arr, code), int(k), float(alpha), float(lam), float(omega), method,
-               int(seed) & 0xFFFFFFFFFFFFFFFF, float(stochastic_eps), None, minv_factor,
-               lazy_batch)
+    raw = _run(
+        _NumpyOps(arr, code),
+        int(k),
+        float(alpha),
+        float(lam),
+        float(omega),
+        method,
+        int(seed) & 0xFFFFFFFFFFFFFFFF,
+        float(stochastic_eps),
+        None,
+        minv_factor,
+        lazy_batch,
+    )
     raw["backend"] = "numpy-emulation"
     return raw

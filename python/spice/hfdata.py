@@ -22,9 +22,21 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLUMN_KEYS", "parse_columns", "check_columns", "is_dataset", "is_dataset_dict",
-           "is_hf_path", "resolve_source", "source_columns", "iter_source_rows", "map_columns",
-           "subset_of", "write_dataset_subset", "datasets_module"]
+__all__ = [
+    "COLUMN_KEYS",
+    "parse_columns",
+    "check_columns",
+    "is_dataset",
+    "is_dataset_dict",
+    "is_hf_path",
+    "resolve_source",
+    "source_columns",
+    "iter_source_rows",
+    "map_columns",
+    "subset_of",
+    "write_dataset_subset",
+    "datasets_module",
+]
 
 #: the fields a column mapping may name
 COLUMN_KEYS = ("prompt", "response", "messages", "system")
@@ -35,9 +47,11 @@ def datasets_module() -> Any:
     try:
         import datasets
     except ModuleNotFoundError as e:
-        raise ModuleNotFoundError("Hugging Face datasets support needs datasets, which is not "
-                                  "installed: pip install 'spice-select[hf-datasets]'",
-                                  name="datasets") from e
+        raise ModuleNotFoundError(
+            "Hugging Face datasets support needs datasets, which is not "
+            "installed: pip install 'spice-select[hf-datasets]'",
+            name="datasets",
+        ) from e
     return datasets
 
 
@@ -45,8 +59,10 @@ def _pyarrow() -> Any:
     try:
         import pyarrow as pa
     except ModuleNotFoundError as e:
-        raise ModuleNotFoundError("Arrow data needs pyarrow, which is not installed: pip "
-                                  "install 'spice-select[parquet]'", name="pyarrow") from e
+        raise ModuleNotFoundError(
+            "Arrow data needs pyarrow, which is not installed: pip install 'spice-select[parquet]'",
+            name="pyarrow",
+        ) from e
     return pa
 
 
@@ -69,8 +85,9 @@ def parse_columns(text: str) -> dict[str, str]:
         key, sep, col = piece.partition("=")
         key, col = key.strip(), col.strip()
         if not sep or not key or not col:
-            raise ValueError(f"--columns: {piece!r} is not key=column (e.g. "
-                             "prompt=question,response=answer)")
+            raise ValueError(
+                f"--columns: {piece!r} is not key=column (e.g. prompt=question,response=answer)"
+            )
         if key in out:
             raise ValueError(f"--columns: {key!r} is given twice")
         out[key] = col
@@ -87,36 +104,47 @@ def check_columns(columns: Mapping[str, str] | None) -> dict[str, str] | None:
     if columns is None:
         return None
     if not isinstance(columns, Mapping):
-        raise TypeError(f"columns must be a mapping such as {{'prompt': 'question', 'response': "
-                        f"'answer'}}, got {type(columns).__name__}")
+        raise TypeError(
+            f"columns must be a mapping such as {{'prompt': 'question', 'response': "
+            f"'answer'}}, got {type(columns).__name__}"
+        )
     cols = dict(columns)
     for key, col in cols.items():
         if key not in COLUMN_KEYS:
-            raise ValueError(f"columns: unknown field {key!r}; the fields are "
-                             f"{', '.join(COLUMN_KEYS)}")
+            raise ValueError(
+                f"columns: unknown field {key!r}; the fields are {', '.join(COLUMN_KEYS)}"
+            )
         if not isinstance(col, str) or not col:
-            raise ValueError(f"columns: {key} must name a column (a non-empty string), "
-                             f"got {col!r}")
+            raise ValueError(f"columns: {key} must name a column (a non-empty string), got {col!r}")
     if not cols:
         raise ValueError("columns: the mapping is empty; map prompt and response, or messages")
     if "messages" in cols:
         both = [k for k in ("prompt", "response") if k in cols]
         if both:
-            raise ValueError(f"columns: map either messages or prompt/response, not both "
-                             f"(got messages and {' and '.join(both)})")
+            raise ValueError(
+                f"columns: map either messages or prompt/response, not both "
+                f"(got messages and {' and '.join(both)})"
+            )
     else:
         for a, b in (("prompt", "response"), ("response", "prompt")):
             if a in cols and b not in cols:
                 raise ValueError(f"columns: {a} is mapped but {b} is not")
         if "prompt" not in cols:
-            raise ValueError("columns: map prompt and response, or messages (system alone "
-                             "says nothing about the examples)")
+            raise ValueError(
+                "columns: map prompt and response, or messages (system alone "
+                "says nothing about the examples)"
+            )
     return cols
 
 
 def _sharegpt_like(msgs: Any) -> bool:
-    return (isinstance(msgs, list) and bool(msgs) and isinstance(msgs[0], dict)
-            and "from" in msgs[0] and "role" not in msgs[0])
+    return (
+        isinstance(msgs, list)
+        and bool(msgs)
+        and isinstance(msgs[0], dict)
+        and "from" in msgs[0]
+        and "role" not in msgs[0]
+    )
 
 
 def map_columns(obj: Any, columns: Mapping[str, str], where: str) -> Any:
@@ -142,8 +170,10 @@ def map_columns(obj: Any, columns: Mapping[str, str], where: str) -> Any:
             if key == "system":
                 return None
             has = sorted(k for k, v in obj.items() if v is not None)
-            raise RecordError(f"{where}: column {col!r} (mapped as {key}) is missing or null; "
-                              f"the record has {has}")
+            raise RecordError(
+                f"{where}: column {col!r} (mapped as {key}) is missing or null; "
+                f"the record has {has}"
+            )
         return obj[col]
 
     out: dict[str, Any] = {}
@@ -151,14 +181,19 @@ def map_columns(obj: Any, columns: Mapping[str, str], where: str) -> Any:
         out["id"] = obj["id"]
     system = get("system") if "system" in columns else None
     if system is not None and not isinstance(system, str):
-        raise RecordError(f"{where}: column {columns['system']!r} (system) must be a string, "
-                          f"got {type(system).__name__}")
+        raise RecordError(
+            f"{where}: column {columns['system']!r} (system) must be a string, "
+            f"got {type(system).__name__}"
+        )
     if "messages" in columns:
         msgs = get("messages")
         share = _sharegpt_like(msgs)
         if system and isinstance(msgs, list):
-            turn = {"from": "system", "value": system} if share else \
-                {"role": "system", "content": system}
+            turn = (
+                {"from": "system", "value": system}
+                if share
+                else {"role": "system", "content": system}
+            )
             msgs = [turn, *msgs]
         out["conversations" if share else "messages"] = msgs
         return out
@@ -166,20 +201,22 @@ def map_columns(obj: Any, columns: Mapping[str, str], where: str) -> Any:
     for key in ("prompt", "response"):
         v = get(key)
         if not isinstance(v, str):
-            raise RecordError(f"{where}: column {columns[key]!r} ({key}) must be a string, "
-                              f"got {type(v).__name__}")
+            raise RecordError(
+                f"{where}: column {columns[key]!r} ({key}) must be a string, got {type(v).__name__}"
+            )
         texts[key] = v
     if system:
-        out["messages"] = [{"role": "system", "content": system},
-                           {"role": "user", "content": texts["prompt"]},
-                           {"role": "assistant", "content": texts["response"]}]
+        out["messages"] = [
+            {"role": "system", "content": system},
+            {"role": "user", "content": texts["prompt"]},
+            {"role": "assistant", "content": texts["response"]},
+        ]
     else:
         out.update(texts)
     return out
 
 
-def check_mapped_columns(columns: Mapping[str, str], available: Iterable[str],
-                         name: str) -> None:
+def check_mapped_columns(columns: Mapping[str, str], available: Iterable[str], name: str) -> None:
     """Refuse a mapping that names a column the data does not have, listing the ones it has.
 
     Raises:
@@ -190,8 +227,10 @@ def check_mapped_columns(columns: Mapping[str, str], available: Iterable[str],
     have = sorted(set(available))
     for key, col in columns.items():
         if col not in have:
-            raise RecordError(f"{name} has no column {col!r} (mapped as {key}={col}); its "
-                              f"columns: {', '.join(have) if have else '(none)'}")
+            raise RecordError(
+                f"{name} has no column {col!r} (mapped as {key}={col}); its "
+                f"columns: {', '.join(have) if have else '(none)'}"
+            )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,8 +242,13 @@ def is_dataset(obj: Any) -> bool:
     mod = sys.modules.get("datasets")
     if mod is not None and isinstance(obj, mod.Dataset):
         return True
-    return hasattr(obj, "features") and hasattr(obj, "num_rows") and hasattr(obj, "select") \
-        and hasattr(obj, "__getitem__") and not isinstance(obj, Mapping)
+    return (
+        hasattr(obj, "features")
+        and hasattr(obj, "num_rows")
+        and hasattr(obj, "select")
+        and hasattr(obj, "__getitem__")
+        and not isinstance(obj, Mapping)
+    )
 
 
 def is_dataset_dict(obj: Any) -> bool:
@@ -230,8 +274,10 @@ def _pick_split(dd: Any, split: str | None, name: str) -> Any:
     splits = sorted(dd.keys())
     if split is None:
         eg = "train" if "train" in splits or not splits else splits[0]
-        raise ValueError(f"{name} is a DatasetDict with splits {', '.join(splits)}: choose one "
-                         f"(--split {eg}, or split={eg!r} in Python)")
+        raise ValueError(
+            f"{name} is a DatasetDict with splits {', '.join(splits)}: choose one "
+            f"(--split {eg}, or split={eg!r} in Python)"
+        )
     if split not in dd:
         raise ValueError(f"{name} has no split {split!r}; its splits: {', '.join(splits)}")
     return dd[split]
@@ -272,8 +318,10 @@ def resolve_source(data: Any, split: str | None = None) -> Any:
         return data
     if not isinstance(data, (str, os.PathLike)):
         if split is not None:
-            raise ValueError(f"split={split!r} applies to a DatasetDict or a save_to_disk "
-                             f"folder of one, not to a {type(data).__name__}")
+            raise ValueError(
+                f"split={split!r} applies to a DatasetDict or a save_to_disk "
+                f"folder of one, not to a {type(data).__name__}"
+            )
         return None
     path = Path(data)
     if path.is_dir():
@@ -282,11 +330,15 @@ def resolve_source(data: Any, split: str | None = None) -> Any:
             return _pick_split(dd, split, str(path))
         if _is_dataset_dir(path):
             if split is not None:
-                raise ValueError(f"--split {split} applies to a DatasetDict folder (with "
-                                 f"dataset_dict.json); {path} holds one Dataset")
+                raise ValueError(
+                    f"--split {split} applies to a DatasetDict folder (with "
+                    f"dataset_dict.json); {path} holds one Dataset"
+                )
             return datasets_module().load_from_disk(str(path))
-        raise ValueError(f"{path} is a directory but not a datasets save_to_disk folder (no "
-                         "dataset_info.json and state.json, nor dataset_dict.json)")
+        raise ValueError(
+            f"{path} is a directory but not a datasets save_to_disk folder (no "
+            "dataset_info.json and state.json, nor dataset_dict.json)"
+        )
     if split is not None:
         raise ValueError(f"--split {split} applies to a DatasetDict folder; {path} is a file")
     if path.suffix.lower() == ".arrow":
@@ -343,20 +395,28 @@ def subset_of(dataset: Any, indices: Any, pool_size: int, keep_in_memory: bool =
             selection was made from).
     """
     if is_dataset_dict(dataset):
-        raise TypeError(f"subset() needs one split of the DatasetDict (e.g. dataset['train']); "
-                        f"its splits: {', '.join(sorted(dataset.keys()))}")
+        raise TypeError(
+            f"subset() needs one split of the DatasetDict (e.g. dataset['train']); "
+            f"its splits: {', '.join(sorted(dataset.keys()))}"
+        )
     if not is_dataset(dataset):
         raise TypeError(f"subset() needs a datasets.Dataset, got {type(dataset).__name__}")
     if len(dataset) != pool_size:
-        raise ValueError(f"the dataset has {len(dataset)} rows but the selection was made from "
-                         f"{pool_size}: it is not the data the selection indexes")
+        raise ValueError(
+            f"the dataset has {len(dataset)} rows but the selection was made from "
+            f"{pool_size}: it is not the data the selection indexes"
+        )
     idx = [int(i) for i in indices]
     return dataset.select(idx).flatten_indices(keep_in_memory=keep_in_memory)
 
 
-def write_dataset_subset(source: Any, indices: Any, out_dir: str | os.PathLike[str],
-                         dir_name: str = "subset", parquet_name: str = "subset.parquet"
-                         ) -> tuple[Path, Path]:
+def write_dataset_subset(
+    source: Any,
+    indices: Any,
+    out_dir: str | os.PathLike[str],
+    dir_name: str = "subset",
+    parquet_name: str = "subset.parquet",
+) -> tuple[Path, Path]:
     """Write rows ``indices`` (in that order) of a resolved source (a Dataset or a pyarrow Table)
     as a flattened ``save_to_disk`` folder and as a Parquet file in ``out_dir``; returns both
     paths. Every column of the source is kept."""

@@ -47,8 +47,15 @@ class OnlineConfig:
     projection: str = "factorized"
     lora_r: int = 8
     lora_alpha: float = 16.0
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj",
-                                       "down_proj", "gate_proj")
+    target_modules: tuple[str, ...] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "up_proj",
+        "down_proj",
+        "gate_proj",
+    )
     seed: int = 0
 
     def validate(self) -> None:
@@ -66,10 +73,20 @@ PRESETS: dict[str, OnlineConfig] = {
     "paper": OnlineConfig(),
     # The authors' released configuration: pools of 128, keep 64, gradient-norm ranking, loss over
     # the whole text. Not the paper's mathematics (see spice.select's objective).
-    "authors": OnlineConfig(pool_size=128, picks_per_pool=64, objective="topk-compat",
-                            conflict_penalty=0.0, loss_on="all"),
-    "authors-conflict": OnlineConfig(pool_size=128, picks_per_pool=64, objective="diag-compat",
-                                     conflict_penalty=0.1, loss_on="all"),
+    "authors": OnlineConfig(
+        pool_size=128,
+        picks_per_pool=64,
+        objective="topk-compat",
+        conflict_penalty=0.0,
+        loss_on="all",
+    ),
+    "authors-conflict": OnlineConfig(
+        pool_size=128,
+        picks_per_pool=64,
+        objective="diag-compat",
+        conflict_penalty=0.1,
+        loss_on="all",
+    ),
 }
 
 
@@ -95,25 +112,39 @@ def _lr_lambda(cfg: OnlineConfig, total_steps: int) -> Callable[[int], float]:
     return f
 
 
-def _pool_features(model: Any, tokenizer: Any, records: list, cfg: OnlineConfig,
-                   scratch: Path) -> np.ndarray:
+def _pool_features(
+    model: Any, tokenizer: Any, records: list, cfg: OnlineConfig, scratch: Path
+) -> np.ndarray:
     from .features import extract
 
     if all(r.skipped for r in records):  # nothing to learn from: zero rows, never picked
         return np.zeros((len(records), 1), dtype=np.float32)
     d = Path(tempfile.mkdtemp(prefix="pool-", dir=scratch))
     try:
-        store = extract(model, tokenizer, records, out=d, dim=cfg.dim,
-                        projection=cfg.projection, lora=None, loss_on=cfg.loss_on,
-                        max_length=cfg.max_length, batch_size=cfg.batch_size, dtype="float32",
-                        seed=cfg.seed, resume=False, progress=False)
+        store = extract(
+            model,
+            tokenizer,
+            records,
+            out=d,
+            dim=cfg.dim,
+            projection=cfg.projection,
+            lora=None,
+            loss_on=cfg.loss_on,
+            max_length=cfg.max_length,
+            batch_size=cfg.batch_size,
+            dtype="float32",
+            seed=cfg.seed,
+            resume=False,
+            progress=False,
+        )
         return np.array(store.features, dtype=np.float32)
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def _train_step(model: Any, tokenizer: Any, records: list, cfg: OnlineConfig, opt: Any,
-                sched: Any) -> float:
+def _train_step(
+    model: Any, tokenizer: Any, records: list, cfg: OnlineConfig, opt: Any, sched: Any
+) -> float:
     """One optimizer step on ``records``: mean over samples of each sample's mean response-token
     loss, accumulated over micro-batches. Returns that loss."""
     import torch
@@ -121,8 +152,10 @@ def _train_step(model: Any, tokenizer: Any, records: list, cfg: OnlineConfig, op
     from .features.hooks import forward_logits, per_sample_losses
     from .features.records import tokenize_record
 
-    toks = [tokenize_record(r, tokenizer, max_length=cfg.max_length, loss_on=cfg.loss_on)
-            for r in records]
+    toks = [
+        tokenize_record(r, tokenizer, max_length=cfg.max_length, loss_on=cfg.loss_on)
+        for r in records
+    ]
     toks = [t for t in toks if t.n_loss_tokens > 0]
     if not toks:
         return float("nan")
@@ -130,7 +163,7 @@ def _train_step(model: Any, tokenizer: Any, records: list, cfg: OnlineConfig, op
     opt.zero_grad(set_to_none=True)
     total = 0.0
     for s in range(0, len(toks), cfg.batch_size):
-        batch = toks[s:s + cfg.batch_size]
+        batch = toks[s : s + cfg.batch_size]
         T = max(len(t.input_ids) for t in batch)
         ids = torch.full((len(batch), T), pad, dtype=torch.long)
         att = torch.zeros((len(batch), T), dtype=torch.long)
@@ -191,8 +224,11 @@ def run_online(
 
     cfg = config or OnlineConfig()
     cfg.validate()
-    records = list(data) if isinstance(data, list) and data and isinstance(data[0], Record) \
+    records = (
+        list(data)
+        if isinstance(data, list) and data and isinstance(data[0], Record)
         else load_records(data)
+    )
     n = len(records)
     if n == 0:
         raise ValueError("no records to select from")
@@ -201,7 +237,7 @@ def run_online(
     scratch = out / "scratch"
     scratch.mkdir(exist_ok=True)
     perm = np.random.default_rng(cfg.seed).permutation(n)
-    pools = [perm[i:i + cfg.pool_size] for i in range(0, n, cfg.pool_size)]
+    pools = [perm[i : i + cfg.pool_size] for i in range(0, n, cfg.pool_size)]
     total_steps = math.ceil(len(pools) / cfg.update_every)
 
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
@@ -210,9 +246,16 @@ def run_online(
         raise ValueError(f"the model has none of the LoRA target modules {cfg.target_modules}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        peft_model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                      lora_dropout=0.0, target_modules=targets,
-                                                      bias="none"))
+        peft_model = get_peft_model(
+            model,
+            LoraConfig(
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=0.0,
+                target_modules=targets,
+                bias="none",
+            ),
+        )
     peft_model.eval()
     params = {n_: p for n_, p in peft_model.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -228,15 +271,21 @@ def run_online(
     if resume and ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
         if state["key"] != key:
-            raise ValueError(f"{ckpt} belongs to another run (config or data size differ); "
-                             "use a new output directory or resume=False")
+            raise ValueError(
+                f"{ckpt} belongs to another run (config or data size differ); "
+                "use a new output directory or resume=False"
+            )
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(state["lora"][name])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
-        start, picks, stats, steps = state["next_pool"], state["picks"], state["stats"], \
-            state["steps"]
+        start, picks, stats, steps = (
+            state["next_pool"],
+            state["picks"],
+            state["stats"],
+            state["steps"],
+        )
 
     for pi in range(start, len(pools)):
         if stop_after_pools is not None and pi >= stop_after_pools:
@@ -244,30 +293,53 @@ def run_online(
         pool = pools[pi]
         feats = _pool_features(peft_model, tokenizer, [records[j] for j in pool], cfg, scratch)
         k = min(cfg.picks_per_pool, len(pool))
-        sel = select(feats, k, alpha=cfg.alpha, conflict_penalty=cfg.conflict_penalty,
-                     early_stop=cfg.early_stop, objective=cfg.objective, method="lazy")
+        sel = select(
+            feats,
+            k,
+            alpha=cfg.alpha,
+            conflict_penalty=cfg.conflict_penalty,
+            early_stop=cfg.early_stop,
+            objective=cfg.objective,
+            method="lazy",
+        )
         chosen = [int(pool[i]) for i in sel.indices]
         picks.extend(chosen)
         buffer.extend(chosen)
-        stats.append({"pool": pi, "size": int(len(pool)), "picked": len(chosen),
-                      "stop_reason": sel.stop_reason, "logdet": sel.logdet,
-                      "first_gain": float(sel.gains[0]) if len(sel) else None,
-                      "mean_conflict": float(np.mean(sel.conflict)) if len(sel) else 0.0})
+        stats.append(
+            {
+                "pool": pi,
+                "size": int(len(pool)),
+                "picked": len(chosen),
+                "stop_reason": sel.stop_reason,
+                "logdet": sel.logdet,
+                "first_gain": float(sel.gains[0]) if len(sel) else None,
+                "mean_conflict": float(np.mean(sel.conflict)) if len(sel) else 0.0,
+            }
+        )
         if progress:
             print(f"spice online: pool {pi + 1}/{len(pools)}, {len(picks)} picks", flush=True)
         if (pi + 1) % cfg.update_every == 0 or pi == len(pools) - 1:
-            loss = _train_step(peft_model, tokenizer, [records[j] for j in buffer], cfg, opt,
-                               sched)
+            loss = _train_step(peft_model, tokenizer, [records[j] for j in buffer], cfg, opt, sched)
             steps += 1
             stats[-1]["train_loss"] = loss
             buffer = []
-            _save_checkpoint(ckpt, {
-                "key": key, "next_pool": pi + 1, "picks": picks, "stats": stats, "steps": steps,
-                "lora": {k_: v.detach().clone() for k_, v in params.items()},
-                "opt": opt.state_dict(), "sched": sched.state_dict()})
+            _save_checkpoint(
+                ckpt,
+                {
+                    "key": key,
+                    "next_pool": pi + 1,
+                    "picks": picks,
+                    "stats": stats,
+                    "steps": steps,
+                    "lora": {k_: v.detach().clone() for k_, v in params.items()},
+                    "opt": opt.state_dict(),
+                    "sched": sched.state_dict(),
+                },
+            )
     shutil.rmtree(scratch, ignore_errors=True)
-    return OnlineResult(indices=np.asarray(picks, dtype=np.int64), pools=stats, steps=steps,
-                        resumed_from_pool=start)
+    return OnlineResult(
+        indices=np.asarray(picks, dtype=np.int64), pools=stats, steps=steps, resumed_from_pool=start
+    )
 
 
 def preset(name: str, **overrides: Any) -> OnlineConfig:

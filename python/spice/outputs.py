@@ -17,9 +17,20 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_write", "write_subset", "write_json", "write_scores", "dataset_info_entry",
-           "record_format", "pyarrow_modules", "subset_layout", "axolotl_snippet", "trl_snippet",
-           "subset_columns", "write_indices"]
+__all__ = [
+    "atomic_write",
+    "write_subset",
+    "write_json",
+    "write_scores",
+    "dataset_info_entry",
+    "record_format",
+    "pyarrow_modules",
+    "subset_layout",
+    "axolotl_snippet",
+    "trl_snippet",
+    "subset_columns",
+    "write_indices",
+]
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
@@ -41,8 +52,11 @@ def pyarrow_modules() -> tuple[Any, Any]:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ModuleNotFoundError as e:
-        raise ModuleNotFoundError("Parquet data needs pyarrow, which is not installed: pip "
-                                  "install 'spice-select[parquet]'", name="pyarrow") from e
+        raise ModuleNotFoundError(
+            "Parquet data needs pyarrow, which is not installed: pip "
+            "install 'spice-select[parquet]'",
+            name="pyarrow",
+        ) from e
     return pa, pq
 
 
@@ -116,9 +130,12 @@ def record_format(obj: dict) -> str:
     return "prompt"
 
 
-def subset_layout(fmt: str, sample: dict | None = None,
-                  columns: Mapping[str, str] | None = None,
-                  available: Iterable[str] | None = None) -> dict[str, Any]:
+def subset_layout(
+    fmt: str,
+    sample: dict | None = None,
+    columns: Mapping[str, str] | None = None,
+    available: Iterable[str] | None = None,
+) -> dict[str, Any]:
     """How the written subset's columns make an example, for the snippets other tools read.
 
     Returns one of ``{"kind": "alpaca", "input": bool}``, ``{"kind": "text", "prompt", "response",
@@ -133,11 +150,20 @@ def subset_layout(fmt: str, sample: dict | None = None,
         if "messages" in columns:
             col = columns["messages"]
             msgs = (sample or {}).get(col)
-            share = (isinstance(msgs, list) and bool(msgs) and isinstance(msgs[0], dict)
-                     and "from" in msgs[0] and "role" not in msgs[0])
+            share = (
+                isinstance(msgs, list)
+                and bool(msgs)
+                and isinstance(msgs[0], dict)
+                and "from" in msgs[0]
+                and "role" not in msgs[0]
+            )
             return {"kind": "chat", "messages": col, "sharegpt": share, "system": system}
-        return {"kind": "text", "prompt": columns["prompt"], "response": columns["response"],
-                "system": system}
+        return {
+            "kind": "text",
+            "prompt": columns["prompt"],
+            "response": columns["response"],
+            "system": system,
+        }
     if fmt == "alpaca":
         return {"kind": "alpaca", "input": "input" in have}
     if fmt == "prompt":
@@ -150,9 +176,14 @@ def subset_layout(fmt: str, sample: dict | None = None,
     return {"kind": "chat", "messages": "conversations", "sharegpt": True, "system": None}
 
 
-def dataset_info_entry(name: str, file_name: str, fmt: str, sample: dict | None = None,
-                       columns: Mapping[str, str] | None = None,
-                       available: Iterable[str] | None = None) -> dict:
+def dataset_info_entry(
+    name: str,
+    file_name: str,
+    fmt: str,
+    sample: dict | None = None,
+    columns: Mapping[str, str] | None = None,
+    available: Iterable[str] | None = None,
+) -> dict:
     """A LLaMA-Factory ``dataset_info.json`` entry so the subset can be trained on directly
     (``--dataset_dir`` the folder holding it and ``file_name``). It names only columns the file
     has: see :func:`subset_layout` for ``fmt``, ``sample``, ``columns`` and ``available``."""
@@ -175,8 +206,13 @@ def dataset_info_entry(name: str, file_name: str, fmt: str, sample: dict | None 
             cols["system"] = lay["system"]
         entry["columns"] = cols
         if not lay["sharegpt"]:
-            entry["tags"] = {"role_tag": "role", "content_tag": "content", "user_tag": "user",
-                             "assistant_tag": "assistant", "system_tag": "system"}
+            entry["tags"] = {
+                "role_tag": "role",
+                "content_tag": "content",
+                "user_tag": "user",
+                "assistant_tag": "assistant",
+                "system_tag": "system",
+            }
     return {name: entry}
 
 
@@ -207,51 +243,72 @@ def axolotl_snippet(path: str | os.PathLike, layout: Mapping[str, Any]) -> str:
     from .features.records import ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT
 
     path = Path(path)
-    lines = ["# axolotl: the subset spice selected; paste under your config's top level",
-             "datasets:", f"  - path: {_q(str(path))}", f"    ds_type: {_loader(path)}"]
+    lines = [
+        "# axolotl: the subset spice selected; paste under your config's top level",
+        "datasets:",
+        f"  - path: {_q(str(path))}",
+        f"    ds_type: {_loader(path)}",
+    ]
     kind = layout["kind"]
     if kind == "alpaca":
         lines += ["    type:", "      field_instruction: instruction"]
         if layout["input"]:
             lines.append("      field_input: input")
         fmt = ALPACA_PROMPT_WITH_INPUT if layout["input"] else ALPACA_PROMPT
-        lines += ["      field_output: output",
-                  f"      format: {_q(fmt)}",
-                  f"      no_input_format: {_q(ALPACA_PROMPT)}"]
+        lines += [
+            "      field_output: output",
+            f"      format: {_q(fmt)}",
+            f"      no_input_format: {_q(ALPACA_PROMPT)}",
+        ]
     elif kind == "text":
-        lines += ["    type:",
-                  f"      field_instruction: {_q(layout['prompt'])}",
-                  f"      field_output: {_q(layout['response'])}",
-                  '      format: "{instruction}"',
-                  '      no_input_format: "{instruction}"']
+        lines += [
+            "    type:",
+            f"      field_instruction: {_q(layout['prompt'])}",
+            f"      field_output: {_q(layout['response'])}",
+            '      format: "{instruction}"',
+            '      no_input_format: "{instruction}"',
+        ]
         if layout["system"]:
-            lines = lines[:1] + [
-                "# spice scored these rows as a chat (system, user, assistant) in the model's chat",
-                "# template; this entry lays them out as plain text with the system text first",
-            ] + lines[1:]
-            lines += [f"      field_system: {_q(layout['system'])}",
-                      '      system_format: "{system}\\n\\n"']
+            lines = (
+                lines[:1]
+                + [
+                    "# spice scored these rows as a chat (system, user, assistant) in the model's"
+                    " chat",
+                    "# template; this entry lays them out as plain text with the system text first",
+                ]
+                + lines[1:]
+            )
+            lines += [
+                f"      field_system: {_q(layout['system'])}",
+                '      system_format: "{system}\\n\\n"',
+            ]
     else:
         role, content = ("from", "value") if layout["sharegpt"] else ("role", "content")
-        lines += ["    type: chat_template",
-                  "    chat_template: tokenizer_default",
-                  f"    field_messages: {_q(layout['messages'])}",
-                  "    message_property_mappings:",
-                  f"      role: {role}",
-                  f"      content: {content}",
-                  '    roles_to_train: ["assistant"]']
+        lines += [
+            "    type: chat_template",
+            "    chat_template: tokenizer_default",
+            f"    field_messages: {_q(layout['messages'])}",
+            "    message_property_mappings:",
+            f"      role: {role}",
+            f"      content: {content}",
+            '    roles_to_train: ["assistant"]',
+        ]
         if layout["sharegpt"]:
             lines.append("    roles:")
             for r, speakers in _sharegpt_roles().items():
                 lines.append(f"      {r}: [{', '.join(_q(s) for s in speakers)}]")
         if layout["system"]:
-            lines.insert(1, f"# spice read column {layout['system']!r} as a leading system turn; "
-                            "add it to the messages for axolotl to see it")
+            lines.insert(
+                1,
+                f"# spice read column {layout['system']!r} as a leading system turn; "
+                "add it to the messages for axolotl to see it",
+            )
     return "\n".join(lines) + "\n"
 
 
-def trl_snippet(path: str | os.PathLike, layout: Mapping[str, Any],
-                model: str = "path/or/id/of/your-model") -> str:
+def trl_snippet(
+    path: str | os.PathLike, layout: Mapping[str, Any], model: str = "path/or/id/of/your-model"
+) -> str:
     """A Python script (text) that fine-tunes with TRL's ``SFTTrainer`` on the subset file
     ``path`` (absolute) laid out as ``layout`` (:func:`subset_layout`): rows become TRL's
     prompt/completion or messages format, as spice read them."""
@@ -265,57 +322,67 @@ def trl_snippet(path: str | os.PathLike, layout: Mapping[str, Any],
         "from datasets import load_dataset",
         "from trl import SFTConfig, SFTTrainer",
         "",
-        f"dataset = load_dataset({_q(_loader(path))}, data_files={_q(str(path))}, "
-        'split="train")',
+        f'dataset = load_dataset({_q(_loader(path))}, data_files={_q(str(path))}, split="train")',
         "",
         "",
     ]
     body: list[str]
     if kind == "alpaca":
-        body = [f"PROMPT = {_q(ALPACA_PROMPT)}",
-                f"PROMPT_WITH_INPUT = {_q(ALPACA_PROMPT_WITH_INPUT)}",
-                "",
-                "",
-                "def to_trl(row):",
-                '    if row.get("input"):',
-                '        prompt = PROMPT_WITH_INPUT.format(instruction=row["instruction"], '
-                'input=row["input"])',
-                "    else:",
-                '        prompt = PROMPT.format(instruction=row["instruction"])',
-                '    return {"prompt": prompt, "completion": row["output"]}']
+        body = [
+            f"PROMPT = {_q(ALPACA_PROMPT)}",
+            f"PROMPT_WITH_INPUT = {_q(ALPACA_PROMPT_WITH_INPUT)}",
+            "",
+            "",
+            "def to_trl(row):",
+            '    if row.get("input"):',
+            '        prompt = PROMPT_WITH_INPUT.format(instruction=row["instruction"], '
+            'input=row["input"])',
+            "    else:",
+            '        prompt = PROMPT.format(instruction=row["instruction"])',
+            '    return {"prompt": prompt, "completion": row["output"]}',
+        ]
     elif kind == "text" and not layout["system"]:
-        body = ["def to_trl(row):",
-                f'    return {{"prompt": row[{_q(layout["prompt"])}], '
-                f'"completion": row[{_q(layout["response"])}]}}']
+        body = [
+            "def to_trl(row):",
+            f'    return {{"prompt": row[{_q(layout["prompt"])}], '
+            f'"completion": row[{_q(layout["response"])}]}}',
+        ]
     elif kind == "text":
-        body = ["def to_trl(row):",
-                "    prompt = [",
-                f'        {{"role": "system", "content": row[{_q(layout["system"])}]}},',
-                f'        {{"role": "user", "content": row[{_q(layout["prompt"])}]}},',
-                "    ]",
-                f'    if not row[{_q(layout["system"])}]:',
-                "        prompt = prompt[1:]",
-                f'    completion = [{{"role": "assistant", "content": '
-                f'row[{_q(layout["response"])}]}}]',
-                '    return {"prompt": prompt, "completion": completion}']
+        body = [
+            "def to_trl(row):",
+            "    prompt = [",
+            f'        {{"role": "system", "content": row[{_q(layout["system"])}]}},',
+            f'        {{"role": "user", "content": row[{_q(layout["prompt"])}]}},',
+            "    ]",
+            f"    if not row[{_q(layout['system'])}]:",
+            "        prompt = prompt[1:]",
+            f'    completion = [{{"role": "assistant", "content": row[{_q(layout["response"])}]}}]',
+            '    return {"prompt": prompt, "completion": completion}',
+        ]
     else:
         col = _q(layout["messages"])
         if layout["sharegpt"]:
             roles = {s: r for r, ss in _sharegpt_roles().items() for s in ss}
-            body = [f"ROLES = {roles!r}",
-                    "",
-                    "",
-                    "def to_trl(row):",
-                    f'    messages = [{{"role": ROLES[m["from"].lower()], "content": m["value"]}} '
-                    f"for m in row[{col}]]"]
+            body = [
+                f"ROLES = {roles!r}",
+                "",
+                "",
+                "def to_trl(row):",
+                f'    messages = [{{"role": ROLES[m["from"].lower()], "content": m["value"]}} '
+                f"for m in row[{col}]]",
+            ]
         else:
-            body = ["def to_trl(row):",
-                    f'    messages = [{{"role": m["role"], "content": m["content"]}} '
-                    f"for m in row[{col}]]"]
+            body = [
+                "def to_trl(row):",
+                f'    messages = [{{"role": m["role"], "content": m["content"]}} '
+                f"for m in row[{col}]]",
+            ]
         if layout["system"]:
             s = _q(layout["system"])
-            body += [f"    if row[{s}]:",
-                     f'        messages.insert(0, {{"role": "system", "content": row[{s}]}})']
+            body += [
+                f"    if row[{s}]:",
+                f'        messages.insert(0, {{"role": "system", "content": row[{s}]}})',
+            ]
         body += ['    return {"messages": messages}']
     tail = [
         "",
@@ -366,9 +433,15 @@ def write_indices(path: str | os.PathLike, indices: Sequence[int] | np.ndarray) 
     return atomic_write(path, buf.getvalue())
 
 
-def write_scores(path: str | os.PathLike, ids: Sequence[str], base: np.ndarray,
-                 indices: np.ndarray, gains: np.ndarray, conflict: np.ndarray,
-                 extra: dict[str, np.ndarray] | None = None) -> Path:
+def write_scores(
+    path: str | os.PathLike,
+    ids: Sequence[str],
+    base: np.ndarray,
+    indices: np.ndarray,
+    gains: np.ndarray,
+    conflict: np.ndarray,
+    extra: dict[str, np.ndarray] | None = None,
+) -> Path:
     """Per-record CSV: row, id, base gain, selected, pick rank, Δ at pick, conflict at pick."""
     n = len(ids)
     rank = np.full(n, -1, dtype=np.int64)
@@ -383,8 +456,16 @@ def write_scores(path: str | os.PathLike, ids: Sequence[str], base: np.ndarray,
     extra = extra or {}
     w.writerow(cols + list(extra))
     for i in range(n):
-        w.writerow([i, ids[i], f"{base[i]:.9g}", int(rank[i] >= 0), int(rank[i]),
-                    "" if np.isnan(g[i]) else f"{g[i]:.9g}",
-                    "" if np.isnan(c[i]) else f"{c[i]:.9g}"]
-                   + [f"{float(v[i]):.9g}" for v in extra.values()])
+        w.writerow(
+            [
+                i,
+                ids[i],
+                f"{base[i]:.9g}",
+                int(rank[i] >= 0),
+                int(rank[i]),
+                "" if np.isnan(g[i]) else f"{g[i]:.9g}",
+                "" if np.isnan(c[i]) else f"{c[i]:.9g}",
+            ]
+            + [f"{float(v[i]):.9g}" for v in extra.values()]
+        )
     return atomic_write(path, buf.getvalue())

@@ -34,8 +34,18 @@ from .outputs import (
 )
 from .selection import Selection, select
 
-__all__ = ["PipelineError", "EXTRAS", "require_extras", "load_model", "check_store_matches",
-           "check_out_dir", "prepare_out_dir", "removed_if_failed", "select_to_dir", "versions"]
+__all__ = [
+    "PipelineError",
+    "EXTRAS",
+    "require_extras",
+    "load_model",
+    "check_store_matches",
+    "check_out_dir",
+    "prepare_out_dir",
+    "removed_if_failed",
+    "select_to_dir",
+    "versions",
+]
 
 
 class PipelineError(RuntimeError):
@@ -43,8 +53,12 @@ class PipelineError(RuntimeError):
 
 
 # the optional dependencies each extra of spice-select installs
-EXTRAS = {"hf": ("torch", "transformers", "peft"), "report": ("matplotlib",),
-          "parquet": ("pyarrow",), "hf-datasets": ("datasets", "pyarrow")}
+EXTRAS = {
+    "hf": ("torch", "transformers", "peft"),
+    "report": ("matplotlib",),
+    "parquet": ("pyarrow",),
+    "hf-datasets": ("datasets", "pyarrow"),
+}
 
 
 def require_extras(what: str, *extras: str, unused: tuple[str, ...] = ()) -> None:
@@ -71,7 +85,9 @@ def require_extras(what: str, *extras: str, unused: tuple[str, ...] = ()) -> Non
         verb = "is" if len(mods) == 1 else "are"
         raise ModuleNotFoundError(
             f"{what} needs {', '.join(mods)}, which {verb} not installed: "
-            f"pip install 'spice-select[{','.join(missing)}]'", name=mods[0])
+            f"pip install 'spice-select[{','.join(missing)}]'",
+            name=mods[0],
+        )
 
 
 def versions() -> dict[str, str]:
@@ -96,8 +112,9 @@ def load_model(spec: str, gguf_file: str | None = None) -> tuple[Any, Any, str]:
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:
-        raise PipelineError("model loading needs the hf extra: pip install 'spice-select[hf]'") \
-            from e
+        raise PipelineError(
+            "model loading needs the hf extra: pip install 'spice-select[hf]'"
+        ) from e
     p = Path(spec)
     kw: dict[str, Any] = {}
     if gguf_file:
@@ -121,8 +138,9 @@ def load_model(spec: str, gguf_file: str | None = None) -> tuple[Any, Any, str]:
     return model, tok, model_id
 
 
-def check_store_matches(store: Any, data: Any, split: str | None = None,
-                        columns: Mapping[str, str] | None = None) -> dict:
+def check_store_matches(
+    store: Any, data: Any, split: str | None = None, columns: Mapping[str, str] | None = None
+) -> dict:
     """Refuse a feature store that was not made from ``data`` (row count and fingerprint);
     ``split`` and ``columns`` say how to read ``data`` (:func:`spice.features.load_records`)."""
     from .features.records import data_fingerprint, file_sha256
@@ -138,8 +156,9 @@ def check_store_matches(store: Any, data: Any, split: str | None = None,
         )
     rows = len(store)
     if want.get("records") is not None and int(want["records"]) != rows:
-        raise PipelineError(f"feature store {store.path} has {rows} rows, its data had "
-                            f"{want['records']}")
+        raise PipelineError(
+            f"feature store {store.path} has {rows} rows, its data had {want['records']}"
+        )
     return fp
 
 
@@ -178,9 +197,22 @@ def removed_if_failed(path: Path) -> Iterator[None]:
 
 # What a selection run writes into its folder (spice report adds the last four); --overwrite
 # replaces these and leaves every other file of the folder alone.
-_RUN_FILES = ("subset.jsonl", "subset.json", "subset.parquet", "subset", "indices.npy",
-              "scores.csv", "dataset_info.json", "axolotl_dataset.yaml", "trl_sft.py",
-              "timing.json", "report.md", "gains.png", "epsilon.png", "conflict.png")
+_RUN_FILES = (
+    "subset.jsonl",
+    "subset.json",
+    "subset.parquet",
+    "subset",
+    "indices.npy",
+    "scores.csv",
+    "dataset_info.json",
+    "axolotl_dataset.yaml",
+    "trl_sft.py",
+    "timing.json",
+    "report.md",
+    "gains.png",
+    "epsilon.png",
+    "conflict.png",
+)
 
 
 def _publish(staging: Path, out: Path) -> None:
@@ -249,9 +281,18 @@ def select_to_dir(
     if verify:
         store.verify()
     base = np.empty(len(store))  # per-record base gains, filled by the run (no second pass)
-    sel = select(store, k, alpha=alpha, conflict_penalty=conflict_penalty,
-                 early_stop=early_stop, method=method, objective=objective, seed=seed,
-                 base_out=base, spill_dir=spill_dir)
+    sel = select(
+        store,
+        k,
+        alpha=alpha,
+        conflict_penalty=conflict_penalty,
+        early_stop=early_stop,
+        method=method,
+        objective=objective,
+        seed=seed,
+        base_out=base,
+        spill_dir=spill_dir,
+    )
     source = resolve_source(data, split)
     if source is not None:
         subset_name = "subset.parquet"
@@ -268,17 +309,28 @@ def select_to_dir(
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:
-            _write_selection(store, data, source, sel, base, fp, staging, out, subset_name,
-                             columns, extra)
+            _write_selection(
+                store, data, source, sel, base, fp, staging, out, subset_name, columns, extra
+            )
             _publish(staging, out)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return sel
 
 
-def _write_selection(store: Any, data: Any, source: Any, sel: Selection, base: np.ndarray,
-                     fp: dict, staging: Path, out: Path, subset_name: str,
-                     columns: dict | None, extra_config: dict) -> None:
+def _write_selection(
+    store: Any,
+    data: Any,
+    source: Any,
+    sel: Selection,
+    base: np.ndarray,
+    fp: dict,
+    staging: Path,
+    out: Path,
+    subset_name: str,
+    columns: dict | None,
+    extra_config: dict,
+) -> None:
     """The run directory's files, written into ``staging`` (the snippets name the files at their
     final place in ``out``)."""
     from .hfdata import dataset_description, write_dataset_subset
@@ -291,15 +343,19 @@ def _write_selection(store: Any, data: Any, source: Any, sel: Selection, base: n
     write_scores(staging / "scores.csv", store.ids, base, sel.indices, sel.gains, sel.conflict)
     available, first = subset_columns(staging / subset_name)
     fmt = record_format(first) if first is not None else "alpaca"
-    write_json(staging / "dataset_info.json",
-               dataset_info_entry("spice_subset", subset_name, fmt, first, columns, available))
+    write_json(
+        staging / "dataset_info.json",
+        dataset_info_entry("spice_subset", subset_name, fmt, first, columns, available),
+    )
     layout = subset_layout(fmt, first, columns, available)
     final = out.resolve() / subset_name
     atomic_write(staging / "axolotl_dataset.yaml", axolotl_snippet(final, layout))
     atomic_write(staging / "trl_sft.py", trl_snippet(final, layout))
     body = sel.to_dict()
-    timing = {"elapsed_s": body.pop("elapsed_s"), "picks_per_s":
-              len(sel) / sel.elapsed_s if sel.elapsed_s > 0 else None}
+    timing = {
+        "elapsed_s": body.pop("elapsed_s"),
+        "picks_per_s": len(sel) / sel.elapsed_s if sel.elapsed_s > 0 else None,
+    }
     body["config"] = {
         "features": str(Path(store.path).resolve()),
         "features_config": store.config,

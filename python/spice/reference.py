@@ -74,8 +74,13 @@ def greedy_reference(
             stop = "early_stop"
             break
         S.append(j)
-        for name, arr in (("gains", delta), ("base", base), ("align", align),
-                          ("conflict", conflict), ("scores", score)):
+        for name, arr in (
+            ("gains", delta),
+            ("base", base),
+            ("align", align),
+            ("conflict", conflict),
+            ("scores", score),
+        ):
             out[name].append(float(arr[j]))
     res: dict[str, Any] = {name: np.array(v) for name, v in out.items()}
     res["indices"] = np.array(S, dtype=np.int64)
@@ -87,7 +92,11 @@ def greedy_reference(
 
 
 def greedy_numpy(
-    G: np.ndarray, k: int, alpha: float = 1.0, lam: float = 0.0, omega: float | None = None,
+    G: np.ndarray,
+    k: int,
+    alpha: float = 1.0,
+    lam: float = 0.0,
+    omega: float | None = None,
 ) -> dict[str, Any]:
     """The non-lazy Sherman–Morrison greedy of docs/algorithm.md §2, vectorised with numpy.
 
@@ -133,8 +142,12 @@ def greedy_numpy(
         alive[j] = False
         idx.append(j)
         gains.append(float(delta[j]))
-    return {"indices": np.array(idx, dtype=np.int64), "gains": np.array(gains),
-            "logdet": float(np.sum(gains)), "stop_reason": stop}
+    return {
+        "indices": np.array(idx, dtype=np.int64),
+        "gains": np.array(gains),
+        "logdet": float(np.sum(gains)),
+        "stop_reason": stop,
+    }
 
 
 def diag_compat_reference(G: Any, k: int, alpha: float = 1.0, lam: float = 0.0) -> dict[str, Any]:
@@ -162,8 +175,9 @@ def diag_compat_reference(G: Any, k: int, alpha: float = 1.0, lam: float = 0.0) 
     return {"indices": np.array(S, dtype=np.int64), "gains": np.array(gains)}
 
 
-def topk_compat_reference(G: Any, k: int, alpha: float = 1.0,
-                          omega: float | None = None) -> dict[str, Any]:
+def topk_compat_reference(
+    G: Any, k: int, alpha: float = 1.0, omega: float | None = None
+) -> dict[str, Any]:
     """The authors' default selector: top-k by log(1 + α‖g‖²) (stable: ties to lower index)."""
     G = np.asarray(G, dtype=np.float64)
     base = np.log(1.0 + alpha * (G**2).sum(axis=1))

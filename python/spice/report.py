@@ -26,8 +26,11 @@ def require_matplotlib() -> Any:
     try:
         import matplotlib
     except ModuleNotFoundError as e:
-        raise ModuleNotFoundError("spice report needs matplotlib, which is not installed: pip "
-                                  "install 'spice-select[report]'", name="matplotlib") from e
+        raise ModuleNotFoundError(
+            "spice report needs matplotlib, which is not installed: pip "
+            "install 'spice-select[report]'",
+            name="matplotlib",
+        ) from e
     return matplotlib
 
 
@@ -42,7 +45,7 @@ def _pool_conflict(G: Any, picks: np.ndarray) -> np.ndarray:
     for s in range(0, arr.shape[0], 8192):
         B = row_as_float64(arr, code, slice(s, s + 8192))
         cos = (B @ mean) / (np.linalg.norm(B, axis=1) * mn + 1e-8)
-        out[s:s + B.shape[0]] = np.maximum(0.0, -cos)
+        out[s : s + B.shape[0]] = np.maximum(0.0, -cos)
     return out
 
 
@@ -77,8 +80,13 @@ def make_report(run_dir: str | os.PathLike) -> dict[str, Path]:
 
         store = FeatureStore.open(store_path)
         p = sel.get("params", {})
-        fisher = select(store, max(1, int(sel["k"])), alpha=p.get("alpha", 1.0),
-                        conflict_penalty=0.0, method="lazy")
+        fisher = select(
+            store,
+            max(1, int(sel["k"])),
+            alpha=p.get("alpha", 1.0),
+            conflict_penalty=0.0,
+            method="lazy",
+        )
         pool_conf = _pool_conflict(store, picks)
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -146,22 +154,30 @@ def make_report(run_dir: str | os.PathLike) -> dict[str, Path]:
         f"picks/s), {sel['evaluations']} candidate evaluations",
     ]
     if sel["stop_reason"] == "early_stop":
-        lines.append(f"- SPICE+ stopped at pick {m + 1}: Δ fell to ω = "
-                     f"{sel['params'].get('early_stop')} of the first gain")
+        lines.append(
+            f"- SPICE+ stopped at pick {m + 1}: Δ fell to ω = "
+            f"{sel['params'].get('early_stop')} of the first gain"
+        )
     if fisher is not None:
         overlap = len(set(picks.tolist()) & set(fisher.indices.tolist()))
         union = len(set(picks.tolist()) | set(fisher.indices.tolist()))
-        lines.append(f"- Fisher greedy (λ = 0) on the same features: log det {fisher.logdet:.6g}; "
-                     f"Jaccard overlap with this selection {overlap / max(union, 1):.3f}")
+        lines.append(
+            f"- Fisher greedy (λ = 0) on the same features: log det {fisher.logdet:.6g}; "
+            f"Jaccard overlap with this selection {overlap / max(union, 1):.3f}"
+        )
     if pool_conf is not None:
-        lines.append(f"- conflict with the picks' mean: pool mean {pool_conf.mean():.4g}, "
-                     f"picks mean {pool_conf[picks].mean():.4g}")
+        lines.append(
+            f"- conflict with the picks' mean: pool mean {pool_conf.mean():.4g}, "
+            f"picks mean {pool_conf[picks].mean():.4g}"
+        )
     if store is not None and store.manifest.get("skipped", {}).get("rows"):
         sk = store.manifest["skipped"]
         why = ", ".join(f"{n} {r}" for r, n in sorted(sk["reasons"].items(), key=lambda x: -x[1]))
-        lines.append(f"- {sk['rows']} of the {len(store)} records had nothing to learn from and "
-                     f"got zero rows, never picked ({why}; listed in "
-                     f"{Path(store.path) / sk.get('list', 'skipped.jsonl')})")
+        lines.append(
+            f"- {sk['rows']} of the {len(store)} records had nothing to learn from and "
+            f"got zero rows, never picked ({why}; listed in "
+            f"{Path(store.path) / sk.get('list', 'skipped.jsonl')})"
+        )
     lines += ["", "![gains](gains.png)", "![epsilon](epsilon.png)", "![conflict](conflict.png)", ""]
     out["report"] = atomic_write(run / "report.md", "\n".join(lines))
     return out

@@ -83,15 +83,29 @@ class Selection:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary (lists of Python floats and ints)."""
         out: dict[str, Any] = {}
-        for name in ("indices", "gains", "base", "epsilon", "align", "conflict", "penalty",
-                     "scores"):
+        for name in (
+            "indices",
+            "gains",
+            "base",
+            "epsilon",
+            "align",
+            "conflict",
+            "penalty",
+            "scores",
+        ):
             out[name] = getattr(self, name).tolist()
         for name in ("logdet", "opt_upper_bound", "certified_ratio"):
             v = float(getattr(self, name))
             out[name] = v if math.isfinite(v) else None
-        out.update(stop_reason=self.stop_reason, evaluations=self.evaluations,
-                   dot_products=self.dot_products, n=self.n,
-                   k=self.k, params=dict(self.params), elapsed_s=self.elapsed_s)
+        out.update(
+            stop_reason=self.stop_reason,
+            evaluations=self.evaluations,
+            dot_products=self.dot_products,
+            n=self.n,
+            k=self.k,
+            params=dict(self.params),
+            elapsed_s=self.elapsed_s,
+        )
         return out
 
     def subset(self, dataset: Any, *, keep_in_memory: bool = True) -> Any:
@@ -115,8 +129,11 @@ class Selection:
         lines = [
             f"selected {m} of {self.n} rows (budget {self.k}, stop: {self.stop_reason})",
             f"log det F(S) = {self.logdet:.6g}"
-            + (f"; OPT <= {self.opt_upper_bound:.6g} (certified ratio {self.certified_ratio:.4f})"
-               if math.isfinite(self.opt_upper_bound) else ""),
+            + (
+                f"; OPT <= {self.opt_upper_bound:.6g} (certified ratio {self.certified_ratio:.4f})"
+                if math.isfinite(self.opt_upper_bound)
+                else ""
+            ),
         ]
         if m:
             lines.append(
@@ -145,8 +162,9 @@ def resolve_k(k: int | float, n: int) -> int:
     raise TypeError(f"k must be an int or a float fraction, got {type(k).__name__}")
 
 
-def _check_number(name: str, v: Any, lo: float, lo_open: bool, hi: float = math.inf,
-                  hi_open: bool = False) -> float:
+def _check_number(
+    name: str, v: Any, lo: float, lo_open: bool, hi: float = math.inf, hi_open: bool = False
+) -> float:
     """A finite real number in the interval (lo or [lo, hi) or hi]; hi = inf: no upper bound
     (infinity itself is never accepted: no parameter of the objective has a meaning there)."""
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
@@ -157,14 +175,23 @@ def _check_number(name: str, v: Any, lo: float, lo_open: bool, hi: float = math.
         if math.isinf(hi):
             want = f"a finite number {'>' if lo_open else '>='} {lo:g}"
         else:
-            want = (f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}"
-                    f"{')' if hi_open else ']'}")
+            want = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
         raise ValueError(f"{name} = {v} must be {want}")
     return v
 
-def check_options(n: int, k: int | float, *, alpha: Any, conflict_penalty: Any, early_stop: Any,
-                  method: Any, objective: Any, stochastic_eps: Any,
-                  seed: Any) -> tuple[int, float, float, float, float, int]:
+
+def check_options(
+    n: int,
+    k: int | float,
+    *,
+    alpha: Any,
+    conflict_penalty: Any,
+    early_stop: Any,
+    method: Any,
+    objective: Any,
+    stochastic_eps: Any,
+    seed: Any,
+) -> tuple[int, float, float, float, float, int]:
     """Validate the settings of a selection over n rows, as every backend takes them.
 
     Returns ``(k, alpha, lambda, omega, stochastic_eps, seed)``: k a count in [0, n], omega 0
@@ -185,7 +212,6 @@ def check_options(n: int, k: int | float, *, alpha: Any, conflict_penalty: Any, 
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     return kk, a, lam, omega, seps, int(seed) & 0xFFFFFFFFFFFFFFFF
-
 
 
 class _Bar:
@@ -306,8 +332,16 @@ def select(
         arr, code = as_features(G, bf16=bf16)
     n, _ = arr.shape
     kk, a, lam, omega, seps, seed64 = check_options(
-        n, k, alpha=alpha, conflict_penalty=conflict_penalty, early_stop=early_stop,
-        method=method, objective=objective, stochastic_eps=stochastic_eps, seed=seed)
+        n,
+        k,
+        alpha=alpha,
+        conflict_penalty=conflict_penalty,
+        early_stop=early_stop,
+        method=method,
+        objective=objective,
+        stochastic_eps=stochastic_eps,
+        seed=seed,
+    )
     if threads is None:
         nthreads = 0
     elif isinstance(threads, (int, np.integer)) and not isinstance(threads, bool) and threads >= 1:
@@ -331,12 +365,32 @@ def select(
         if not os.path.isdir(spill):
             raise ValueError(f"spill_dir {spill!r} is not an existing directory")
     if on_gpu:
-        raw = _gpu.select_gpu(arr, kk, a, lam, omega, method, seed64, seps,
-                              objective=objective, progress=cb, code=code)
+        raw = _gpu.select_gpu(
+            arr,
+            kk,
+            a,
+            lam,
+            omega,
+            method,
+            seed64,
+            seps,
+            objective=objective,
+            progress=cb,
+            code=code,
+        )
     else:
-        opts = _core.Options(k=kk, alpha=a, lam=lam, omega=omega, method=method,
-                             objective=objective, seed=seed64,
-                             stochastic_eps=seps, threads=nthreads, spill_dir=spill)
+        opts = _core.Options(
+            k=kk,
+            alpha=a,
+            lam=lam,
+            omega=omega,
+            method=method,
+            objective=objective,
+            seed=seed64,
+            stochastic_eps=seps,
+            threads=nthreads,
+            spill_dir=spill,
+        )
         raw = _core.select(arr, code, opts, progress=cb, interval_s=0.2, base_out=base_out)
     elapsed = time.perf_counter() - t0
     if raw["bad_row"] >= 0:
@@ -357,13 +411,33 @@ def select(
         ratio = ld / ub if ub > 0 else 1.0
     else:
         ratio = float("nan")
-    params = dict(alpha=a, conflict_penalty=lam, early_stop=early_stop, method=method,
-                  objective=objective, seed=int(seed), stochastic_eps=seps,
-                  backend=raw.get("backend", "cpu"))
+    params = dict(
+        alpha=a,
+        conflict_penalty=lam,
+        early_stop=early_stop,
+        method=method,
+        objective=objective,
+        seed=int(seed),
+        stochastic_eps=seps,
+        backend=raw.get("backend", "cpu"),
+    )
     return Selection(
-        indices=idx, gains=gains, base=base, epsilon=gains - base, align=raw["align"],
-        conflict=conflict, penalty=lam * conflict, scores=raw["scores"], logdet=ld,
-        stop_reason=str(raw["stop_reason"]), opt_upper_bound=ub, certified_ratio=ratio,
-        evaluations=int(raw["evaluations"]), n=n, k=kk, params=params, elapsed_s=elapsed,
+        indices=idx,
+        gains=gains,
+        base=base,
+        epsilon=gains - base,
+        align=raw["align"],
+        conflict=conflict,
+        penalty=lam * conflict,
+        scores=raw["scores"],
+        logdet=ld,
+        stop_reason=str(raw["stop_reason"]),
+        opt_upper_bound=ub,
+        certified_ratio=ratio,
+        evaluations=int(raw["evaluations"]),
+        n=n,
+        k=kk,
+        params=params,
+        elapsed_s=elapsed,
         dot_products=int(raw.get("dot_products", 0)),
     )

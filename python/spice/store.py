@@ -519,11 +519,14 @@ class StoreWriter:
         return done
 
     def _partial_paths(self, chunk: int) -> tuple[Path, Path]:
-        return (self.shards / f"chunk-{chunk:05d}.partial.npy",
-                self.shards / f"chunk-{chunk:05d}.partial.json")
+        return (
+            self.shards / f"chunk-{chunk:05d}.partial.npy",
+            self.shards / f"chunk-{chunk:05d}.partial.json",
+        )
 
-    def save_partial(self, chunk: int, done: Sequence[int], rows: np.ndarray,
-                     index_rows: Sequence[dict]) -> None:
+    def save_partial(
+        self, chunk: int, done: Sequence[int], rows: np.ndarray, index_rows: Sequence[dict]
+    ) -> None:
         """Atomically save the progress of an unfinished chunk.
 
         Args:
@@ -536,14 +539,20 @@ class StoreWriter:
         a, b = self.chunk_rows(chunk)
         arr = np.ascontiguousarray(rows, dtype=np.float32)
         if arr.shape != (len(done), self.dim) or len(index_rows) != len(done):
-            raise ValueError(f"chunk {chunk}: partial rows {arr.shape} / {len(index_rows)} index "
-                             f"rows do not match {len(done)} done rows")
+            raise ValueError(
+                f"chunk {chunk}: partial rows {arr.shape} / {len(index_rows)} index "
+                f"rows do not match {len(done)} done rows"
+            )
         if any(not 0 <= int(i) < b - a for i in done):
             raise ValueError(f"chunk {chunk}: done positions outside [0, {b - a})")
         npy, marker = self._partial_paths(chunk)
         _atomic_save_npy(npy, arr)
-        meta = {"chunk": chunk, "done": [int(i) for i in done], "sha256": rows_sha256(arr),
-                "index": [_norm_index_row(r) for r in index_rows]}
+        meta = {
+            "chunk": chunk,
+            "done": [int(i) for i in done],
+            "sha256": rows_sha256(arr),
+            "index": [_norm_index_row(r) for r in index_rows],
+        }
         _atomic_write_text(marker, _dumps(meta))
 
     def load_partial(self, chunk: int) -> tuple[list[int], np.ndarray, list[dict]] | None:
@@ -557,9 +566,13 @@ class StoreWriter:
             arr = np.load(npy, allow_pickle=False)
             done = [int(i) for i in meta["done"]]
             a, b = self.chunk_rows(chunk)
-            ok = (arr.shape == (len(done), self.dim) and arr.dtype == np.float32
-                  and rows_sha256(arr) == meta["sha256"] and len(meta["index"]) == len(done)
-                  and all(0 <= i < b - a for i in done))
+            ok = (
+                arr.shape == (len(done), self.dim)
+                and arr.dtype == np.float32
+                and rows_sha256(arr) == meta["sha256"]
+                and len(meta["index"]) == len(done)
+                and all(0 <= i < b - a for i in done)
+            )
         except (OSError, ValueError, KeyError, TypeError):
             return None
         return (done, arr, list(meta["index"])) if ok else None
@@ -676,8 +689,12 @@ def _write_final(
             why = skip_reason(r["flags"])
             if why:
                 reasons[why] = reasons.get(why, 0) + 1
-                entry = {"row": r["row"], "id": r["id"], "reason": why,
-                         "detail": r.get("detail") or SKIP_REASONS.get(why, "")}
+                entry = {
+                    "row": r["row"],
+                    "id": r["id"],
+                    "reason": why,
+                    "detail": r.get("detail") or SKIP_REASONS.get(why, ""),
+                }
                 skipped_lines.append(json.dumps(entry, sort_keys=True, ensure_ascii=False))
         off += m
     mm.flush()
@@ -688,9 +705,15 @@ def _write_final(
     _atomic_write_text(path / "index.jsonl", "".join(line + "\n" for line in lines))
     _atomic_write_text(path / "skipped.jsonl", "".join(line + "\n" for line in skipped_lines))
     final = dict(manifest)
-    final.update({"status": "complete", "rows": n, "chunks": chunks, "flags": flags,
-                  "skipped": {"rows": len(skipped_lines), "reasons": reasons,
-                              "list": "skipped.jsonl"}})
+    final.update(
+        {
+            "status": "complete",
+            "rows": n,
+            "chunks": chunks,
+            "flags": flags,
+            "skipped": {"rows": len(skipped_lines), "reasons": reasons, "list": "skipped.jsonl"},
+        }
+    )
     final.pop("my_chunks", None)
     _atomic_write_text(path / "manifest.json", _dumps(final))
 
@@ -774,8 +797,9 @@ def merge_stores(parts: Sequence[PathLike] | PathLike, out: PathLike | None = No
             meta = {**ch, "index": [_norm_index_row(r) for r in rows]}
             yield meta, s.features[a : a + m]
 
-    base = {k: v for k, v in ref.items()
-            if k not in ("status", "rows", "chunks", "flags", "skipped")}
+    base = {
+        k: v for k, v in ref.items() if k not in ("status", "rows", "chunks", "flags", "skipped")
+    }
     base["part"] = [0, 1]
     _write_final(out_p, base, sources(), int(ref["dim"]), np.dtype(_DTYPES[ref["dtype"]]))
     return FeatureStore.open(out_p)

@@ -21,8 +21,11 @@ def _family(rng: random.Random, fam: str) -> tuple[str, str, str]:
         return "Add the two numbers.", f"{a} + {b}", str(a + b)
     if fam == "sort":
         xs = [rng.randint(0, 9) for _ in range(rng.randint(3, 6))]
-        return "Sort the digits in ascending order.", " ".join(map(str, xs)), \
-            " ".join(map(str, sorted(xs)))
+        return (
+            "Sort the digits in ascending order.",
+            " ".join(map(str, xs)),
+            " ".join(map(str, sorted(xs))),
+        )
     if fam == "reverse":
         w = "".join(rng.choice("abcdefgh") for _ in range(rng.randint(3, 7)))
         return "Reverse the word.", w, w[::-1]
@@ -38,8 +41,9 @@ def _family(rng: random.Random, fam: str) -> tuple[str, str, str]:
 FAMILIES = ("add", "sort", "reverse", "upper", "lookup")
 
 
-def make_instruction_data(n: int = 600, seed: int = 0, wrong: float = 0.1, dup: float = 0.05,
-                          filler: float = 0.05) -> list[dict]:
+def make_instruction_data(
+    n: int = 600, seed: int = 0, wrong: float = 0.1, dup: float = 0.05, filler: float = 0.05
+) -> list[dict]:
     """Alpaca records from several task families, with defects: a fraction ``wrong`` of records
     with wrong answers (conflicting gradients), exact duplicates and off-task filler."""
     rng = random.Random(seed)
@@ -48,8 +52,12 @@ def make_instruction_data(n: int = 600, seed: int = 0, wrong: float = 0.1, dup: 
         u = rng.random()
         if u < filler:
             words = " ".join(rng.choice(_NAMES + _COLORS) for _ in range(rng.randint(4, 12)))
-            rec = {"instruction": "Say something.", "input": "", "output": words,
-                   "family": "filler"}
+            rec = {
+                "instruction": "Say something.",
+                "input": "",
+                "output": words,
+                "family": "filler",
+            }
         elif u < filler + dup and out:
             rec = dict(rng.choice(out))
         else:
@@ -71,15 +79,19 @@ def train_tokenizer(texts: list[str], vocab_size: int = 400) -> Any:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size,
-                                  special_tokens=["<pad>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer)
     tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>")
+        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
 
 
 def tiny_llama(vocab_size: int, hidden: int = 64, layers: int = 2, seed: int = 0) -> Any:
@@ -88,7 +100,14 @@ def tiny_llama(vocab_size: int, hidden: int = 64, layers: int = 2, seed: int = 0
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab_size,
-                      max_position_embeddings=256, attn_implementation="eager")
+    cfg = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab_size,
+        max_position_embeddings=256,
+        attn_implementation="eager",
+    )
     return LlamaForCausalLM(cfg).eval()

@@ -70,7 +70,9 @@ def __getattr__(name: str) -> Any:
         if missing in ("torch", "transformers", "peft", "tqdm", "safetensors"):
             raise ModuleNotFoundError(
                 f"spice.features.{name} needs {missing}, which is not installed: "
-                "pip install 'spice-select[hf]'", name=e.name) from e
+                "pip install 'spice-select[hf]'",
+                name=e.name,
+            ) from e
         raise
     globals()[name] = value
     return value

@@ -535,14 +535,21 @@ def summarize(store: FeatureStore) -> str:
     n_skip = sum(1 for r in skipped if r)
     msg = f"{n} records: {n - n_skip} featurised"
     if n_skip:
-        msg += (f", {n_skip} skipped with a zero row ({_reason_counts(skipped)}; listed in "
-                f"{store.path / 'skipped.jsonl'})")
+        msg += (
+            f", {n_skip} skipped with a zero row ({_reason_counts(skipped)}; listed in "
+            f"{store.path / 'skipped.jsonl'})"
+        )
     trunc = [f for f in idx.flags if "truncated" in f and "skipped" not in f]
     if trunc:
-        how = {k: sum(1 for f in trunc if k in f)
-               for k in ("turns_dropped", "prompt_truncated", "response_truncated")}
-        msg += (f"; {len(trunc)} truncated to max_length={store.config.get('max_length')} ("
-                + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in how.items() if v) + ")")
+        how = {
+            k: sum(1 for f in trunc if k in f)
+            for k in ("turns_dropped", "prompt_truncated", "response_truncated")
+        }
+        msg += (
+            f"; {len(trunc)} truncated to max_length={store.config.get('max_length')} ("
+            + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in how.items() if v)
+            + ")"
+        )
     fixed = sum(1 for f in idx.flags if "dropped_leading_turns" in f and "skipped" not in f)
     if fixed:
         msg += f"; {fixed} lost assistant turns that came before any user turn"
@@ -714,8 +721,9 @@ def _run_chunks(
                 for k, i in enumerate(batch):
                     feats[i] = f[k]
                     ok = int(counts[k]) > 0 and math.isfinite(float(loss[k]))
-                    entries[i] = _index_row(a + i, records[a + i], toks[a + i],
-                                            float(loss[k]) if ok else None)
+                    entries[i] = _index_row(
+                        a + i, records[a + i], toks[a + i], float(loss[k]) if ok else None
+                    )
                 ntok = int(am.sum())
                 tok_done += ntok
                 now = time.perf_counter()

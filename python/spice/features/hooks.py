@@ -208,9 +208,7 @@ def per_sample_losses(
     if bi.numel() == 0:
         return logits.new_zeros(B, dtype=torch.float32), counts
     col = ti if positions is None else torch.searchsorted(positions.to(ti.device), ti)
-    tok = F.cross_entropy(
-        logits[bi, col].to(torch.float32), labels[bi, ti + 1], reduction="none"
-    )
+    tok = F.cross_entropy(logits[bi, col].to(torch.float32), labels[bi, ti + 1], reduction="none")
     w = 1.0 / counts.clamp(min=1).to(torch.float32)
     losses = torch.zeros(B, dtype=torch.float32, device=logits.device).index_add(0, bi, tok * w[bi])
     return losses, counts

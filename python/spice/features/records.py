@@ -206,8 +206,9 @@ def _check_chat(rec: Record) -> Record:
     first_user = next((i for i, m in enumerate(msgs) if m["role"] == "user"), None)
     notes = rec.notes
     if first_user is None:
-        return replace(rec, skip="no_user_turn_before_assistant",
-                       detail="the conversation has no user turn")
+        return replace(
+            rec, skip="no_user_turn_before_assistant", detail="the conversation has no user turn"
+        )
     lead = [i for i in range(first_user) if msgs[i]["role"] == "assistant"]
     if lead:  # a reply to a prompt that is not in the record: not a training target
         drop = set(lead)
@@ -217,11 +218,21 @@ def _check_chat(rec: Record) -> Record:
     replies = [m for m in msgs[first_user:] if m["role"] == "assistant"]
     if not replies:
         reason = "no_user_turn_before_assistant" if lead else "no_assistant_turn"
-        return replace(rec, messages=msgs, notes=notes, skip=reason,
-                       detail="no assistant turn follows a user turn")
+        return replace(
+            rec,
+            messages=msgs,
+            notes=notes,
+            skip=reason,
+            detail="no assistant turn follows a user turn",
+        )
     if all(_blank(m["content"]) for m in replies):
-        return replace(rec, messages=msgs, notes=notes, skip="empty_response",
-                       detail="every assistant turn is empty")
+        return replace(
+            rec,
+            messages=msgs,
+            notes=notes,
+            skip="empty_response",
+            detail="every assistant turn is empty",
+        )
     return replace(rec, messages=msgs, notes=notes)
 
 
@@ -435,8 +446,9 @@ def load_records(
     if source is not None:
         name = source_name(data, split)
         table_names = source_columns(source)
-        items = iter_source_rows(source, name if isinstance(data, (str, os.PathLike))
-                                 else "dataset")
+        items = iter_source_rows(
+            source, name if isinstance(data, (str, os.PathLike)) else "dataset"
+        )
     elif isinstance(data, (str, os.PathLike)):
         path = Path(data)
         if not path.is_file():
@@ -452,8 +464,10 @@ def load_records(
         elif suffix in (".jsonl", ".ndjson"):
             items = _iter_jsonl(path)
         else:
-            raise RecordError(f"{path}: unknown data file type {suffix!r} (jsonl, json, "
-                              "parquet, arrow, or a datasets save_to_disk folder)")
+            raise RecordError(
+                f"{path}: unknown data file type {suffix!r} (jsonl, json, "
+                "parquet, arrow, or a datasets save_to_disk folder)"
+            )
     elif isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
         items = ((obj, f"records[{i}]") for i, obj in enumerate(data))
     else:
@@ -478,14 +492,26 @@ def load_records(
             if invalid == "error":
                 raise
             raw = obj.raw if isinstance(obj, _Bad) else _canonical(obj)
-            out.append(Record(id=str(pos), kind="invalid", prompt=raw, source=where,
-                              skip="invalid_record", detail=str(e)))
+            out.append(
+                Record(
+                    id=str(pos),
+                    kind="invalid",
+                    prompt=raw,
+                    source=where,
+                    skip="invalid_record",
+                    detail=str(e),
+                )
+            )
     return out
 
 
-def data_fingerprint(data: DataSource, records: Sequence[Record] | None = None, *,
-                     split: str | None = None,
-                     columns: Mapping[str, str] | None = None) -> dict:
+def data_fingerprint(
+    data: DataSource,
+    records: Sequence[Record] | None = None,
+    *,
+    split: str | None = None,
+    columns: Mapping[str, str] | None = None,
+) -> dict:
     """A fingerprint of the data's content: sha256 over the normalised records (id, kind, texts,
     messages, skip reason), so blank lines, JSON whitespace, key order, extra fields and the
     container (JSONL, Parquet, Arrow, a Hugging Face dataset) do not change it. ``split`` and
@@ -514,6 +540,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
 
 # ----------------------------------------------------------------------------------------------
 # tokenising
@@ -637,7 +664,7 @@ def _drop_exchanges(
     last = max((j for j, ok in enumerate(has_reply) if ok), default=0)
 
     def kept(e: int) -> tuple[dict, ...]:
-        return msgs[:head] + msgs[starts[e]:] if starts else msgs
+        return msgs[:head] + msgs[starts[e] :] if starts else msgs
 
     def fits(e: int) -> bool:
         text, special = _render_text(tokenizer, kept(e))
@@ -732,19 +759,25 @@ def tokenize_record(
     flags = sorted(set(flags), key=flags.index)
     if not mask.any():
         flags += ["skipped", "empty_response"]
-    return TokenizedRecord(input_ids=input_ids, loss_mask=mask, truncated="truncated" in flags,
-                           flags=flags)
+    return TokenizedRecord(
+        input_ids=input_ids, loss_mask=mask, truncated="truncated" in flags, flags=flags
+    )
 
 
 def _template_refused(e: Exception, notes: list[str]) -> TokenizedRecord:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return _skipped_tokens(["skipped", "template_error", *notes],
-                           f"the chat template refused the conversation: {msg}")
+    return _skipped_tokens(
+        ["skipped", "template_error", *notes], f"the chat template refused the conversation: {msg}"
+    )
 
 
 def _skipped_tokens(flags: list[str], detail: str) -> TokenizedRecord:
-    return TokenizedRecord(input_ids=np.zeros(0, dtype=np.int64), loss_mask=np.zeros(0, bool),
-                           flags=flags, detail=detail)
+    return TokenizedRecord(
+        input_ids=np.zeros(0, dtype=np.int64),
+        loss_mask=np.zeros(0, bool),
+        flags=flags,
+        detail=detail,
+    )
 
 
 def _tokenize_with_spans(
