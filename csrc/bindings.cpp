@@ -55,6 +55,7 @@ const char* stop_name(spice::StopReason s) {
     case spice::StopReason::EarlyStop: return "early_stop";
     case spice::StopReason::Exhausted: return "exhausted";
     case spice::StopReason::Cancelled: return "cancelled";
+    case spice::StopReason::Filled: return "filled";
   }
   return "unknown";
 }
@@ -93,7 +94,7 @@ spice::Objective objective_of(const std::string& s) {
 spice::Options make_options(int64_t k, double alpha, double lam, double omega,
                             const std::string& method, const std::string& objective, uint64_t seed,
                             double stochastic_eps, int threads, int64_t batch, int64_t chunk,
-                            const std::string& spill_dir) {
+                            const std::string& spill_dir, double budget) {
   spice::Options o;
   o.k = k;
   o.alpha = alpha;
@@ -107,13 +108,39 @@ spice::Options make_options(int64_t k, double alpha, double lam, double omega,
   o.batch = batch;
   o.chunk = chunk;
   o.spill_dir = spill_dir;
+  o.budget = budget;
   return o;
 }
 
+// A read-only contiguous 1-D array of n elements of T (the constraint arrays), or null for None.
+template <class T>
+const T* input_of(const py::object& a, int64_t n, const char* what) {
+  if (a.is_none()) return nullptr;
+  if (!py::isinstance<py::array_t<T, 0>>(a))
+    throw py::value_error(std::string(what) + " has the wrong dtype");
+  auto b = py::reinterpret_borrow<py::array_t<T, 0>>(a);
+  if (b.ndim() != 1 || b.shape(0) != n || !(b.flags() & py::array::c_style))
+    throw py::value_error(std::string(what) + " must be a contiguous 1-D array of its length");
+  return b.data();
+}
+
 py::dict py_select(const py::array& G, int dtype_code, spice::Options opt,
-                   const py::object& progress, double interval_s, const py::object& base_out) {
+                   const py::object& progress, double interval_s, const py::object& base_out,
+                   const py::object& cost, const py::object& groups, const py::object& quotas) {
   spice::MatrixView view = view_of(G, dtype_code);
   opt.base_out = nullptr;
+  // The constraint arrays (float64 cost, int32 groups, int64 quotas) stay referenced by the
+  // caller's objects for the whole call.
+  opt.cost = input_of<double>(cost, view.n, "cost (float64)");
+  opt.group = input_of<int32_t>(groups, view.n, "groups (int32)");
+  opt.n_groups = 0;
+  opt.quota = nullptr;
+  if (opt.group || !quotas.is_none()) {
+    if (!opt.group || quotas.is_none()) throw py::value_error("groups and quotas go together");
+    auto qa = py::reinterpret_borrow<py::array>(quotas);
+    opt.n_groups = static_cast<int64_t>(qa.ndim() == 1 ? qa.shape(0) : 0);
+    opt.quota = input_of<int64_t>(quotas, opt.n_groups, "quotas (int64)");
+  }
   if (!base_out.is_none()) {
     if (!py::isinstance<py::array_t<double, 0>>(base_out))
       throw py::value_error("base_out must be a float64 numpy array");
@@ -158,6 +185,8 @@ py::dict py_select(const py::array& G, int dtype_code, spice::Options opt,
   out["evaluations"] = res.evaluations;
   out["bad_row"] = res.bad_row;
   out["dot_products"] = res.dot_products;
+  out["spent"] = res.spent;
+  out["safeguard"] = res.safeguard;
   return out;
 }
 
@@ -182,7 +211,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("lam") = 0.0, py::arg("omega") = 0.0, py::arg("method") = "lazy",
            py::arg("objective") = "logdet", py::arg("seed") = 0, py::arg("stochastic_eps") = 0.01,
            py::arg("threads") = 0, py::arg("batch") = 0, py::arg("chunk") = 0,
-           py::arg("spill_dir") = std::string())
+           py::arg("spill_dir") = std::string(), py::arg("budget") = 0.0)
       .def_readwrite("k", &spice::Options::k)
       .def_readwrite("alpha", &spice::Options::alpha)
       .def_readwrite("lam", &spice::Options::lambda)
@@ -200,6 +229,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("batch", &spice::Options::batch)
       .def_readwrite("chunk", &spice::Options::chunk)
       .def_readwrite("spill_dir", &spice::Options::spill_dir)
+      .def_readwrite("budget", &spice::Options::budget)
       .def("__repr__", [](const spice::Options& o) {
         return "Options(k=" + std::to_string(o.k) + ", alpha=" + std::to_string(o.alpha) +
                ", lam=" + std::to_string(o.lambda) + ", omega=" + std::to_string(o.omega) +
@@ -208,7 +238,8 @@ PYBIND11_MODULE(_core, m) {
       });
   m.def("select", &py_select, py::arg("G"), py::arg("dtype_code"), py::arg("options"),
         py::kw_only(), py::arg("progress") = py::none(), py::arg("interval_s") = 0.25,
-        py::arg("base_out") = py::none());
+        py::arg("base_out") = py::none(), py::arg("cost") = py::none(),
+        py::arg("groups") = py::none(), py::arg("quotas") = py::none());
   m.def("row_norms2", &py_row_norms2, py::arg("G"), py::arg("dtype_code"), py::arg("threads") = 0);
   m.def("kernel_isa", &spice::kernel_isa);
 #ifdef _OPENMP

@@ -46,6 +46,7 @@ void Engine::init_norms() {
   }
   if (opt_.base_out) std::copy(base_.begin(), base_.end(), opt_.base_out);
   conf_.reset(d_);
+  cons_.reset(opt_);
 }
 
 Best Engine::argmax(const int64_t* cand, int64_t m) const {
@@ -70,11 +71,23 @@ Best Engine::argmax(const int64_t* cand, int64_t m) const {
 bool Engine::check_stop_before_pick(const Best& b) {
   if (b.idx == std::numeric_limits<int64_t>::max() || !(b.score > kNegInf)) {
     res_.stop = StopReason::Exhausted;
+    if (cons_.active()) {  // "filled" when no row left fits, whatever the gains (§11)
+      bool any = false;
+      for (int64_t i = 0; i < n_ && !any; ++i) any = rs_[i].state != kPicked && fits(i);
+      if (!any) res_.stop = StopReason::Filled;
+    }
     return true;
   }
-  if (opt_.omega > 0.0 && t_ >= 1 && rs_[b.idx].delta <= opt_.omega * res_.gains[0]) {
-    res_.stop = StopReason::EarlyStop;
-    return true;
+  if (opt_.omega > 0.0 && t_ >= 1) {
+    // With costs the rule compares gains per unit cost (the same rule at unit cost).
+    const bool stop = cons_.has_cost()
+                          ? rs_[b.idx].delta / cons_.cost(b.idx) <=
+                                opt_.omega * (res_.gains[0] / cons_.cost(res_.indices[0]))
+                          : rs_[b.idx].delta <= opt_.omega * res_.gains[0];
+    if (stop) {
+      res_.stop = StopReason::EarlyStop;
+      return true;
+    }
   }
   return false;
 }
@@ -97,6 +110,10 @@ void Engine::add_pick(int64_t j) {
   res_.scores.push_back(rs_[j].score);
   res_.objective_sum += rs_[j].delta;
   rs_[j].state = kPicked;
+  if (cons_.active()) {
+    cons_.take(j);
+    res_.spent = cons_.spent();
+  }
 
   std::vector<double> g(d_);
   kern::widen_row(G_.dtype, row(j), d_, g.data());
@@ -146,6 +163,93 @@ void Engine::finish_bound() {
   }
 }
 
+// Constrained runs (§11). For any feasible S*, F(S*) <= F(S) + sum over x in S* \ S of
+// Delta_x(S) (submodularity and monotonicity), and S* \ S itself obeys every constraint, so the
+// largest such sum over the sets that obey any one constraint bounds it: the k largest Deltas
+// (the row cap), the fractional knapsack of (Delta, cost) under the budget, and the heaviest set
+// with at most quota_g rows in group g and k in all (a partition matroid: greedy is exact). The
+// smallest of these is reported. Stale q_x are upper bounds of the current ones, so candidates
+// left behind (lazy, or dropped as unfit) still give valid, looser terms.
+void Engine::finish_bound_constrained() {
+  struct Term {
+    double delta;
+    int64_t i;
+  };
+  std::vector<Term> v;
+  v.reserve(n_);
+  for (int64_t i = 0; i < n_; ++i) {
+    if (rs_[i].state == kPicked) continue;
+    const double dl = std::log1p(opt_.alpha * rs_[i].q);
+    if (dl > 0.0) v.push_back({dl, i});
+  }
+  std::sort(v.begin(), v.end(), [](const Term& a, const Term& b) {
+    return a.delta > b.delta || (a.delta == b.delta && a.i < b.i);
+  });
+  const size_t cap = static_cast<size_t>(opt_.k);
+  double best = 0.0;
+  for (size_t x = 0; x < v.size() && x < cap; ++x) best += v[x].delta;
+  if (opt_.group) {
+    std::vector<int64_t> used(static_cast<size_t>(opt_.n_groups), 0);
+    double sum = 0.0;
+    size_t taken = 0;
+    for (size_t x = 0; x < v.size() && taken < cap; ++x) {
+      const int32_t g = opt_.group[v[x].i];
+      if (used[g] < opt_.quota[g]) {
+        ++used[g];
+        ++taken;
+        sum += v[x].delta;
+      }
+    }
+    best = std::min(best, sum);
+  }
+  if (opt_.cost) {
+    const double* c = opt_.cost;
+    std::stable_sort(v.begin(), v.end(), [c](const Term& a, const Term& b) {
+      return a.delta / c[a.i] > b.delta / c[b.i];
+    });
+    double room = opt_.budget, sum = 0.0;
+    for (const Term& e : v) {
+      if (c[e.i] <= room) {
+        sum += e.delta;
+        room -= c[e.i];
+      } else {
+        sum += e.delta * (room / c[e.i]);
+        break;
+      }
+    }
+    best = std::min(best, sum);
+  }
+  res_.opt_upper_bound = res_.objective_sum + best;
+}
+
+// The modified cost-benefit greedy (§11): the best single row that fits alone replaces the
+// greedy's set when its score (its gain, no penalty alone) beats the greedy's summed scores. The
+// cost-benefit greedy alone has no constant-factor guarantee (a cheap row with a high ratio can
+// block a costly one worth more); with this safeguard it is within (1 - 1/e) / 2 of the optimum.
+void Engine::safeguard_single() {
+  if (opt_.k < 1) return;
+  Best one;
+  for (int64_t i = 0; i < n_; ++i) {
+    if (!(base_[i] > 0.0) || !cons_.fits_alone(i)) continue;
+    const Best b{base_[i], i};
+    if (b.better_than(one)) one = b;
+  }
+  if (one.idx == std::numeric_limits<int64_t>::max()) return;
+  double greedy = 0.0;
+  for (double s : res_.scores) greedy += s;
+  if (!(one.score > greedy)) return;
+  const int64_t j = one.idx;
+  res_.indices.assign(1, j);
+  res_.gains.assign(1, base_[j]);
+  res_.base.assign(1, base_[j]);
+  res_.align.assign(1, 0.0);
+  res_.conflict.assign(1, 0.0);
+  res_.scores.assign(1, base_[j]);
+  res_.objective_sum = base_[j];
+  res_.spent = cons_.cost(j);
+  res_.safeguard = true;
+}
+
 Result Engine::run() {
   t0_ = last_hook_ = std::chrono::steady_clock::now();
   init_norms();
@@ -160,7 +264,12 @@ Result Engine::run() {
       case Method::Lazy: run_lazy(); break;
       case Method::Stochastic: run_stochastic(); break;
     }
-    finish_bound();
+    if (cons_.active()) {
+      finish_bound_constrained();
+      if (cons_.has_cost() && res_.stop != StopReason::Cancelled) safeguard_single();
+    } else {
+      finish_bound();
+    }
   } else if (opt_.objective == Objective::DiagCompat) {
     run_diag_compat();
     res_.opt_upper_bound = std::numeric_limits<double>::quiet_NaN();
@@ -213,6 +322,23 @@ Result select(const MatrixView& G, const Options& opt, const ProgressHook& hook,
     throw std::invalid_argument("early_stop must be in (0, 1)");
   if (!(opt.stochastic_eps > 0.0 && opt.stochastic_eps < 1.0))
     throw std::invalid_argument("stochastic_eps must be in (0, 1)");
+  if ((opt.cost || opt.group) && opt.objective != Objective::LogDet)
+    throw std::invalid_argument("budget and quotas need the log-det objective");
+  if (opt.cost) {
+    if (!(opt.budget > 0.0) || !std::isfinite(opt.budget))
+      throw std::invalid_argument("budget must be a finite number > 0");
+    for (int64_t i = 0; i < G.n; ++i)
+      if (!(opt.cost[i] > 0.0) || !std::isfinite(opt.cost[i]))
+        throw std::invalid_argument("costs must be finite numbers > 0");
+  }
+  if (opt.group) {
+    if (opt.n_groups < 1 || !opt.quota) throw std::invalid_argument("groups need quotas");
+    for (int64_t g = 0; g < opt.n_groups; ++g)
+      if (opt.quota[g] < 0) throw std::invalid_argument("quotas must be >= 0");
+    for (int64_t i = 0; i < G.n; ++i)
+      if (opt.group[i] < 0 || opt.group[i] >= opt.n_groups)
+        throw std::invalid_argument("group labels must be in [0, n_groups)");
+  }
   detail::Engine e(G, opt, hook, hook_interval_s);
   return e.run();
 }

@@ -12,6 +12,7 @@
 
 #include "spice/candidates.hpp"
 #include "spice/conflict.hpp"
+#include "spice/constraints.hpp"
 #include "spice/core.hpp"
 #include "spice/inverse.hpp"
 #include "spice/kernels.hpp"
@@ -44,6 +45,7 @@ class Engine {
   std::vector<double> base_;  // log1p(alpha ||g_i||^2): every candidate's first gain
   InverseFactor inv_;
   ConflictStat conf_;
+  Constraints cons_;    // budget and quotas; inactive (never consulted) in plain runs
   int64_t t_ = 0;       // picks made
   int64_t dots_ = 0;    // catch-up dot products (row . w_s) performed
   int64_t deaths_ = 0;  // candidates refresh found in span(S) (state kDead)
@@ -63,6 +65,12 @@ class Engine {
   std::vector<std::pair<int64_t, int64_t>> sort_tmp_;  // sort_by_step's scratch
 
   const char* row(int64_t i) const { return G_.row(i); }
+  // The key a candidate is ranked by: its score, or with costs its cost-benefit key (§11).
+  double rank(double score, int64_t i) const {
+    return cons_.has_cost() ? cons_.key(score, i) : score;
+  }
+  // Constrained runs: may i be picked now (never again once false, see Constraints).
+  bool fits(int64_t i) const { return cons_.fits(i); }
   bool lambda_on() const { return opt_.lambda > 0.0; }
   double conf(int64_t i) const { return ConflictStat::conflict(rs_[i].align); }
   void conflict_of(int64_t i, double a) { rs_[i].align = conf_.align(a, rs_[i].norm2); }
@@ -85,6 +93,8 @@ class Engine {
   void add_pick(int64_t j);
   bool tick();
   void finish_bound();
+  void finish_bound_constrained();
+  void safeguard_single();
   // refresh.cpp
   Best refresh(const int64_t* cand, int64_t m, bool need_conflict,
                int64_t max_rows = std::numeric_limits<int64_t>::max(), bool all_delta = true);

@@ -15,7 +15,7 @@ void Engine::run_lazy() {
   std::vector<LazyQueue::Entry> store;
   store.reserve(n_);
   for (int64_t i = 0; i < n_; ++i)
-    if (rs_[i].state == kAlive) store.push_back({base_[i], i});
+    if (rs_[i].state == kAlive) store.push_back({rank(base_[i], i), i});
   LazyQueue heap(std::move(store));
 
   constexpr int64_t kMinBatch = 64;
@@ -48,10 +48,11 @@ void Engine::run_lazy() {
         if (!from_hot && heap.empty()) break;
         const LazyQueue::Entry top = from_hot ? hot.front() : heap.top();
         if (!(top.key > best.score || (top.key == best.score && top.idx < best.idx))) break;
-        batch.push_back(top.idx);
-        popped_keys.push_back(top.key);
         if (from_hot) hot.pop();
         else heap.pop();
+        if (cons_.active() && !fits(top.idx)) continue;  // never fits again: dropped for good
+        batch.push_back(top.idx);
+        popped_keys.push_back(top.key);
       }
       if (batch.empty()) break;
       if (inv_.has_inverse()) {  // very stale candidates: a cheap bound first
@@ -73,7 +74,7 @@ void Engine::run_lazy() {
             const int64_t i = stale[x];
             rs_[i].qb = std::min(rs_[i].qb, qub[x]);
             rs_[i].qb_at = static_cast<uint32_t>(t_ + 1);
-            const double key = std::log1p(opt_.alpha * rs_[i].qb);
+            const double key = rank(std::log1p(opt_.alpha * rs_[i].qb), i);
             if (key > best.score || (key == best.score && i < best.idx)) batch.push_back(i);
             else heap.push({key, i});
           }
@@ -87,11 +88,11 @@ void Engine::run_lazy() {
             const double key = rs_[i].qb < rs_[i].q  // qb: +inf until an M^{-1} bound exists
                                    ? std::min(rs_[i].delta, std::log1p(opt_.alpha * rs_[i].qb))
                                    : rs_[i].delta;
-            heap.push({key, i});
+            heap.push({rank(key, i), i});
             continue;
           }
           refreshed.push_back(i);
-          Best b{rs_[i].score, i};
+          Best b{rank(rs_[i].score, i), i};
           if (b.better_than(best)) best = b;
         }
       };
@@ -111,13 +112,13 @@ void Engine::run_lazy() {
       B = std::max<int64_t>(kMinBatch, std::min<int64_t>(4096, need));
     }
     if (check_stop_before_pick(best)) {
-      for (int64_t i : refreshed) heap.push({rs_[i].delta, i});
+      for (int64_t i : refreshed) heap.push({rank(rs_[i].delta, i), i});
       break;
     }
     add_pick(best.idx);
     fresh.clear();
     for (int64_t i : refreshed)
-      if (i != best.idx) fresh.push_back({rs_[i].delta, i});
+      if (i != best.idx) fresh.push_back({rank(rs_[i].delta, i), i});
     hot.replace(fresh, heap);
     if (!tick()) return;
   }

@@ -14,6 +14,9 @@ void Engine::run_naive() {
   for (int64_t i = 0; i < n_; ++i)
     if (rs_[i].state == kAlive) alive.push_back(i);
   while (t_ < opt_.k) {
+    if (cons_.active())  // rows that no longer fit the budget or their quota: gone for good
+      alive.erase(std::remove_if(alive.begin(), alive.end(), [&](int64_t i) { return !fits(i); }),
+                  alive.end());
     const int64_t deaths = deaths_;
     const Best b = refresh(alive.data(), static_cast<int64_t>(alive.size()), lambda_on(),
                            std::numeric_limits<int64_t>::max(), false);

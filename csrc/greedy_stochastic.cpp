@@ -21,13 +21,22 @@ void Engine::run_stochastic() {
   for (int64_t i = 0; i < n_; ++i)
     if (rs_[i].state == kAlive) remaining.push_back(i);
   const double eps = opt_.stochastic_eps;
-  const double kk = static_cast<double>(std::max<int64_t>(1, opt_.k));
+  double kk = static_cast<double>(std::max<int64_t>(1, opt_.k));
+  if (cons_.has_cost()) {  // about budget / (mean cost) picks fit: the sample is sized for those
+    double total = 0.0;
+    for (int64_t i = 0; i < n_; ++i) total += cons_.cost(i);
+    if (total > 0.0) kk = std::max(1.0, std::min(kk, std::floor(opt_.budget / (total / n_))));
+  }
   const int64_t sample = std::max<int64_t>(
       1, static_cast<int64_t>(std::ceil((n_ / kk) * std::log(1.0 / eps))));
   SplitMix64 rng(opt_.seed);
   std::vector<int64_t> cand, stale;
   std::vector<double> qub;
   while (t_ < opt_.k) {
+    if (cons_.active())  // rows that no longer fit: gone for good, and never sampled
+      remaining.erase(
+          std::remove_if(remaining.begin(), remaining.end(), [&](int64_t i) { return !fits(i); }),
+          remaining.end());
     const int64_t r = static_cast<int64_t>(remaining.size());
     const int64_t m = std::min(sample, r);
     for (int64_t a = 0; a < m; ++a) {  // partial Fisher-Yates
@@ -52,7 +61,7 @@ void Engine::run_stochastic() {
       bound_from_inverse(stale, qub);
       cand.clear();
       for (size_t x = 0; x < stale.size(); ++x) {
-        const double key = std::log1p(opt_.alpha * qub[x]);
+        const double key = rank(std::log1p(opt_.alpha * qub[x]), stale[x]);
         if (key > best.score || (key == best.score && stale[x] < best.idx))
           cand.push_back(stale[x]);
       }

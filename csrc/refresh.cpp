@@ -156,8 +156,8 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
           const int64_t before = local.idx;
           finish_row(i, hi[x], conflict, a[x][r], local, my_dead);
           // log1p(alpha q) < best needs alpha q < expm1(best); keep a relative margin for the
-          // rounding of expm1 and log1p.
-          if (!all_delta && local.idx != before && local.score > 0.0)
+          // rounding of expm1 and log1p. (With costs the best is a key per unit cost: no skip.)
+          if (!all_delta && local.idx != before && local.score > 0.0 && !cons_.has_cost())
             thr = std::expm1(local.score) * (1.0 - 1e-9) - 1e-300;
         }
       }
@@ -214,7 +214,7 @@ void Engine::finish_row(int64_t i, int64_t hi, bool conflict, double a, Best& lo
   if (conflict) conflict_of(i, a);
   else st.align = 0.0;
   st.score = dl - opt_.lambda * conf(i);
-  const Best c{st.score, i};
+  const Best c{rank(st.score, i), i};  // the score itself unless there are costs (§11)
   if (c.better_than(local)) local = c;
 }
 

@@ -30,7 +30,8 @@ struct MatrixView {
 
 enum class Method : int { Naive = 0, Lazy = 1, Stochastic = 2 };
 enum class Objective : int { LogDet = 0, DiagCompat = 1, TopKCompat = 2 };
-enum class StopReason : int { Budget = 0, EarlyStop = 1, Exhausted = 2, Cancelled = 3 };
+// Filled: no row left fits the cost budget and the group quotas (constrained runs only).
+enum class StopReason : int { Budget = 0, EarlyStop = 1, Exhausted = 2, Cancelled = 3, Filled = 4 };
 
 struct Options {
   int64_t k = 0;        // budget (number of picks), 0 <= k <= n
@@ -48,6 +49,14 @@ struct Options {
                                  // filled from the norms the run computes anyway
   std::string spill_dir;         // non-empty: keep the w rows (k x d float64) in a temporary
                                  // file there (mapped; the OS may page it out), not in RAM
+  // Side constraints (log-det objective only; docs/algorithm.md §11). The arrays are the
+  // caller's and must outlive the run; null = no such constraint. k stays a cap on the rows.
+  const double* cost = nullptr;    // n positive finite per-row costs (e.g. tokens): cost-benefit
+                                   // greedy under sum of costs <= budget
+  double budget = 0.0;             // finite > 0 when cost is set
+  const int32_t* group = nullptr;  // n group indices in [0, n_groups)
+  const int64_t* quota = nullptr;  // n_groups caps >= 0: most picks per group
+  int64_t n_groups = 0;
 };
 
 // What a progress hook sees; returning false from the hook cancels the run.
@@ -67,10 +76,13 @@ struct Result {
   std::vector<double> conflict;  // max(0, -align)
   std::vector<double> scores;    // gains - lambda * conflict (objective's own gain for compat)
   double objective_sum = 0.0;    // sum of gains (= log det for the exact objective)
-  double opt_upper_bound = 0.0;  // Minoux bound on max log det over sets of |indices| rows
+  double opt_upper_bound = 0.0;  // Minoux bound on max log det over sets of |indices| rows;
+                                 // constrained: over the feasible sets (docs/algorithm.md §11)
   StopReason stop = StopReason::Budget;
   int64_t evaluations = 0;       // candidate score refreshes performed
   int64_t dot_products = 0;      // catch-up dot products g_i . w_s performed
+  double spent = 0.0;            // sum of the picks' costs (constrained runs; in pick order)
+  bool safeguard = false;        // the best single row replaced the cost-benefit greedy's set
   int64_t bad_row = -1;          // first row refused: a non-finite squared norm, or (log-det
                                  // objective) alpha ||g||^2 > 1e12, or (compatibility objectives)
                                  // a non-finite base gain; the run does nothing else when >= 0

@@ -12,6 +12,7 @@ class Options:
 
     method: "naive" | "lazy" | "stochastic"; objective: "logdet" | "diag-compat" |
     "topk-compat". batch/chunk 0: the lazy driver's own sizing. spill_dir "": w rows in RAM.
+    budget: the cost budget, used when select() gets a cost array.
     """
 
     k: int
@@ -26,6 +27,7 @@ class Options:
     batch: int
     chunk: int
     spill_dir: str
+    budget: float
     def __init__(
         self,
         *,
@@ -41,6 +43,7 @@ class Options:
         batch: int = 0,
         chunk: int = 0,
         spill_dir: str = "",
+        budget: float = 0.0,
     ) -> None: ...
 
 def select(
@@ -51,6 +54,9 @@ def select(
     progress: Callable[[int, int, int, float], bool | None] | None = None,
     interval_s: float = 0.25,
     base_out: np.ndarray | None = None,
+    cost: npt.NDArray[np.float64] | None = None,
+    groups: npt.NDArray[np.int32] | None = None,
+    quotas: npt.NDArray[np.int64] | None = None,
 ) -> dict[str, Any]: ...
 def row_norms2(G: np.ndarray, dtype_code: int, threads: int = 0) -> npt.NDArray[np.float64]: ...
 def kernel_isa() -> str: ...

@@ -13,6 +13,7 @@ import numpy as np
 
 from . import _core
 from ._inputs import as_features, describe_bad_row, progress_says_continue
+from .constraints import Constraints, check_constraints, guarantee
 
 METHODS = ("naive", "lazy", "stochastic")
 OBJECTIVES = ("logdet", "diag-compat", "topk-compat")
@@ -42,13 +43,29 @@ class Selection:
         F(S) = log det(I + α G_Sᵀ G_S) of the chosen set, exact, float64.
     stop_reason : str
         "budget" (k picks), "early_stop" (SPICE+ rule), "exhausted" (every candidate left is a
-        zero row or in span(S): residual q <= 1e-10·‖g‖² and gain α·q <= 1e-10) or "cancelled"
-        (the progress callback returned False).
+        zero row or in span(S): residual q <= 1e-10·‖g‖² and gain α·q <= 1e-10), "filled" (with a
+        token budget or quotas: no row left fits them) or "cancelled" (the progress callback
+        returned False).
     opt_upper_bound : float
-        Upper bound on the largest log-det of any set of ``len(self)`` rows (Minoux bound); NaN for
-        the compatibility objectives.
+        Upper bound on the largest log-det of any set of ``len(self)`` rows (Minoux bound); with a
+        budget or quotas, of any set that satisfies them (and has at most k rows). NaN for the
+        compatibility objectives.
     certified_ratio : float
         ``logdet / opt_upper_bound``: the selection is at least this fraction of optimal.
+    guarantee : float
+        The a-priori factor of this run (NaN when none is stated; ``guarantee_note`` says why):
+        1 − 1/e for plain greedy at λ = 0 (against the best set of the same size), (1 − 1/e)/2 for
+        the token budget, 1/2 for quotas (docs/algorithm.md §11).
+    tokens : float or None
+        With ``cost``: the summed cost of the picks (tokens when cost is token counts), at most
+        ``budget``. None otherwise.
+    budget : float or None
+        The cost budget the run had, if any.
+    group_counts : dict or None
+        With ``groups``: {label: picks} for every label of ``groups``.
+    safeguard : bool
+        The best single row that fits the budget scored more than the cost-benefit greedy's
+        whole set and replaced it (the "modified greedy").
     evaluations : int
         Candidate refreshes performed (naive: every live candidate at every step; lazy: the
         queue's pops, a stale candidate being caught up at most 256 steps per pop).
@@ -76,6 +93,12 @@ class Selection:
     params: dict = field(default_factory=dict)
     elapsed_s: float = 0.0
     dot_products: int = 0
+    guarantee: float = float("nan")
+    guarantee_note: str = ""
+    tokens: float | None = None
+    budget: float | None = None
+    group_counts: dict | None = None
+    safeguard: bool = False
 
     def __len__(self) -> int:
         return int(self.indices.size)
@@ -94,7 +117,7 @@ class Selection:
             "scores",
         ):
             out[name] = getattr(self, name).tolist()
-        for name in ("logdet", "opt_upper_bound", "certified_ratio"):
+        for name in ("logdet", "opt_upper_bound", "certified_ratio", "guarantee"):
             v = float(getattr(self, name))
             out[name] = v if math.isfinite(v) else None
         out.update(
@@ -105,7 +128,17 @@ class Selection:
             k=self.k,
             params=dict(self.params),
             elapsed_s=self.elapsed_s,
+            guarantee_note=self.guarantee_note,
         )
+        if self.budget is not None or self.group_counts is not None:
+            out["constraints"] = dict(
+                tokens=self.tokens,
+                budget=self.budget,
+                group_counts=None
+                if self.group_counts is None
+                else {str(g): c for g, c in self.group_counts.items()},
+                safeguard=self.safeguard,
+            )
         return out
 
     def subset(self, dataset: Any, *, keep_in_memory: bool = True) -> Any:
@@ -126,8 +159,18 @@ class Selection:
         """A few human-readable lines about the run."""
         m = len(self)
         conf = self.conflict[1:] if m > 1 else self.conflict
-        lines = [
-            f"selected {m} of {self.n} rows (budget {self.k}, stop: {self.stop_reason})",
+        cap = f"at most {self.k} rows" if self.budget is not None else f"budget {self.k}"
+        lines = [f"selected {m} of {self.n} rows ({cap}, stop: {self.stop_reason})"]
+        if self.budget is not None:
+            lines.append(
+                f"tokens: {self.tokens:.10g} of a budget of {self.budget:.10g}"
+                + (" (the best single row beat the greedy set)" if self.safeguard else "")
+            )
+        if self.group_counts is not None:
+            lines.append(
+                "picks per group: " + ", ".join(f"{g}: {c}" for g, c in self.group_counts.items())
+            )
+        lines += [
             f"log det F(S) = {self.logdet:.6g}"
             + (
                 f"; OPT <= {self.opt_upper_bound:.6g} (certified ratio {self.certified_ratio:.4f})"
@@ -135,6 +178,13 @@ class Selection:
                 else ""
             ),
         ]
+        if self.budget is not None or self.group_counts is not None:
+            g = self.guarantee
+            lines.append(
+                f"guarantee: {g:.4f} ({self.guarantee_note})"
+                if math.isfinite(g)
+                else f"guarantee: none stated ({self.guarantee_note})"
+            )
         if m:
             lines.append(
                 f"gain Δ: first {self.gains[0]:.4g}, last {self.gains[-1]:.4g}; "
@@ -240,7 +290,7 @@ def _checked_progress(user_cb: Callable[..., Any]) -> Callable[[int, int, int, f
 
 def select(
     G: Any,
-    k: int | float,
+    k: int | float | None = None,
     *,
     alpha: float = 1.0,
     conflict_penalty: float = 0.1,
@@ -255,6 +305,10 @@ def select(
     device: str | None = None,
     base_out: np.ndarray | None = None,
     spill_dir: str | os.PathLike[str] | None = None,
+    budget: float | None = None,
+    cost: Any = None,
+    groups: Any = None,
+    quotas: Any = None,
 ) -> Selection:
     """Greedily pick rows of ``G`` maximising the SPICE score.
 
@@ -269,9 +323,10 @@ def select(
         arrays or ``np.memmap`` (read in place, never copied whole; float32 C-contiguous input is
         never copied), CPU torch tensors (via DLPack), or anything with ``__array__`` (integer
         arrays are converted to float32, a copy). ``uint16`` with ``bf16=True`` is raw bfloat16.
-    k : int or float
+    k : int or float or None
         Budget: a count ``0 <= k <= n``, or a fraction in (0, 1] of n (rounded, at least 1).
-        Every parameter after ``k`` is keyword-only.
+        With ``budget`` it is optional and caps the number of rows (None: no cap). Every parameter
+        after ``k`` is keyword-only.
     alpha : float
         Fisher scale α > 0, finite. The log-det objective refuses (ValueError naming the row)
         a row with α‖g‖² > 1e12, or whose ‖g‖² overflows float64: beyond that float64 round-off
@@ -316,6 +371,19 @@ def select(
         created (nothing is left behind); on Linux its disk space is reserved up front (a full
         disk is an error at the start, not a crash later). Results are identical either way.
         CPU backend only.
+    budget, cost : float, array of n floats
+        A cost budget: the picks' summed ``cost`` (positive finite per-row numbers, e.g. tokens)
+        never exceeds ``budget``. Candidates are ranked by score per unit cost (cost-benefit
+        greedy), and the best single row that fits replaces the set when it scores more (the
+        modified greedy: (1 − 1/e)/2 of the optimum at λ = 0). SPICE+'s early stop then compares
+        gains per unit cost. Lazy and naive greedy stay identical. ``sel.tokens`` is the cost
+        spent. CPU backend, log-det objective only.
+    groups, quotas : array of n ints, dict or array
+        Source quotas: ``groups`` labels each row (e.g. its source data set), ``quotas`` caps the
+        picks per label: a dict ``{label: cap}`` (labels not in it: no cap) or an array indexed by
+        label. A cap is an int count, or a float share in (0, 1] of k (at most floor(share·k)
+        rows; needs k). Greedy over the partition matroid (a full group's rows are skipped):
+        1/2 of the optimum at λ = 0. Combines with ``budget``. CPU backend, log-det only.
 
     Returns
     -------
@@ -331,9 +399,11 @@ def select(
     else:
         arr, code = as_features(G, bf16=bf16)
     n, _ = arr.shape
+    if k is None and budget is None:
+        raise TypeError("select() needs k (a row count or fraction) unless budget= is given")
     kk, a, lam, omega, seps, seed64 = check_options(
         n,
-        k,
+        n if k is None else k,
         alpha=alpha,
         conflict_penalty=conflict_penalty,
         early_stop=early_stop,
@@ -342,6 +412,12 @@ def select(
         stochastic_eps=stochastic_eps,
         seed=seed,
     )
+    cons = check_constraints(n, kk, k is not None, budget, cost, groups, quotas)
+    if cons.active and (on_gpu or objective != "logdet"):
+        raise ValueError(
+            "budget and quotas run in the CPU core with the log-det objective "
+            f"(here: {'the GPU' if on_gpu else objective!r})"
+        )
     if threads is None:
         nthreads = 0
     elif isinstance(threads, (int, np.integer)) and not isinstance(threads, bool) and threads >= 1:
@@ -390,8 +466,19 @@ def select(
             stochastic_eps=seps,
             threads=nthreads,
             spill_dir=spill,
+            budget=cons.budget or 0.0,
         )
-        raw = _core.select(arr, code, opts, progress=cb, interval_s=0.2, base_out=base_out)
+        raw = _core.select(
+            arr,
+            code,
+            opts,
+            progress=cb,
+            interval_s=0.2,
+            base_out=base_out,
+            cost=cons.cost,
+            groups=cons.groups,
+            quotas=cons.caps,
+        )
     elapsed = time.perf_counter() - t0
     if raw["bad_row"] >= 0:
         raise ValueError(describe_bad_row(arr, code, int(raw["bad_row"]), a))
@@ -421,6 +508,10 @@ def select(
         stochastic_eps=seps,
         backend=raw.get("backend", "cpu"),
     )
+    stop = str(raw["stop_reason"])
+    factor, note = guarantee(
+        cons, lam=lam, omega=omega, objective=objective, method=method, stop=stop
+    )
     return Selection(
         indices=idx,
         gains=gains,
@@ -431,7 +522,7 @@ def select(
         penalty=lam * conflict,
         scores=raw["scores"],
         logdet=ld,
-        stop_reason=str(raw["stop_reason"]),
+        stop_reason=stop,
         opt_upper_bound=ub,
         certified_ratio=ratio,
         evaluations=int(raw["evaluations"]),
@@ -440,4 +531,17 @@ def select(
         params=params,
         elapsed_s=elapsed,
         dot_products=int(raw.get("dot_products", 0)),
+        guarantee=factor,
+        guarantee_note=note,
+        tokens=float(raw["spent"]) if cons.cost is not None else None,
+        budget=cons.budget,
+        group_counts=_group_counts(cons, idx),
+        safeguard=bool(raw.get("safeguard", False)),
     )
+
+
+def _group_counts(cons: Constraints, idx: np.ndarray) -> dict | None:
+    if cons.groups is None or cons.labels is None:
+        return None
+    counts = np.bincount(cons.groups[idx], minlength=cons.labels.size)
+    return {int(lab): int(c) for lab, c in zip(cons.labels, counts)}
