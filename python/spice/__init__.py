@@ -11,7 +11,7 @@ Gradient features from Hugging Face models live in :mod:`spice.features` (extra 
 
 from __future__ import annotations
 
-from . import _core
+from . import _core, stores
 from .analysis import Curvature, curvature, logdet
 from .selection import Selection, resolve_k, select
 from .store import FeatureStore, merge_stores
@@ -29,6 +29,7 @@ __all__ = [
     "merge_stores",
     "resolve_k",
     "select",
+    "stores",
 ]
 
 

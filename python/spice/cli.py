@@ -157,9 +157,12 @@ def _select_into(args: argparse.Namespace, store: Any, out: Path, extra: dict) -
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from .store import FeatureStore
+    from .stores import open as open_store
 
-    store = FeatureStore.open(args.features)
+    store = open_store(args.features)
+    note = getattr(store, "note", "")  # another tool's gradients: what cannot be checked
+    if note:
+        print(f"spice: note: {note}", file=sys.stderr)
     return _select_into(args, store, Path(args.out), {})
 
 
@@ -477,7 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=cmd_features)
 
     s = _sub(sub, "select", "select from a feature store and write the subset")
-    s.add_argument("--features", required=True, help="feature store directory")
+    s.add_argument(
+        "--features",
+        required=True,
+        help="feature store: spice's, or LESS, Bergson or TRAK gradients (docs/data.md)",
+    )
     _add_data(s, "the data the features were made from (read with the same --split and --columns)")
     s.add_argument("--out", required=True, help="output directory")
     _add_select_opts(s)

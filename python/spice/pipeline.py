@@ -142,10 +142,20 @@ def check_store_matches(
     store: Any, data: Any, split: str | None = None, columns: Mapping[str, str] | None = None
 ) -> dict:
     """Refuse a feature store that was not made from ``data`` (row count and fingerprint);
-    ``split`` and ``columns`` say how to read ``data`` (:func:`spice.features.load_records`)."""
-    from .features.records import data_fingerprint, file_sha256
+    ``split`` and ``columns`` say how to read ``data`` (:func:`spice.features.load_records`).
+    A store that records no data (another tool's, :func:`spice.stores.open`) is checked by its
+    row count only."""
+    from .features.records import data_fingerprint, file_sha256, load_records
 
     want = store.config.get("data", {})
+    if not want:  # another tool's gradients (spice.stores): they record nothing of their data
+        records = load_records(data, invalid="skip", split=split, columns=columns)
+        if len(records) != len(store):
+            raise PipelineError(
+                f"feature store {store.path} has {len(store)} rows, the data has "
+                f"{len(records)} records: row i must be record i"
+            )
+        return data_fingerprint(data, records)
     fp = data_fingerprint(data, split=split, columns=columns)
     # stores written before content fingerprints recorded the file's bytes
     have = file_sha256(data) if want.get("kind") == "file" else fp["sha256"]
@@ -256,7 +266,8 @@ def select_to_dir(
     split: str | None = None,
     columns: Mapping[str, str] | None = None,
 ) -> Selection:
-    """Select from ``store`` (a :class:`spice.FeatureStore`) and write the run directory ``out``:
+    """Select from ``store`` (a :class:`spice.FeatureStore`, or what :func:`spice.stores.open`
+    returns) and write the run directory ``out``:
     the chosen records in pick order (``subset.<ext>`` in a data file's own format; for a Hugging
     Face dataset, a ``save_to_disk`` folder or an ``.arrow`` file: the flattened ``subset/``
     folder and ``subset.parquet``), ``indices.npy``, ``selection.json``, ``scores.csv``,

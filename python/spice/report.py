@@ -76,9 +76,9 @@ def make_report(run_dir: str | os.PathLike) -> dict[str, Path]:
     store_path = cfg.get("features")
     if store_path and Path(store_path).exists() and picks.size:
         from . import select
-        from .store import FeatureStore
+        from .stores import open as open_store
 
-        store = FeatureStore.open(store_path)
+        store = open_store(store_path)
         p = sel.get("params", {})
         fisher = select(
             store,
@@ -170,8 +170,9 @@ def make_report(run_dir: str | os.PathLike) -> dict[str, Path]:
             f"- conflict with the picks' mean: pool mean {pool_conf.mean():.4g}, "
             f"picks mean {pool_conf[picks].mean():.4g}"
         )
-    if store is not None and store.manifest.get("skipped", {}).get("rows"):
-        sk = store.manifest["skipped"]
+    manifest = getattr(store, "manifest", None) or {}  # other tools' stores have none
+    if manifest.get("skipped", {}).get("rows"):
+        sk = manifest["skipped"]
         why = ", ".join(f"{n} {r}" for r, n in sorted(sk["reasons"].items(), key=lambda x: -x[1]))
         lines.append(
             f"- {sk['rows']} of the {len(store)} records had nothing to learn from and "
