@@ -73,10 +73,14 @@ def _shard(s: str) -> tuple[int, int]:
     return i, n
 
 
-def _budget(args: argparse.Namespace) -> int | float:
+def _budget(args: argparse.Namespace) -> int | float | None:
+    """The row budget: --k, --fraction, none with --budget-tokens alone (the tokens decide), else
+    the default fraction 0.1."""
     if args.k is not None:
         return int(args.k)
-    return float(args.fraction)
+    if args.fraction is not None:
+        return float(args.fraction)
+    return None if getattr(args, "budget_tokens", None) is not None else 0.1
 
 
 def _extract(args: argparse.Namespace, out: Path) -> Any:
@@ -147,6 +151,7 @@ def _select_into(args: argparse.Namespace, store: Any, out: Path, extra: dict) -
         verify=not args.no_verify,
         split=args.split,
         columns=args.columns,
+        budget_tokens=args.budget_tokens,
     )
     print(sel.summary())
     print(
@@ -406,10 +411,17 @@ def _add_select_opts(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--fraction",
         type=_number(float, 0, 1, lo_open=True),
-        default=0.1,
-        help="budget as a fraction of the rows, in (0, 1]",
+        default=None,
+        help="budget as a fraction of the rows, in (0, 1] (default: 0.1 without --budget-tokens)",
     )
     g.add_argument("--k", type=_INT1, default=None, help="budget as a count (overrides --fraction)")
+    p.add_argument(
+        "--budget-tokens",
+        type=_INT1,
+        default=None,
+        help="token budget: the picked records' token counts (from the feature store) sum to at "
+        "most this; cost-benefit greedy (gain per token). --k/--fraction then cap the rows",
+    )
     p.add_argument("--alpha", type=_FINITE_POS, default=1.0, help="α in log det(I + α Σ g gᵀ)")
     p.add_argument("--penalty", type=_number(float, 0), default=0.1, help="conflict penalty λ")
     p.add_argument(

@@ -146,11 +146,13 @@ def guarantee(
     objective: str,
     method: str,
     stop: str,
+    capped: bool,
 ) -> tuple[float, str]:
     """The a-priori factor a run carries (NaN when none is stated) and a line saying why.
 
     Only the plain information objective (λ = 0) is monotone submodular; the conflict penalty
-    depends on the order of the picks, so no factor is stated with it.
+    depends on the order of the picks, so no factor is stated with it. ``capped``: the row cap
+    k is below n (it can bind).
     """
     nan = float("nan")
     if objective != "logdet":
@@ -168,7 +170,7 @@ def guarantee(
     if cons.cost is not None and cons.groups is not None:
         return nan, "token budget and quotas together: no a-priori factor; see certified_ratio"
     if cons.cost is not None:
-        if stop == "budget":
+        if stop == "budget" and capped:
             return nan, "the row cap k bound as well as the token budget: see certified_ratio"
         return KNAPSACK_FACTOR, "modified cost-benefit greedy (best single row kept): knapsack"
     return MATROID_FACTOR, "greedy over a partition matroid (quotas, at most k rows)"

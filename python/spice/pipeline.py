@@ -265,6 +265,7 @@ def select_to_dir(
     verify: bool = True,
     split: str | None = None,
     columns: Mapping[str, str] | None = None,
+    budget_tokens: int | None = None,
 ) -> Selection:
     """Select from ``store`` (a :class:`spice.FeatureStore`, or what :func:`spice.stores.open`
     returns) and write the run directory ``out``:
@@ -274,6 +275,8 @@ def select_to_dir(
     ``dataset_info.json`` (LLaMA-Factory), ``axolotl_dataset.yaml``, ``trl_sft.py`` and
     ``timing.json``. ``split`` and ``columns`` say how to read ``data``
     (:func:`spice.features.load_records`); they must be those the store was made with.
+    ``budget_tokens`` caps the summed token counts of the picks (each record's ``tokens`` in the
+    store's index: its length after truncation, what training pays for; ``k`` may then be None).
 
     Everything except ``timing.json`` (and the ``subset/`` folder's ``state.json``) is identical
     when rerun with the same inputs and seed (``spill_dir``, passed on to :func:`spice.select`,
@@ -292,6 +295,9 @@ def select_to_dir(
     if verify:
         store.verify()
     base = np.empty(len(store))  # per-record base gains, filled by the run (no second pass)
+    costs: dict[str, Any] = {}
+    if budget_tokens is not None:
+        costs = dict(budget=budget_tokens, cost=store_tokens(store))
     sel = select(
         store,
         k,
@@ -303,6 +309,7 @@ def select_to_dir(
         seed=seed,
         base_out=base,
         spill_dir=spill_dir,
+        **costs,
     )
     source = resolve_source(data, split)
     if source is not None:
@@ -316,6 +323,8 @@ def select_to_dir(
         extra["split"] = split
     if columns is not None:
         extra["columns"] = columns
+    if budget_tokens is not None:
+        extra["budget_tokens"] = int(budget_tokens)
     with removed_if_failed(out.parent):
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -327,6 +336,27 @@ def select_to_dir(
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return sel
+
+
+def store_tokens(store: Any) -> np.ndarray:
+    """Per-row token counts of a feature store (its index's ``tokens``: sequence length after
+    truncation), as the costs of a token budget; a skipped record's 0 counts as 1 (its zero row
+    is never picked, and costs must be positive).
+
+    Raises:
+        PipelineError: the store records no token counts (another tool's gradients).
+    """
+    index = getattr(store, "index", None)
+    tokens = getattr(index, "tokens", None)
+    if tokens is None:
+        raise PipelineError(
+            f"feature store {getattr(store, 'path', store)} records no token counts; "
+            "--budget-tokens needs a store written by spice features"
+        )
+    tokens = np.asarray(tokens, dtype=np.float64)
+    if tokens.shape != (len(store),):
+        raise PipelineError(f"feature store has {len(store)} rows but {tokens.size} token counts")
+    return np.maximum(tokens, 1.0)
 
 
 def _write_selection(

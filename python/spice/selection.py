@@ -510,7 +510,7 @@ def select(
     )
     stop = str(raw["stop_reason"])
     factor, note = guarantee(
-        cons, lam=lam, omega=omega, objective=objective, method=method, stop=stop
+        cons, lam=lam, omega=omega, objective=objective, method=method, stop=stop, capped=kk < n
     )
     return Selection(
         indices=idx,
