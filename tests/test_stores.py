@@ -5,6 +5,7 @@ The writers below follow each tool's own writer (named in python/spice/stores.py
 collect_grad_reps.py (torch.save of per-batch pieces, then their unit-row and raw merges), Bergson's
 create_index (a truncated gradients.bin, info.json, a memmap filled row by row) in its four
 info.json layouts, and TRAK's MmapSaver (numpy open_memmap files under <save_dir>/<model_id>/).
+Where traker or bergson is installed, their own writers are checked too (skipped otherwise).
 """
 
 from __future__ import annotations
@@ -241,6 +242,8 @@ def test_less_pt_read_through_mmap(tmp_path, dtype):
     norms = np.linalg.norm(np.asarray(unit.features, dtype=np.float32), axis=1)
     np.testing.assert_allclose(norms, 1.0, atol=2e-2)
     assert "unit-length" in unit.note
+    with pytest.raises(StoreError, match="unit-length rows, but normalized=False"):
+        spice.stores.open(d / "all_orig.pt", normalized=False)
     by_file = spice.stores.open(d / "all_orig.pt")
     np.testing.assert_array_equal(
         np.asarray(by_file.features).view(np.uint8), np.asarray(unit.features).view(np.uint8)
@@ -373,8 +376,9 @@ def test_cli_unrecognised_folder_is_one_clear_error(tmp_path, capsys):
     )
     assert rc == 1
     err = capsys.readouterr().err
-    assert "is not a gradient store spice reads" in err and "Bergson" not in err.split("Looked")[0]
-    assert "bergson: gradients.bin + info.json" in err
+    assert err.startswith(f"spice: error: {tmp_path / 'empty'} is not a gradient store spice reads")
+    assert "bergson: gradients.bin + info.json" in err and "It holds: nothing" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_trak_unfeaturized_rows_are_counted(tmp_path):
@@ -477,3 +481,54 @@ def test_report_reopens_the_external_store(tmp_path):
     text = paths["report"].read_text()
     assert "Fisher greedy (λ = 0) on the same features" in text  # the store was reopened
     assert "conflict with the picks' mean" in text
+
+
+# ----------------------------------------------------------------------------------------------
+# the tools' own writers, where they are installed (traker, bergson; skipped otherwise)
+
+
+def test_real_trak_mmapsaver(tmp_path):
+    import logging
+
+    savers = pytest.importorskip("trak.savers")
+    G = rows()
+    meta = {"JL dimension": D, "JL matrix type": "rademacher", "train set size": N}
+    s = savers.MmapSaver(
+        save_dir=tmp_path / "trak",
+        metadata=meta,
+        train_set_size=N,
+        proj_dim=D,
+        load_from_save_dir=True,
+        logging_level=logging.ERROR,
+        use_half_precision=True,
+    )
+    s.register_model_id(0, _allow_featurizing_already_registered=False)
+    s.current_store["grads"][:] = G.astype(np.float16)
+    s.current_store["is_featurized"][:] = 1
+    s.serialize_current_model_id_metadata()
+    for m in s.current_store.values():
+        if m is not None:
+            m.flush()
+    store = spice.stores.open(tmp_path / "trak")
+    assert mapped_from(store.features, tmp_path / "trak" / "0" / "grads.mmap")
+    np.testing.assert_array_equal(store.features, G.astype(np.float16))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_real_bergson_create_index(tmp_path, dtype):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    bdata = pytest.importorskip("bergson.data")
+    dt = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    G = rows()
+    mm = bdata.create_index(
+        tmp_path / "run", num_grads=N, grad_sizes={"a": 5, "b": D - 5}, dtype=dt
+    )
+    mm[:] = G.astype(dt)
+    mm.flush()
+    del mm
+    store = spice.stores.open(tmp_path / "run")
+    ref = bdata.load_gradients(tmp_path / "run")
+    assert mapped_from(store.features, tmp_path / "run" / "gradients.bin")
+    np.testing.assert_array_equal(
+        np.asarray(store.features).view(np.uint16), np.asarray(ref).view(np.uint16)
+    )

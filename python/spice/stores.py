@@ -307,6 +307,12 @@ def _check_rows(arr: Any, where: Path) -> None:
 def _open_less(p: Path, normalized: bool | None) -> ExternalStore:
     if p.is_file():
         pt = p
+        says = {_LESS_NORMALIZED: True, _LESS_RAW: False}.get(p.name)
+        if normalized is not None and says is not None and says != normalized:
+            raise StoreError(
+                f"{p} holds LESS's {'unit-length' if says else 'raw'} rows, but "
+                f"normalized={normalized} was asked for"
+            )
     else:
         d = p
         if not ((d / _LESS_RAW).is_file() or (d / _LESS_NORMALIZED).is_file()):
