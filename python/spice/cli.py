@@ -63,11 +63,13 @@ def _number(
     return parse
 
 
-def _shard(s: str) -> tuple[int, int]:
+def _shard(s: str) -> tuple[int, int] | str:
+    if s == "auto":
+        return s
     try:
         i, n = (int(x) for x in s.split("/"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard must look like i/N, got {s!r}") from None
+        raise argparse.ArgumentTypeError(f"--shard must be auto or i/N, got {s!r}") from None
     if not (n >= 1 and 0 <= i < n):
         raise argparse.ArgumentTypeError(f"--shard {s}: need 0 <= i < N")
     return i, n
@@ -172,7 +174,13 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .pipeline import check_out_dir, removed_if_failed, require_extras
+    from .pipeline import PipelineError, check_out_dir, removed_if_failed, require_extras
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # every rank would select and write
+        raise PipelineError(
+            "spice run is one process; under torchrun run `spice features` (every rank writes "
+            "its rows into one store), then `spice select` once"
+        )
 
     # the report comes last: a missing extra must stop the run before the work, not after it
     require_extras(
@@ -384,7 +392,11 @@ def _add_feature_opts(p: argparse.ArgumentParser) -> None:
         help="storage type of the feature rows",
     )
     p.add_argument(
-        "--shard", type=_shard, default="0/1", help="i/N: this process's part of the records"
+        "--shard",
+        type=_shard,
+        default="auto",
+        help="auto: under torchrun, every rank writes its rows into the one --out store; "
+        "i/N: this process's part of the records, a part store (spice.merge_stores joins them)",
     )
     p.add_argument(
         "--chunk-rows",

@@ -7,13 +7,13 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Union
 
@@ -23,10 +23,11 @@ from torch import nn
 
 from ..store import (
     FeatureStore,
+    SharedStoreWriter,
     StoreError,
+    StoreIncompleteError,
     StoreMismatchError,
     StoreWriter,
-    merge_stores,
     skip_reason,
 )
 from ..store import config_mismatch_message as _mismatch
@@ -337,7 +338,7 @@ def extract(
     max_batch_tokens: int | None = DEFAULT_BATCH_TOKENS,
     normalize: str = "none",
     dtype: str = "float16",
-    shard: tuple[int, int] | str = (0, 1),
+    shard: tuple[int, int] | str = "auto",
     seed: int = 0,
     shard_rows: int = 4096,
     resume: bool = True,
@@ -360,9 +361,11 @@ def extract(
         tokenizer: its tokenizer (a fast tokenizer is best: response tokens are found by offsets).
         data: path to JSONL/JSON/Parquet/Arrow, a ``datasets`` ``save_to_disk`` folder, a
             ``datasets.Dataset``, or a list of dicts/Records.
-        out: store directory. With ``shard=(i, N)``, N > 1, the part goes to
-            ``out/parts/part-iiii-of-NNNN``; under an initialised ``torch.distributed`` group of N
-            ranks the parts are merged into ``out`` at the end.
+        out: store directory. Under ``torch.distributed`` (or torchrun) with N > 1 ranks, all of
+            them write their rows into this one store (it must be the same directory for all:
+            a shared file system across machines). With ``shard=(i, N)``, N > 1, and no process
+            group, this process writes its part to ``out/parts/part-iiii-of-NNNN``
+            (:func:`spice.merge_stores` joins the parts).
         dim: feature dimension d (factorized uses at most the gradient's size).
         projection: "factorized" (per-layer Kronecker), "dense" (seeded Rademacher blocks), "none".
         lora: adapters to add and differentiate (default r=8 on q,k,v,o,up,down,gate); ``None``:
@@ -379,7 +382,12 @@ def extract(
             ``None`` leaves only ``batch_size``.
         normalize: "none" or "unit" (each row scaled to unit L2 norm; zero rows stay zero).
         dtype: "float16" or "float32" storage.
-        shard: (i, N) for process i of N, or "auto" (torch.distributed / RANK, WORLD_SIZE).
+        shard: "auto" (default): under an initialised ``torch.distributed`` group of N > 1 ranks,
+            or under torchrun (``WORLD_SIZE`` > 1; a gloo group is started for the call), every
+            rank computes the chunks c with ``c % N == rank`` straight into one pre-allocated
+            store, byte-identical to one process's; otherwise one process does it all.
+            ``(i, N)``: process i of N (the same as "auto" inside a group of N ranks; without
+            one, a part store).
         seed: projection seed.
         shard_rows: rows per chunk, the unit of the store's layout and of sharding.
         resume: keep complete chunks and saved partial progress of a matching unfinished store
@@ -400,12 +408,15 @@ def extract(
     ``"skipped"`` plus the reason, and are listed in the store's ``skipped.jsonl`` and manifest.
 
     Returns:
-        The finished store (or this process's part when N > 1 without a process group).
+        The finished store, on every rank (or this process's part for ``shard=(i, N)`` without a
+        process group).
 
     Raises:
-        StoreMismatchError: ``out`` holds a store made with another configuration.
+        StoreMismatchError: ``out`` holds a store made with another configuration, or ranks were
+            given different extractions.
+        StoreIncompleteError: another rank stopped (the run resumes when started again).
         RecordError: malformed data (the message names file and line), or no usable record.
-        ValueError: an argument out of range.
+        ValueError: an argument out of range, or more ranks than chunks of rows.
     """
     if normalize not in ("none", "unit"):
         raise ValueError(f"normalize must be 'none' or 'unit', got {normalize!r}")
@@ -419,12 +430,24 @@ def extract(
         raise ValueError(f"checkpoint_seconds must be a number > 0, got {checkpoint_seconds!r}")
     if invalid not in ("error", "skip"):
         raise ValueError(f"invalid must be 'error' or 'skip', got {invalid!r}")
-    part = _resolve_shard(shard)
-    out_root = Path(out)
-    store_dir = out_root
-    if part[1] > 1:
-        store_dir = out_root / "parts" / f"part-{part[0]:04d}-of-{part[1]:04d}"
+    ranks = _join_ranks(shard)
+    try:
+        return _extract(
+            model, tokenizer, data, Path(out), ranks, shard,
+            dim=dim, projection=projection, lora=lora, target_modules=target_modules,
+            loss_on=loss_on, max_length=max_length, batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens, normalize=normalize, dtype=dtype, seed=seed,
+            shard_rows=shard_rows, resume=resume, progress=progress,
+            dense_cache_bytes=dense_cache_bytes, checkpoint_seconds=float(checkpoint_seconds),
+            invalid=invalid, split=split, columns=columns,
+        )  # fmt: skip
+    finally:
+        if ranks is not None:
+            ranks.close()
 
+
+def _load(data: DataArg, invalid: str, split: str | None, columns: Mapping[str, str] | None
+          ) -> tuple[list[Record], dict]:  # fmt: skip
     if isinstance(data, Sequence) and data and isinstance(data[0], Record):
         records = list(data)  # type: ignore[arg-type]
         fp = data_fingerprint(records, records)
@@ -442,6 +465,45 @@ def extract(
     dups = [r.id for r in records if r.id in seen or seen.add(r.id)]  # type: ignore[func-returns-value]
     if dups:
         log.warning("%d duplicate record ids (first: %s)", len(dups), dups[:5])
+    return records, fp
+
+
+def _extract(
+    model: nn.Module,
+    tokenizer: Any,
+    data: DataArg,
+    out_root: Path,
+    ranks: _Ranks | None,
+    shard: tuple[int, int] | str,
+    *,
+    dim: int,
+    projection: str,
+    lora: LoraSpec | None,
+    target_modules: Sequence[str] | None,
+    loss_on: str,
+    max_length: int,
+    batch_size: int,
+    max_batch_tokens: int | None,
+    normalize: str,
+    dtype: str,
+    seed: int,
+    shard_rows: int,
+    resume: bool,
+    progress: bool,
+    dense_cache_bytes: int,
+    checkpoint_seconds: float,
+    invalid: str,
+    split: str | None,
+    columns: Mapping[str, str] | None,
+) -> FeatureStore:
+    part = (0, 1) if ranks is not None else _resolve_shard(shard)
+    if ranks is None and part[1] == 1 and _layout(out_root) == SharedStoreWriter.LAYOUT:
+        ranks = _Ranks(0, 1)  # one process finishes a store that several ranks started
+    sync = ranks.step if ranks is not None else _Ranks.solo
+    store_dir = out_root
+    if part[1] > 1:
+        store_dir = out_root / "parts" / f"part-{part[0]:04d}-of-{part[1]:04d}"
+    records, fp = sync("read the data", lambda: _load(data, invalid, split, columns))[0]
 
     with prepared_model(model, lora, target_modules) as (run, modules, lora_desc):
         layers = [LayerSpec(n, m.in_features, m.out_features) for n, m in modules]
@@ -474,6 +536,19 @@ def extract(
                 "torch": torch.__version__.split("+")[0],
             },
         }
+        run_kw = dict(
+            loss_on=loss_on, max_length=max_length, batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens, normalize=normalize, dtype=dtype,
+            device=device, checkpoint_seconds=checkpoint_seconds,
+        )  # fmt: skip
+        if ranks is not None:
+            store = _extract_shared(
+                ranks, run, tokenizer, records, out_root, config, extra, projector, modules,
+                shard_rows=shard_rows, resume=resume, progress=progress, **run_kw,
+            )  # fmt: skip
+            if ranks.rank == 0:
+                _warn(progress, summarize(store))
+            return store
         if part[1] > 1 and (out_root / "manifest.json").exists():
             merged = FeatureStore.open(out_root)
             msg = _mismatch(out_root, merged.manifest["config"], json_norm(config))
@@ -493,20 +568,206 @@ def extract(
         )
         if writer.prepare():
             _say(progress, f"{store_dir} is already complete")
-            return _maybe_merge(out_root, part, FeatureStore.open(store_dir), progress)
+            return FeatureStore.open(store_dir)
         done = writer.completed_chunks()
         todo = [c for c in writer.chunks if c not in done]
         if done:
             _say(progress, f"resuming {store_dir}: {len(done)} of {len(writer.chunks)} chunks done")
         _run_chunks(
-            run, tokenizer, records, writer, todo, projector, modules,
-            loss_on=loss_on, max_length=max_length, batch_size=batch_size,
-            max_batch_tokens=max_batch_tokens, normalize=normalize, dtype=dtype,
-            device=device, progress=progress, checkpoint_seconds=float(checkpoint_seconds),
-        )  # fmt: skip
+            run, tokenizer, records, writer, todo, projector, modules, progress=progress, **run_kw
+        )
         store = writer.finalize()
     _warn(progress, summarize(store))
-    return _maybe_merge(out_root, part, store, progress)
+    return store
+
+
+def _extract_shared(
+    ranks: _Ranks,
+    run: nn.Module,
+    tokenizer: Any,
+    records: Sequence[Record],
+    out_root: Path,
+    config: dict,
+    extra: dict,
+    projector: Any,
+    modules: Sequence[tuple[str, nn.Module]],
+    *,
+    shard_rows: int,
+    resume: bool,
+    progress: bool,
+    **run_kw: Any,
+) -> FeatureStore:
+    """Every rank writes its chunks (c % world == rank) into one store that rank 0 prepared and
+    finishes: the same batches, and so the same bytes, as one process."""
+    rank, world = ranks.rank, ranks.world
+    n = len(records)
+    writer = SharedStoreWriter(
+        out_root, config, total_rows=n, dim=projector.dim, dtype=run_kw["dtype"],
+        shard_rows=shard_rows, rank=rank, world=world, extra=extra, resume=resume,
+    )  # fmt: skip
+    n_chunks = len(writer.all_chunks)
+
+    def check_world() -> None:
+        if world > n:
+            raise ValueError(
+                f"{world} ranks for {n} record(s): every rank needs at least one chunk of rows; "
+                f"run with at most {n_chunks} ranks"
+            )
+        if world > n_chunks:
+            raise ValueError(
+                f"{world} ranks but {n} records make only {n_chunks} chunk(s) of shard_rows="
+                f"{shard_rows} rows (--chunk-rows), a rank's unit of work: run with at most "
+                f"{n_chunks} ranks, or shard_rows <= {-(-n // world)}"
+            )
+
+    ranks.step("share the records", check_world)
+    # every rank must compute the same rows the same way, or the store would mix two extractions
+    mine = {
+        "config": config,
+        "dim": projector.dim,
+        "dtype": run_kw["dtype"],
+        "shard_rows": shard_rows,
+        "batching": [run_kw["batch_size"], run_kw["max_batch_tokens"]],
+    }
+    for r, theirs in enumerate(ranks.gather(json_norm(mine))):
+        msg = _mismatch(out_root, theirs, json_norm(mine))
+        if msg:
+            lines = msg.splitlines()[1:-1]
+            raise StoreMismatchError(
+                f"rank {r} and rank {rank} of {world} were given different extractions "
+                "(other data, model, tokenizer or options); every rank must run the same command. "
+                f"Differences (rank {r} -> rank {rank}):\n" + "\n".join(lines)
+            )
+    complete = ranks.step(f"prepare {out_root}", lambda: rank == 0 and writer.prepare())[0]
+    if complete:
+        if rank == 0:
+            _say(progress, f"{out_root} is already complete")
+        return FeatureStore.open(out_root)
+
+    def work() -> None:
+        writer.attach()
+        done = writer.completed_chunks()
+        todo = [c for c in writer.chunks if c not in done]
+        if done:
+            _say(
+                progress and rank == 0,
+                f"resuming {out_root}: rank 0 has {len(done)} of its {len(writer.chunks)} chunks",
+            )
+        _run_chunks(
+            run, tokenizer, records, writer, todo, projector, modules,
+            progress=progress and rank == 0, who=f"rank 0 of {world}: ", **run_kw,
+        )  # fmt: skip
+        writer.close()
+
+    def finish() -> None:
+        if rank == 0:
+            writer.finalize()
+
+    try:
+        ranks.step("extract", work)
+        ranks.step("write the manifest", finish)
+    finally:
+        writer.close()
+    if rank == 0:
+        _say(progress, f"{world} ranks wrote {out_root}")
+    return FeatureStore.open(out_root)
+
+
+def _layout(path: Path) -> str | None:
+    """The ``layout`` of the unfinished store at ``path`` (None: none there, or finished)."""
+    try:
+        m = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return m.get("layout") if isinstance(m, dict) and m.get("status") != "complete" else None
+
+
+# Ranks wait for each other only at the start and the end; the end may come hours apart (a resumed
+# rank with most of its rows left), so the coordination group's timeout is long. A rank that dies
+# closes its connections and the others stop at once.
+_SYNC_TIMEOUT = timedelta(days=7)
+# a failure on one rank is raised on the others as the same class when it is one of these
+_SHARED_ERRORS = (
+    StoreError, StoreMismatchError, StoreIncompleteError, RecordError, ValueError, TypeError,
+)  # fmt: skip
+
+
+class _Ranks:
+    """This process's place among the ranks of a shared extraction, and the steps they take
+    together: each step's failure on any rank is raised on every rank, so none waits forever."""
+
+    def __init__(self, rank: int, world: int, group: Any = None, owns_default: bool = False):
+        self.rank, self.world = rank, world
+        self.group = group
+        self.owns_default = owns_default
+
+    @staticmethod
+    def solo(what: str, fn: Any) -> list[Any]:
+        return [fn()]
+
+    def gather(self, obj: Any) -> list[Any]:
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        try:
+            torch.distributed.all_gather_object(out, obj, group=self.group)
+        except RuntimeError as e:
+            raise StoreIncompleteError(
+                f"rank {self.rank} of {self.world}: another rank stopped ({str(e).strip()}). "
+                "Run the same command again to resume: finished chunks and saved rows are kept"
+            ) from e
+        return out
+
+    def step(self, what: str, fn: Any) -> list[Any]:
+        """Run ``fn`` here, then wait for every rank; the results of all ranks, or the first
+        failure (this rank's own exception where it failed here)."""
+        try:
+            res, err = fn(), None
+        except Exception as e:  # noqa: BLE001 (re-raised below, on every rank)
+            res, err = None, e
+        got = self.gather((None, res) if err is None else (f"{type(err).__name__}: {err}", None))
+        if err is not None:
+            raise err
+        for r, (msg, _) in enumerate(got):
+            if msg is not None:
+                name = msg.split(":", 1)[0]
+                cls = {c.__name__: c for c in _SHARED_ERRORS}.get(name, StoreError)
+                raise cls(f"rank {r} of {self.world} failed to {what}: {msg}")
+        return [res for _, res in got]
+
+    def close(self) -> None:
+        dist = torch.distributed
+        if self.world == 1 or not dist.is_initialized():
+            return
+        if self.owns_default:
+            dist.destroy_process_group()
+        elif self.group is not None:
+            dist.destroy_process_group(self.group)
+
+
+def _join_ranks(shard: tuple[int, int] | str) -> _Ranks | None:
+    """The ranks to share one store with, or None for a process on its own (or one part of
+    ``shard=(i, N)`` without a process group). Under torchrun without a process group, "auto"
+    starts one (gloo) and ends it on return."""
+    dist = torch.distributed
+    if not dist.is_available():
+        return None
+    if dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if shard != "auto":
+            i, n = _resolve_shard(shard)
+            if n != world:
+                return None  # a part of another split than the group's: written on its own
+            if i != rank:
+                raise ValueError(f"shard={shard!r} in rank {rank} of {world}: pass shard='auto'")
+        if world == 1:
+            return None
+        # a gloo group of our own: works whatever the default backend is, with a long timeout
+        return _Ranks(rank, world, dist.new_group(backend="gloo", timeout=_SYNC_TIMEOUT))
+    if shard != "auto" or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    dist.init_process_group("gloo", timeout=_SYNC_TIMEOUT)  # torchrun's env:// settings
+    return _Ranks(dist.get_rank(), dist.get_world_size(), owns_default=True)
 
 
 def _check_int(name: str, v: Any, lo: int) -> None:
@@ -567,23 +828,6 @@ def _warn(progress: bool, msg: str) -> None:
 def json_norm(obj: Any) -> Any:
     """Round-trip through JSON (tuples become lists, ...)."""
     return json.loads(json.dumps(obj))
-
-
-def _maybe_merge(
-    out_root: Path, part: tuple[int, int], store: FeatureStore, progress: bool
-) -> FeatureStore:
-    dist = torch.distributed
-    if part[1] == 1 or not (dist.is_available() and dist.is_initialized()):
-        return store
-    if dist.get_world_size() != part[1]:
-        return store
-    dist.barrier()
-    if dist.get_rank() == 0 and not (out_root / "manifest.json").exists():
-        merge_stores(out_root)
-        shutil.rmtree(out_root / "parts", ignore_errors=True)
-        _say(progress, f"merged {part[1]} parts into {out_root}")
-    dist.barrier()
-    return FeatureStore.open(out_root)
 
 
 def _batches(
@@ -650,6 +894,7 @@ def _run_chunks(
     device: torch.device,
     progress: bool,
     checkpoint_seconds: float,
+    who: str = "",
 ) -> None:
     toks: dict[int, TokenizedRecord] = {}
     for c in todo:
@@ -665,8 +910,8 @@ def _run_chunks(
     resumed = f" ({len(saved)} rows of unfinished chunks were saved before)" if saved else ""
     _say(
         progress,
-        f"{n_rec} records to featurise in {len(todo)} chunk(s){resumed}: {n_tok} tokens ({n_loss} "
-        f"in the loss), d={projector.dim} {projector.kind}, {len(modules)} layers, on "
+        f"{who}{n_rec} records to featurise in {len(todo)} chunk(s){resumed}: {n_tok} tokens "
+        f"({n_loss} in the loss), d={projector.dim} {projector.kind}, {len(modules)} layers, on "
         f"{device.type}",
     )
     pad_id = getattr(tokenizer, "pad_token_id", None)
