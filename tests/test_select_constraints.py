@@ -257,6 +257,9 @@ def test_the_single_row_safeguard_is_what_keeps_the_guarantee():
         assert sel.safeguard and sel.tokens == 100.0
         assert sel.logdet >= KNAPSACK_FACTOR * opt
         assert "single row" in sel.summary()
+        # the bound is the greedy set's: F(cheap rows) + the knapsack LP over what is left (the
+        # large row, whole), so it stays above OPT although the greedy set is far below it
+        assert opt <= sel.opt_upper_bound + 1e-12
 
 
 def test_budget_alone_and_stop_reasons():
