@@ -315,3 +315,18 @@ def test_parts_without_process_group_and_merge(setup):
     assert [len(p) for p in parts] == [8, 6]  # chunks of 3 rows: 0, 2, 4 | 1, 3
     merged = merge_stores(d / "manual")
     assert files(merged.path) == files(single.path)
+
+
+def test_device_cuda_without_a_gpu_is_a_clear_error(setup, saved_model_dir, capsys):
+    import torch
+
+    from spice.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: --device cuda is valid here")
+    d, data, _, _, _ = setup
+    argv = ["features", "--model", str(saved_model_dir), "--data", str(data),
+            "--out", str(d / "never"), "--device", "cuda", "--quiet"]  # fmt: skip
+    assert main(argv) == 1
+    assert "--device cuda: torch sees no CUDA device" in capsys.readouterr().err
+    assert not (d / "never").exists()

@@ -89,7 +89,10 @@ def _extract(args: argparse.Namespace, out: Path) -> Any:
     from .features import LoraSpec, extract
     from .pipeline import load_model
 
+    device = _device(args.device)
     model, tok, model_id = load_model(args.model, args.gguf_file)
+    if device is not None:
+        model.to(device)
     lora = LoraSpec(r=args.lora_r) if args.lora_r > 0 else None
     kw: dict[str, Any] = {}
     if args.max_batch_tokens is not None:
@@ -117,6 +120,22 @@ def _extract(args: argparse.Namespace, out: Path) -> Any:
         columns=args.columns,
         **kw,
     )
+
+
+def _device(name: str) -> Any:
+    """None for the CPU; for "cuda", this rank's GPU: LOCAL_RANK (set by torchrun) modulo the
+    GPUs visible, so ranks share GPUs when there are fewer GPUs than ranks."""
+    if name == "cpu":
+        return None
+    import torch
+
+    from .pipeline import PipelineError
+
+    if not torch.cuda.is_available():
+        raise PipelineError("--device cuda: torch sees no CUDA device (a CPU build, or no driver)")
+    index = int(os.environ.get("LOCAL_RANK", "0") or 0) % torch.cuda.device_count()
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def _unused(args: argparse.Namespace) -> tuple[str, ...]:
@@ -397,6 +416,12 @@ def _add_feature_opts(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto: under torchrun, every rank writes its rows into the one --out store; "
         "i/N: this process's part of the records, a part store (spice.merge_stores joins them)",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="where the model runs; cuda: the GPU of this torchrun rank (LOCAL_RANK)",
     )
     p.add_argument(
         "--chunk-rows",
