@@ -372,3 +372,11 @@ def test_cli_budget_tokens(tmp_path, capsys):
         conflict_penalty=0,
     )
     np.testing.assert_array_equal(idx, ref.indices)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    from spice.report import make_report
+
+    report = make_report(out)["report"].read_text()
+    assert f"tokens: **{sel['constraints']['tokens']:.10g}** of a budget of 100" in report

@@ -153,6 +153,24 @@ def make_report(run_dir: str | os.PathLike) -> dict[str, Path]:
         f"- selection time {elapsed:.3f} s ({m / elapsed if elapsed > 0 else math.inf:.1f} "
         f"picks/s), {sel['evaluations']} candidate evaluations",
     ]
+    cons = sel.get("constraints") or {}
+    if cons.get("budget") is not None:
+        lines.append(
+            f"- tokens: **{cons['tokens']:.10g}** of a budget of {cons['budget']:.10g} "
+            f"({cons['tokens'] / m if m else 0.0:.1f} per record)"
+            + ("; the best single record beat the greedy set" if cons.get("safeguard") else "")
+        )
+    if cons.get("group_counts") is not None:
+        lines.append(
+            "- picks per group: " + ", ".join(f"{g}: {c}" for g, c in cons["group_counts"].items())
+        )
+    if cons:
+        g = sel.get("guarantee")
+        lines.append(
+            f"- guarantee: {g:.4f} of the best feasible set ({sel.get('guarantee_note', '')})"
+            if g is not None
+            else f"- guarantee: none stated ({sel.get('guarantee_note', '')})"
+        )
     if sel["stop_reason"] == "early_stop":
         lines.append(
             f"- SPICE+ stopped at pick {m + 1}: Δ fell to ω = "
