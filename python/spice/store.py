@@ -15,6 +15,10 @@ A resumed run keeps every complete chunk and the partial rows, and recomputes th
 streams the chunks into ``features.npy`` in chunk order, so an interrupted-then-resumed run produces
 the same bytes as an uninterrupted one.
 
+A store written by N ranks together (:class:`SharedStoreWriter`, ``"layout": "shared"`` while in
+progress) has no chunk ``.npy`` files: ``features.npy`` is allocated at the start and each rank
+writes its chunks' rows in place; ``shards/`` holds only the markers and partial files.
+
 A *part* store (``manifest["part"] == [i, N]`` with N > 1) holds the chunks c with ``c % N == i``;
 :func:`merge_stores` checks N parts against each other and joins them into one store whose files are
 byte-identical to the store a single process would have written.
