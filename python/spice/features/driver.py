@@ -387,7 +387,7 @@ def extract(
             rank computes the chunks c with ``c % N == rank`` straight into one pre-allocated
             store, byte-identical to one process's; otherwise one process does it all.
             ``(i, N)``: process i of N (the same as "auto" inside a group of N ranks; without
-            one, a part store).
+            one, a part store). ``(0, 1)``: this process alone, even inside a group.
         seed: projection seed.
         shard_rows: rows per chunk, the unit of the store's layout and of sharding.
         resume: keep complete chunks and saved partial progress of a matching unfinished store
