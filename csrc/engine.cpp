@@ -114,11 +114,17 @@ void Engine::add_pick(int64_t j) {
     cons_.take(j);
     res_.spent = cons_.spent();
   }
+  take_pick(row(j), rs_[j].q);
+}
 
+// The state every pick changes, from the picked row alone (G's dtype) and its residual q at
+// this step: the new w row and the conflict sum. Stepping shards apply other shards' picks
+// through here too (step_apply), so all of them compute the same numbers.
+void Engine::take_pick(const char* row_j, double q) {
   std::vector<double> g(d_);
-  kern::widen_row(G_.dtype, row(j), d_, g.data());
+  kern::widen_row(G_.dtype, row_j, d_, g.data());
   if (opt_.objective == Objective::LogDet)
-    inv_.append(row(j), g.data(), std::sqrt(opt_.alpha / (1.0 + opt_.alpha * rs_[j].q)));
+    inv_.append(row_j, g.data(), std::sqrt(opt_.alpha / (1.0 + opt_.alpha * q)));
   conf_.add(g.data());
   ++t_;
 }
@@ -146,21 +152,28 @@ bool Engine::tick() {
 // q_x only decreases, so log1p(alpha * q_x) at any earlier step is a valid (looser) term.
 void Engine::finish_bound() {
   const int64_t m = static_cast<int64_t>(res_.indices.size());
-  std::vector<double> vals;
-  vals.reserve(n_);
-  for (int64_t i = 0; i < n_; ++i)
-    if (rs_[i].state != kPicked) vals.push_back(std::log1p(opt_.alpha * rs_[i].q));
-  const int64_t take = std::min<int64_t>(m, static_cast<int64_t>(vals.size()));
-  if (take > 0) {
-    std::nth_element(vals.begin(), vals.begin() + (take - 1), vals.end(), std::greater<double>());
+  const std::vector<double> top = top_gains(m);
+  if (!top.empty()) {
     double extra = 0.0;
-    std::vector<double> top(vals.begin(), vals.begin() + take);
-    std::sort(top.begin(), top.end(), std::greater<double>());
     for (double v : top) extra += v;
     res_.opt_upper_bound = res_.objective_sum + extra;
   } else {
     res_.opt_upper_bound = res_.objective_sum;
   }
+}
+
+std::vector<double> Engine::top_gains(int64_t m) const {
+  std::vector<double> vals;
+  vals.reserve(n_);
+  for (int64_t i = 0; i < n_; ++i)
+    if (rs_[i].state != kPicked) vals.push_back(std::log1p(opt_.alpha * rs_[i].q));
+  const int64_t take = std::min<int64_t>(std::max<int64_t>(m, 0),
+                                         static_cast<int64_t>(vals.size()));
+  if (take == 0) return {};
+  std::nth_element(vals.begin(), vals.begin() + (take - 1), vals.end(), std::greater<double>());
+  std::vector<double> top(vals.begin(), vals.begin() + take);
+  std::sort(top.begin(), top.end(), std::greater<double>());
+  return top;
 }
 
 // Constrained runs (§11). For any feasible S*, F(S*) <= F(S) + sum over x in S* \ S of
@@ -308,12 +321,15 @@ void row_norms2(const MatrixView& G, double* out, int threads) {
   }
 }
 
-Result select(const MatrixView& G, const Options& opt, const ProgressHook& hook,
-              double hook_interval_s) {
+namespace detail {
+
+// The checks of every run's input but k's upper end (a stepping shard's k counts the picks of
+// the whole run, which may exceed its own rows).
+void validate(const MatrixView& G, const Options& opt) {
   if (G.n < 0 || G.d <= 0 || (G.n > 0 && G.data == nullptr))
     throw std::invalid_argument("G must be a non-empty n x d matrix");
   if (G.row_stride < G.d) throw std::invalid_argument("row stride smaller than d");
-  if (opt.k < 0 || opt.k > G.n) throw std::invalid_argument("k must be in [0, n]");
+  if (opt.k < 0) throw std::invalid_argument("k must be in [0, n]");
   if (!(opt.alpha > 0.0) || !std::isfinite(opt.alpha))
     throw std::invalid_argument("alpha must be a finite number > 0");
   if (!(opt.lambda >= 0.0) || !std::isfinite(opt.lambda))
@@ -339,6 +355,14 @@ Result select(const MatrixView& G, const Options& opt, const ProgressHook& hook,
       if (opt.group[i] < 0 || opt.group[i] >= opt.n_groups)
         throw std::invalid_argument("group labels must be in [0, n_groups)");
   }
+}
+
+}  // namespace detail
+
+Result select(const MatrixView& G, const Options& opt, const ProgressHook& hook,
+              double hook_interval_s) {
+  detail::validate(G, opt);
+  if (opt.k > G.n) throw std::invalid_argument("k must be in [0, n]");
   detail::Engine e(G, opt, hook, hook_interval_s);
   return e.run();
 }

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -17,6 +18,7 @@
 #include "spice/inverse.hpp"
 #include "spice/kernels.hpp"
 #include "spice/numerics.hpp"
+#include "spice/stepper.hpp"
 #include "spice/tile_plan.hpp"
 
 namespace spice {
@@ -27,11 +29,39 @@ namespace detail {
 constexpr int64_t kParallelWork = int64_t(1) << 18;
 
 int resolve_threads(int t);
+// The checks of select's input, but k <= n (engine.cpp).
+void validate(const MatrixView& G, const Options& opt);
+
+// Lazy greedy's state between steps (greedy_lazy.cpp): the queue of stale bounds, the hot list
+// and the scratch of a step.
+struct LazyState {
+  explicit LazyState(std::vector<LazyQueue::Entry> v) : heap(std::move(v)) {}
+  LazyQueue heap;
+  HotList hot;  // candidates refreshed at the previous step, in queue order
+  int64_t B = 0, chunk = 0, far_min = 0;
+  std::vector<int64_t> batch, refreshed, stale;
+  std::vector<LazyQueue::Entry> fresh;
+  std::vector<double> qub;
+  std::vector<double> popped_keys;  // keys of this step's popped candidates (batch sizing)
+};
 
 class Engine {
  public:
   Engine(const MatrixView& G, const Options& opt, const ProgressHook& hook, double hook_dt);
   Result run();
+
+  // Stepping (spice/stepper.hpp): the lazy driver one pick at a time, each pick applied from
+  // outside (by the shard that holds the row or by another one). stepper.cpp.
+  void begin_steps();
+  Candidate step_best();
+  void step_apply(const char* row, double q, int64_t local);
+  // The m largest log1p(alpha q_x) over the rows not picked, descending (Minoux's terms).
+  std::vector<double> top_gains(int64_t m) const;
+  int64_t bad_row() const { return res_.bad_row; }
+  int64_t picks() const { return t_; }
+  double base(int64_t i) const { return base_[i]; }
+  int64_t evaluations() const { return res_.evaluations; }
+  int64_t dot_products() const { return dots_; }
 
  private:
   const MatrixView& G_;
@@ -53,6 +83,9 @@ class Engine {
   // at this step (a second one at the same step would be the same number).
   int64_t far_steps_ = 0;
   Result res_;
+  std::unique_ptr<LazyState> lz_;  // lazy greedy's queue and scratch (run_lazy, stepping)
+  int64_t best_at_ = -1;           // stepping: the step whose best candidate is in best_
+  Candidate best_;
   std::chrono::steady_clock::time_point t0_, last_hook_;
 
   // refresh's scratch: the tile plan, the candidates' steps in their order, and
@@ -91,6 +124,7 @@ class Engine {
   Best argmax(const int64_t* cand, int64_t m) const;
   bool check_stop_before_pick(const Best& b);
   void add_pick(int64_t j);
+  void take_pick(const char* row_j, double q);
   bool tick();
   void finish_bound();
   void finish_bound_constrained();
@@ -100,6 +134,11 @@ class Engine {
                int64_t max_rows = std::numeric_limits<int64_t>::max(), bool all_delta = true);
   bool refresh_shared(const int64_t* cand, bool conflict, int VB, Best& best);
   void finish_row(int64_t i, int64_t hi, bool conflict, double a, Best& local, int64_t& dead);
+  // greedy_lazy.cpp: lazy greedy's steps (run_lazy and the stepping API share them)
+  void lazy_begin();
+  Best lazy_best();
+  void lazy_requeue();
+  void lazy_after_pick(int64_t j);
   // the drivers
   void run_naive();
   void run_lazy();

@@ -60,3 +60,25 @@ def select(
 ) -> dict[str, Any]: ...
 def row_norms2(G: np.ndarray, dtype_code: int, threads: int = 0) -> npt.NDArray[np.float64]: ...
 def kernel_isa() -> str: ...
+
+class Stepper:
+    """One shard of the distributed exact greedy (csrc/spice/stepper.hpp): the lazy engine over
+    this shard's rows, one pick at a time, the picks decided by a coordinator. ``G`` is read in
+    place and kept referenced; ``options.k`` counts the picks of the whole run. Log-det objective
+    only, no budget or quotas. One caller at a time.
+    """
+
+    bad_row: int
+    picks: int
+    evaluations: int
+    dot_products: int
+    def __init__(self, G: np.ndarray, dtype_code: int, options: Options) -> None: ...
+    def best(self) -> tuple[int, float, float, float, float, float, float] | None:
+        """(local index, score, delta, base, align, conflict, q) of this step's best row, or
+        None when every row left is picked or in span(S). Repeats until apply_pick."""
+    def apply_pick(self, row: np.ndarray, q: float, local: int = -1) -> None:
+        """Apply the step's pick: its row (d items of G's dtype), its residual q, and its row
+        here (local) or -1 when another shard holds it."""
+    def top_gains(self, m: int) -> npt.NDArray[np.float64]:
+        """The m largest log1p(alpha q) over the rows not picked, descending."""
+    def base(self, local: int) -> float: ...

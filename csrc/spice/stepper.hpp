@@ -1,0 +1,64 @@
+// One shard of a distributed exact greedy (docs/algorithm.md §12): the lazy engine over a block
+// of rows, run one pick at a time, with the picks decided outside. Every shard reports its best
+// exact candidate; a coordinator takes the best over the shards (ties to the lowest global
+// index) and every shard applies that pick, from the picked row itself, whichever shard holds
+// it. All shards then hold the same w rows and conflict sum as one engine over all the rows,
+// bit for bit, so the picks, gains and log det are those of spice::select with Method::Lazy.
+// Pure C++17: no Python headers.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "spice/core.hpp"
+
+namespace spice {
+
+// A shard's best candidate at the current step, with everything a pick records.
+struct Candidate {
+  int64_t index = -1;     // row of this shard; -1: none (every row left is picked or in span(S))
+  double score = 0.0;     // Delta - lambda * conflict: what the greedy maximises
+  double delta = 0.0;     // the information gain log1p(alpha q)
+  double base = 0.0;      // log1p(alpha ||g||^2)
+  double align = 0.0;     // cosine to the mean of the earlier picks (0 before the first)
+  double conflict = 0.0;  // max(0, -align)
+  double q = 0.0;         // the residual g^T M^{-1} g: apply_pick needs it for the pick's w
+};
+
+class Stepper {
+ public:
+  // G: this shard's rows (the caller keeps them alive and unchanged). opt.k: the picks of the
+  // whole run (room for that many w rows; it may exceed G.n). Only the plain log-det objective
+  // (no cost budget or quotas); opt.method is ignored: the lazy driver runs. Throws
+  // std::invalid_argument on bad options, as select does.
+  Stepper(const MatrixView& G, const Options& opt);
+  ~Stepper();
+  Stepper(const Stepper&) = delete;
+  Stepper& operator=(const Stepper&) = delete;
+
+  // First row refused (see Result::bad_row), -1 if none; a shard with one must not step.
+  int64_t bad_row() const;
+  // Picks applied so far (the step t).
+  int64_t picks() const;
+  // The best candidate of this shard at this step: the lazy queue is refreshed until its top
+  // exact score is known. Calling it again before apply_pick returns the same candidate.
+  Candidate best();
+  // Apply the step's pick: row holds its d elements (G's dtype), q is its residual at this
+  // step (the Candidate's q), local its row here or -1 when another shard holds it. Every shard
+  // computes the same w row from (row, q), as one engine would.
+  void apply_pick(const void* row, double q, int64_t local);
+  // The m largest log1p(alpha q_x) over the rows not picked, descending (fewer if the shard has
+  // fewer): this shard's part of Minoux's certificate (stale q_x: valid upper bounds).
+  std::vector<double> top_gains(int64_t m) const;
+  // log1p(alpha ||g||^2) of a row of this shard.
+  double base(int64_t local) const;
+  int64_t evaluations() const;   // candidate refreshes so far
+  int64_t dot_products() const;  // catch-up dot products so far
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> p_;
+};
+
+}  // namespace spice
