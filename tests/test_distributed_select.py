@@ -1,0 +1,282 @@
+"""spice.distributed.select on a local Ray instance: mode="exact" is spice.select(method="lazy"),
+bit for bit; a killed shard is named, and a rerun resumes from the checkpointed picks.
+
+Skipped without Ray (pip install "spice-select[ray]"), except the checks that need none.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import spice
+import spice.distributed as sd
+
+from select_data import clustered, gaussian
+
+HAVE_RAY = importlib.util.find_spec("ray") is not None
+needs_ray = pytest.mark.skipif(not HAVE_RAY, reason="Ray is not installed (spice-select[ray])")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray instance for the module (2 CPUs), which finds this checkout's spice."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    started = not ray.is_initialized()
+    if started:
+        src = str(Path(spice.__file__).resolve().parent.parent)
+        path = os.pathsep.join([src] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level="WARNING",
+            runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}},
+        )
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def assert_same(d: spice.Selection, one: spice.Selection) -> None:
+    """Identical picks and bit-identical per-pick numbers and log det."""
+    np.testing.assert_array_equal(d.indices, one.indices)
+    for f in ("gains", "base", "align", "conflict", "scores", "epsilon"):
+        a, b = getattr(d, f), getattr(one, f)
+        assert a.dtype == b.dtype == np.float64 and a.tobytes() == b.tobytes(), f
+    assert np.float64(d.logdet).tobytes() == np.float64(one.logdet).tobytes()
+    assert d.stop_reason == one.stop_reason
+    assert d.logdet <= d.opt_upper_bound
+    assert d.params["backend"] == "ray" and d.params["mode"] == "exact"
+
+
+def stepped(G, k, shards, lam, omega=0.0, alpha=1.0, replay=((), ())):
+    """The coordinator's loop in-process over spice._core.Stepper shards (no Ray). ``replay``:
+    (rows, qs) of picks applied first without selecting. Returns picks, gains, scores, qs."""
+    from spice import _core
+
+    n = G.shape[0]
+    code = {np.float32: 0, np.float64: 1, np.float16: 2}[G.dtype.type]
+    cuts = [n * i // shards for i in range(shards + 1)]
+    opts = _core.Options(k=k, alpha=alpha, lam=lam, omega=omega, threads=1)
+    st = [_core.Stepper(G[cuts[s] : cuts[s + 1]], code, opts) for s in range(shards)]
+
+    def apply(g, q, local, o):
+        for s in range(shards):
+            st[s].apply_pick(np.array(G[g]), q, local if s == o else -1)
+
+    idx, qs = list(replay[0]), list(replay[1])
+    for g, q in zip(idx, qs):
+        o = max(s for s in range(shards) if cuts[s] <= g)
+        apply(g, q, g - cuts[o], o)
+    gains, scores = [], []
+    while len(idx) < k:
+        best = None
+        for s in range(shards):
+            c = st[s].best()
+            if c is not None:
+                g = cuts[s] + c[0]
+                if best is None or c[1] > best[0] or (c[1] == best[0] and g < best[1]):
+                    best = (c[1], g, s, c)
+        if best is None:
+            break
+        _, g, o, c = best
+        if omega > 0 and gains and c[2] <= omega * gains[0]:
+            break
+        idx.append(g)
+        qs.append(c[6])
+        gains.append(c[2])
+        scores.append(c[1])
+        apply(g, c[6], c[0], o)
+    return np.array(idx), np.array(gains), np.array(scores), qs
+
+
+@pytest.mark.parametrize(
+    "dtype,n,d,k,lam,omega,shards",
+    [
+        (np.float32, 500, 16, 60, 0.1, 0.0, 3),
+        (np.float16, 500, 16, 60, 0.0, 0.0, 2),
+        (np.float32, 300, 5, 250, 0.1, 0.0, 3),  # k > d: w from M^{-1}
+        (np.float32, 400, 8, 100, 0.1, 0.5, 4),  # early stop
+        (np.float32, 1400, 6, 1100, 0.1, 0.0, 3),  # rows > 1024 steps behind: M^{-1} bounds
+    ],
+)
+def test_stepper_shards_in_process_equal_one_machine(dtype, n, d, k, lam, omega, shards):
+    G = clustered(n + d, n, d).astype(dtype)
+    one = spice.select(G, k, conflict_penalty=lam, early_stop=omega or None, method="lazy")
+    idx, gains, scores, _ = stepped(G, k, shards, lam, omega)
+    np.testing.assert_array_equal(idx, one.indices)
+    assert gains.tobytes() == one.gains.tobytes() and scores.tobytes() == one.scores.tobytes()
+
+
+def test_stepper_replayed_picks_continue_as_one_machine():
+    # the first 30 picks replayed into fresh shards (another shard count), then selection goes on
+    G = clustered(3, 400, 12)
+    one = spice.select(G, 80, conflict_penalty=0.1, method="lazy")
+    idx, _, _, qs = stepped(G, 30, 3, 0.1)
+    more, gains, _, _ = stepped(G, 80, 2, 0.1, replay=(idx, qs))
+    np.testing.assert_array_equal(more, one.indices)
+    assert gains.tobytes() == one.gains[30:].tobytes()
+
+
+def test_stepper_refuses_what_would_break_its_state():
+    from spice import _core
+
+    G = gaussian(0, 20, 4)
+    st = _core.Stepper(G, 0, _core.Options(k=2))
+    with pytest.raises(ValueError, match="d items of G's dtype"):
+        st.apply_pick(np.zeros(4), 1.0)  # float64 row for float32 shard
+    c = st.best()
+    assert st.best() == c  # the same step: the same candidate
+    st.apply_pick(G[c[0]].copy(), c[6], c[0])
+    with pytest.raises(ValueError, match="not a row that can be picked"):
+        st.apply_pick(G[c[0]].copy(), c[6], c[0])  # already picked
+    st.apply_pick(G[1].copy(), 1.0, -1)
+    with pytest.raises(RuntimeError, match="more picks than k"):
+        st.apply_pick(G[2].copy(), 1.0, -1)
+    assert st.picks == 2 and st.top_gains(5).shape == (5,)
+
+
+@needs_ray
+@pytest.mark.parametrize(
+    "dtype,lam,shards,omega,d,k",
+    [
+        (np.float32, 0.0, 2, None, 24, 60),
+        (np.float32, 0.1, 3, None, 8, 150),  # k > d: the w rows come from M^{-1}
+        (np.float16, 0.0, 3, None, 24, 60),
+        (np.float16, 0.1, 2, 0.4, 24, 60),  # SPICE+'s early stop
+    ],
+)
+def test_exact_equals_one_machine_on_arrays(ray_local, dtype, lam, shards, omega, d, k):
+    G = clustered(7, 900, d).astype(dtype)
+    kw = dict(alpha=0.5, conflict_penalty=lam, early_stop=omega)
+    one = spice.select(G, k, method="lazy", **kw)
+    dist = sd.select(G, k, shards=shards, **kw)
+    assert_same(dist, one)
+    assert len(dist) == k or dist.stop_reason == "early_stop"
+
+
+@needs_ray
+def test_exact_on_a_feature_store_and_on_store_parts(ray_local, tmp_path):
+    from spice.store import StoreWriter
+
+    G = clustered(11, 700, 16)
+
+    def write(path: Path, rows: np.ndarray) -> Path:
+        w = StoreWriter(
+            path, {"projection": {"dim": 16}}, total_rows=len(rows), dim=16, shard_rows=128
+        )
+        w.prepare()
+        for c in w.chunks:
+            a, b = w.chunk_rows(c)
+            index = [
+                {"row": r, "id": f"r{r}", "tokens": 3, "loss_tokens": 1, "loss": 1.0}
+                for r in range(a, b)
+            ]
+            w.write_chunk(c, rows[a:b], index)
+        w.finalize()
+        return path
+
+    whole = write(tmp_path / "whole", G)
+    feats = spice.stores.open(whole).features
+    one = spice.select(feats, 50, conflict_penalty=0.1, method="lazy")
+    assert_same(sd.select(whole, 50, shards=3, conflict_penalty=0.1), one)
+    parts = [write(tmp_path / "p0", G[:300]), write(tmp_path / "p1", G[300:])]
+    d = sd.select(parts, 50, conflict_penalty=0.1)
+    assert_same(d, one)
+    assert d.params["shards"] == 2
+
+
+@needs_ray
+def test_killed_shard_is_named_and_the_rerun_resumes_identically(ray_local, tmp_path):
+    G = clustered(5, 600, 12)
+    one = spice.select(G, 40, conflict_penalty=0.1, method="lazy")
+    ck = tmp_path / "picks.json"
+    with pytest.raises(sd.ShardFailedError, match=r"shard 1 of 3 \(rows 200\.\.399\)") as e:
+        sd.select(G, 40, shards=3, conflict_penalty=0.1, checkpoint=ck, _fail_at=(1, 15))
+    assert e.value.shard == 1 and e.value.rows == (200, 400)
+    assert str(ck) in str(e.value)
+    saved = json.loads(ck.read_text())["picks"]["indices"]
+    assert 15 <= len(saved) <= 16 and saved == one.indices[: len(saved)].tolist()
+    # another shard count replays the same picks: the state after a pick depends on picks only
+    d = sd.select(G, 40, shards=2, conflict_penalty=0.1, checkpoint=ck)
+    assert_same(d, one)
+    assert json.loads(ck.read_text())["complete"] is True
+
+
+@needs_ray
+def test_failure_without_checkpoint_says_how_to_keep_the_picks(ray_local):
+    G = gaussian(1, 300, 8)
+    with pytest.raises(sd.ShardFailedError, match="shard 0 of 2.*checkpoint="):
+        sd.select(G, 20, shards=2, _fail_at=(0, 3))
+
+
+@needs_ray
+def test_bad_row_is_named_with_its_global_index(ray_local):
+    G = gaussian(2, 200, 8)
+    G[150, 3] = np.nan
+    with pytest.raises(ValueError, match="first bad row 150"):
+        sd.select(G, 10, shards=2)
+
+
+@needs_ray
+def test_partition_is_within_its_guarantee_and_repeats_for_a_seed(ray_local):
+    G = clustered(9, 1200, 16)
+    one = spice.select(G, 20, conflict_penalty=0.0)
+    p = sd.select(G, 20, shards=3, mode="partition", conflict_penalty=0.0, seed=1)
+    assert len(p) == 20 and len(set(p.indices.tolist())) == 20
+    assert p.logdet == pytest.approx(spice.logdet(G, p.indices, alpha=1.0), rel=1e-9)
+    # (1 - 1/e)/2 of OPT in expectation; OPT <= the one-machine certificate
+    assert p.logdet >= sd.PARTITION_FACTOR * one.opt_upper_bound
+    assert p.guarantee == sd.PARTITION_FACTOR and p.params["mode"] == "partition"
+    again = sd.select(G, 20, shards=3, mode="partition", conflict_penalty=0.0, seed=1)
+    np.testing.assert_array_equal(again.indices, p.indices)
+    with pytest.warns(UserWarning, match="not much smaller than n / shards"):
+        q = sd.select(G, 100, shards=3, mode="partition", conflict_penalty=0.1, seed=2)
+    assert len(q) == 100 and np.isnan(q.guarantee) and np.isnan(q.opt_upper_bound)
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path):
+    G = gaussian(4, 100, 8)
+    ck = tmp_path / "picks.json"
+    key = sd._run_key(100, 8, 0, 1.0, 0.1, 0.0)
+    sd._save_checkpoint(ck, key, {f: [] for f in sd._PICK_FIELDS}, False)
+    with pytest.raises(ValueError, match="alpha: 1.0 there, 2.0 now"):
+        sd.select(G, 5, shards=2, alpha=2.0, checkpoint=ck)
+
+
+def test_unsupported_options_are_refused_before_any_work():
+    G = gaussian(4, 50, 4)
+    with pytest.raises(ValueError, match="mode"):
+        sd.select(G, 5, shards=2, mode="bogus")
+    with pytest.raises(ValueError, match="budgets and quotas"):
+        sd.select(G, 5, shards=2, budget=10.0, cost=np.ones(50))
+    with pytest.raises(ValueError, match="exact greedy"):
+        sd.select(G, 5, shards=2, method="stochastic")
+    with pytest.raises(ValueError, match="shards"):
+        sd.select(G, 5, shards=60)
+
+
+def test_module_imports_without_ray_and_says_what_to_install():
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "import numpy as np, spice.distributed as d\n"
+        "try:\n"
+        "    d.select(np.ones((4, 2), np.float32), 1, shards=2)\n"
+        "except ModuleNotFoundError as e:\n"
+        "    print(e)\n"
+    )
+    env = dict(os.environ)
+    src = str(Path(spice.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([src] + [p for p in [env.get("PYTHONPATH")] if p])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "spice-select[ray]" in out.stdout
