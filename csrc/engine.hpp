@@ -85,6 +85,7 @@ class Engine {
   Result res_;
   std::unique_ptr<LazyState> lz_;  // lazy greedy's queue and scratch (run_lazy, stepping)
   int64_t best_at_ = -1;           // stepping: the step whose best candidate is in best_
+  bool stale_entries_ = false;     // stepping: a picked row may still be in the lazy queue
   Candidate best_;
   std::chrono::steady_clock::time_point t0_, last_hook_;
 

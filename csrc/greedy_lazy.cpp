@@ -59,9 +59,9 @@ Best Engine::lazy_best() {
       if (!(top.key > best.score || (top.key == best.score && top.idx < best.idx))) break;
       if (from_hot) hot.pop();
       else heap.pop();
-      // A row picked without being popped (a pick applied from outside, see step_apply) still
-      // has its entry; in a plain run every queued row is alive.
-      if (rs_[top.idx].state != kAlive) continue;
+      // A row picked without being popped (a replayed pick, see step_apply) still has its
+      // entry; in a plain run every queued row is alive, and its record is not read here.
+      if (stale_entries_ && rs_[top.idx].state != kAlive) continue;
       if (cons_.active() && !fits(top.idx)) continue;  // never fits again: dropped for good
       batch.push_back(top.idx);
       popped_keys.push_back(top.key);

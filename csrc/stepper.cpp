@@ -58,6 +58,8 @@ void Engine::step_apply(const char* row_j, double q, int64_t local) {
     if (local >= n_ || rs_[local].state != kAlive)
       throw std::invalid_argument("Stepper: the local pick is not a row that can be picked");
     rs_[local].state = kPicked;
+    // Not this step's best (a replay): its queue entry stays behind, lazy_best must skip it.
+    if (best_at_ != t_ || best_.index != local) stale_entries_ = true;
   }
   take_pick(row_j, q);
   lazy_after_pick(local);
