@@ -471,7 +471,10 @@ def select(
         run.picks = done
         if done["indices"]:
             run.replay()
+        t_loop = time.perf_counter()
+        t_ready = t_loop - t_start  # actors started, rows mapped, norms computed, picks replayed
         stop = run.exact(kk, omega, cb, t_start)
+        t_loop = time.perf_counter() - t_loop
         tops = run.gather([x.top_gains.remote(len(run.picks["indices"])) for x in actors], None)
         stats = run.gather([x.stats.remote() for x in actors], None)
         run.save(complete=True)
@@ -510,6 +513,8 @@ def select(
         shards=s_count,
         source=what,
         kernel_isa=isas.pop(),
+        start_s=t_ready,  # seconds before the first pick
+        picks_s=t_loop,  # seconds of the greedy loop
     )
     factor, note = guarantee(
         Constraints(),
