@@ -2,6 +2,7 @@
 
     python bench/distributed_bench.py                       # n=2e5, d=256 float16, k=300, 2 shards
     python bench/distributed_bench.py --n 1000000 --shards 4 --k 1000
+    python bench/distributed_bench.py --quick              # seconds (CI)
 
 Runs spice.select(method="lazy") and spice.distributed.select(mode="exact") on the same float16
 memmap (a spice-layout .npy opened in place), checks that the picks are identical, and reports
@@ -37,17 +38,20 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--penalty", type=float, default=0.1)
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--quick", action="store_true", help="n=5000, d=32, k=60: seconds")
     a = ap.parse_args()
+    if a.quick:
+        a.n, a.d, a.k = 5000, 32, 60
 
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python")
+    src = os.path.dirname(os.path.dirname(os.path.abspath(spice.__file__)))  # this spice
     ray.init(
         num_cpus=a.cpus,
         include_dashboard=False,
         logging_level="WARNING",
-        runtime_env={"env_vars": {"PYTHONPATH": os.path.abspath(src)}},
+        runtime_env={"env_vars": {"PYTHONPATH": src}},
     )
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "G.npy")

@@ -4,6 +4,7 @@ picks against the numpy and explicit-kernel baselines) are asserted here too."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -92,3 +93,11 @@ def test_extract_memory_quick():
     assert re.search(r"rows1 +[0-9.]+ s/record +[0-9]+ tok/s +peak +[0-9.]+ GB", r.stdout)
     assert re.search(r"tok512 +[0-9.]+ s/record", r.stdout)
     assert "40 featurised, 8 skipped with a zero row" in r.stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed")
+def test_distributed_bench_quick():
+    r = run_bench("distributed_bench.py", "--quick")
+    assert r.returncode == 0, r.stderr
+    assert "identical picks and gains: True" in r.stdout
+    assert re.search(r"greedy loop [0-9.]+ s, [0-9.]+ ms/pick", r.stdout)
