@@ -6,12 +6,13 @@ script runs each build in its own process (``sys.path`` points at that tree's ``
 bench/scale_bench.py runs 1-6:
 
     git worktree add /tmp/before <old commit> && (cd /tmp/before && ./dev-build.sh)
-    python bench/compare_builds.py picks /tmp/before .              # runs 1-6, bit for bit
+    python bench/compare_builds.py picks /tmp/before .              # runs 1-6 + grid, bit for bit
     python bench/compare_builds.py speed /tmp/before . --rounds 3   # runs 2, 3, first minute of 5
 
 ``picks`` uses fixed pick counts (not time budgets, which are not reproducible): runs 1-3 as
 recorded, runs 4-6 a prefix long enough to pass k > d where the run has it (4: 1,500 picks of
-lazy and stochastic; 5: 200; 6: 100). ``speed`` alternates the two builds back to back, round
+lazy and stochastic; 5: 200; 6: 100), plus "grid": small matrices of every dtype, method,
+penalty and early stop (about a minute). ``speed`` alternates the two builds back to back, round
 after round, and keeps each build's best time (this machine's memory bandwidth drifts within
 minutes); run 5 counts picks in its first 60 s. The memmaps of runs 4-6 (2, 4.4 and 10 GB) are
 generated once in ``--data``.
@@ -81,6 +82,8 @@ def _child(tree: str, mode: str, runs: list[str], data: str, out: str) -> None:
         if "6" in runs:
             G = memmap_features(f"{data}/feats_5000000x1024_f16.bin", 5_000_000, 1024, seed=4)
             timed("r6/lazy", G, 100, conflict_penalty=0.1, method="lazy")
+        if "grid" in runs:
+            _grid(spice, keep)
     else:  # speed: one run per child, the run named in runs[0]
         run = runs[0]
         if run == "2":
@@ -110,6 +113,47 @@ def _child(tree: str, mode: str, runs: list[str], data: str, out: str) -> None:
         json.dump(times, f)
 
 
+def _grid(spice, keep) -> None:
+    """Small matrices of every dtype, d from 8 to 4096 (duplicated rows, k below and above d),
+    every method x penalty x early stop, and both compatibility objectives: about a minute."""
+    rng = np.random.default_rng(7)
+    mats = [
+        ("f32_small", rng.standard_normal((3000, 64)).astype(np.float32)),
+        ("f64_low", (rng.standard_normal((2000, 8)) @ rng.standard_normal((8, 48)))),
+        ("f16_kgtd", rng.standard_normal((4000, 40)).astype(np.float16)),
+    ]
+    A = rng.standard_normal((1500, 600)).astype(np.float32)
+    A[100:200] = A[:100]  # duplicates
+    mats += [
+        ("f32_d600_dup", A),
+        ("f32_d4096", rng.standard_normal((900, 4096)).astype(np.float32)),
+    ]
+    try:
+        import ml_dtypes
+
+        mats.append(("bf16", rng.standard_normal((2500, 96)).astype(ml_dtypes.bfloat16)))
+    except ImportError:
+        pass
+    for name, G in mats:
+        n, d = G.shape
+        ks = sorted(
+            {min(n, 50), min(n, 3 * d if d < 500 else 300), min(n, 2 * d + 7) if d < 700 else 700}
+        )
+        for k in ks:
+            for method in ("naive", "lazy", "stochastic"):
+                for lam in (0.0, 0.1, 1.0):
+                    for es in (None, 0.5):
+                        if method == "naive" and d >= 4096 and k > 300:
+                            continue
+                        sel = spice.select(G, k, method=method, conflict_penalty=lam, early_stop=es,
+                                           seed=3)  # fmt: skip
+                        keep(f"grid/{name}/{k}/{method}/{lam}/{es}", sel)
+        for obj in ("diag-compat", "topk-compat"):
+            for lam in (0.0, 0.1):
+                sel = spice.select(G, min(n, 100), objective=obj, conflict_penalty=lam)
+                keep(f"grid/{name}/{obj}/{lam}", sel)
+
+
 def _run_child(tree: str, mode: str, runs: str, data: str, out: str) -> dict[str, float]:
     cmd = [sys.executable, __file__, "_child", tree, mode, runs, data, out]
     subprocess.run(cmd, check=True)
@@ -134,14 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("mode", choices=["picks", "speed"])
     ap.add_argument("before", help="tree of the old build (its python/ holds spice._core)")
     ap.add_argument("after", help="tree of the new build")
-    ap.add_argument("--runs", default=None, help="picks: 1,2,3,4,5,6 (default); speed: 2,3,5")
+    ap.add_argument("--runs", default=None, help="picks: 1,2,3,4,5,6,grid (default); speed: 2,3,5")
     ap.add_argument("--rounds", type=int, default=3, help="speed: alternating rounds")
     ap.add_argument("--data", default=os.path.join(HERE, "out"), help="runs 4-6 memmaps")
     args = ap.parse_args(argv)
     trees = {"before": args.before, "after": args.after}
     with tempfile.TemporaryDirectory() as tmp:
         if args.mode == "picks":
-            runs = args.runs or "1,2,3,4,5,6"
+            runs = args.runs or "1,2,3,4,5,6,grid"
             res = {}
             for name, tree in trees.items():
                 out = os.path.join(tmp, f"{name}.npz")
