@@ -59,12 +59,13 @@ def main() -> None:
         G[:] = clustered_features(a.n, a.d, seed=0).astype(np.float16)
         G.flush()
         G = np.load(path, mmap_mode="r")
-        threads = max(1, a.cpus // a.shards)
+        threads = max(1, a.cpus // a.shards)  # one machine gets a shard's share of the CPUs
+        dthreads = threads if a.cpus >= a.shards else None  # None: fractional CPUs per actor
         t0 = time.perf_counter()
         one = spice.select(G, a.k, conflict_penalty=a.penalty, method="lazy", threads=threads)
         t_one = time.perf_counter() - t0
         t0 = time.perf_counter()
-        dist = sd.select(G, a.k, shards=a.shards, conflict_penalty=a.penalty, threads=threads)
+        dist = sd.select(G, a.k, shards=a.shards, conflict_penalty=a.penalty, threads=dthreads)
         t_dist = time.perf_counter() - t0
     ray.shutdown()
     same = np.array_equal(one.indices, dist.indices) and one.gains.tobytes() == dist.gains.tobytes()

@@ -220,6 +220,12 @@ def test_failure_without_checkpoint_says_how_to_keep_the_picks(ray_local):
 
 
 @needs_ray
+def test_more_cpus_than_the_cluster_has_is_refused_at_once(ray_local):
+    with pytest.raises(ValueError, match="need 6 CPUs but the Ray cluster has 2"):
+        sd.select(gaussian(0, 60, 4), 5, shards=3, threads=2)
+
+
+@needs_ray
 def test_bad_row_is_named_with_its_global_index(ray_local):
     G = gaussian(2, 200, 8)
     G[150, 3] = np.nan

@@ -438,6 +438,11 @@ def select(
     total_cpus = float(ray.cluster_resources().get("CPU", 1.0))
     if threads is not None:
         cpus, nthreads = float(threads), int(threads)
+        if cpus * s_count > total_cpus:
+            raise ValueError(
+                f"{s_count} shards of threads={threads} need {cpus * s_count:g} CPUs but the Ray "
+                f"cluster has {total_cpus:g}: lower threads (or leave it None to divide the CPUs)"
+            )
     else:
         cpus = (
             max(1.0, math.floor(total_cpus / s_count))
