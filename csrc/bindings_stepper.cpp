@@ -54,6 +54,18 @@ void bind_stepper(py::module_& m) {
              return candidate_tuple(c);
            })
       .def(
+          "best_of_sample",
+          [](PyStepper& p, int64_t m, uint64_t seed) {
+            spice::Candidate c;
+            {
+              py::gil_scoped_release release;
+              c = p.s->best_of_sample(m, seed);
+            }
+            return candidate_tuple(c);
+          },
+          py::arg("m"), py::arg("seed"))
+      .def("remaining", [](PyStepper& p) { return p.s->remaining(); })
+      .def(
           "apply_pick",
           [](PyStepper& p, const py::array& row, double q, int64_t local) {
             if (static_cast<size_t>(row.itemsize()) != p.item || row.size() != p.d ||

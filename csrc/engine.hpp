@@ -55,6 +55,8 @@ class Engine {
   void begin_steps();
   Candidate step_best();
   void step_apply(const char* row, double q, int64_t local);
+  Candidate step_sample(int64_t m, uint64_t seed);
+  int64_t step_remaining();
   // The m largest log1p(alpha q_x) over the rows not picked, descending (Minoux's terms).
   std::vector<double> top_gains(int64_t m) const;
   int64_t bad_row() const { return res_.bad_row; }
@@ -83,9 +85,11 @@ class Engine {
   // at this step (a second one at the same step would be the same number).
   int64_t far_steps_ = 0;
   Result res_;
-  std::unique_ptr<LazyState> lz_;  // lazy greedy's queue and scratch (run_lazy, stepping)
-  int64_t best_at_ = -1;           // stepping: the step whose best candidate is in best_
-  bool stale_entries_ = false;     // stepping: a picked row may still be in the lazy queue
+  std::unique_ptr<LazyState> lz_;   // lazy greedy's queue and scratch (run_lazy, stepping)
+  int64_t best_at_ = -1;            // stepping: the step whose best candidate is in best_
+  bool stale_entries_ = false;      // stepping: a picked row may still be in the lazy queue
+  std::vector<int64_t> remaining_;  // stepping, sampled: rows not known picked or dead
+  int64_t sampled_ = -1;            // its first sampled_ rows were the last draw (-1: none yet)
   Candidate best_;
   std::chrono::steady_clock::time_point t0_, last_hook_;
 
@@ -123,6 +127,7 @@ class Engine {
   // engine.cpp
   void init_norms();
   Best argmax(const int64_t* cand, int64_t m) const;
+  Candidate candidate_of(const Best& b);
   bool check_stop_before_pick(const Best& b);
   void add_pick(int64_t j);
   void take_pick(const char* row_j, double q);

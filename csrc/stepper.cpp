@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "engine.hpp"
+#include "spice/rng.hpp"
 
 namespace spice {
 namespace detail {
@@ -26,7 +27,12 @@ void Engine::begin_steps() {
 // conflict sum add_pick would use.
 Candidate Engine::step_best() {
   if (best_at_ == t_) return best_;
-  const Best b = lazy_best();
+  best_ = candidate_of(lazy_best());
+  best_at_ = t_;
+  return best_;
+}
+
+Candidate Engine::candidate_of(const Best& b) {
   Candidate c;
   if (b.idx != std::numeric_limits<int64_t>::max() && b.score > kNegInf) {
     const int64_t j = b.idx;
@@ -45,9 +51,67 @@ Candidate Engine::step_best() {
     c.conflict = conf(j);
     c.q = rs_[j].q;
   }
-  best_ = c;
-  best_at_ = t_;
   return c;
+}
+
+// Rows that left the pool since the last draw (picked here, or found in span(S)) are among
+// that draw's rows: only those are swept, as stochastic greedy does on one machine.
+int64_t Engine::step_remaining() {
+  if (sampled_ < 0) {
+    remaining_.clear();
+    for (int64_t i = 0; i < n_; ++i)
+      if (rs_[i].state == kAlive) remaining_.push_back(i);
+  } else {
+    const int64_t top = std::min<int64_t>(sampled_, static_cast<int64_t>(remaining_.size()));
+    for (int64_t x = top - 1; x >= 0; --x) {
+      if (rs_[remaining_[x]].state != kAlive) {
+        remaining_[x] = remaining_.back();
+        remaining_.pop_back();
+      }
+    }
+  }
+  sampled_ = 0;
+  return static_cast<int64_t>(remaining_.size());
+}
+
+// Stochastic greedy's step over a sample of this shard (greedy_stochastic.cpp's step): far-
+// behind rows get the M^{-1} bound first and are caught up only if they can still win.
+Candidate Engine::step_sample(int64_t m, uint64_t seed) {
+  const int64_t r = step_remaining();
+  m = std::max<int64_t>(0, std::min(m, r));
+  SplitMix64 rng(seed);
+  for (int64_t a = 0; a < m; ++a) {  // partial Fisher-Yates
+    const int64_t b = a + static_cast<int64_t>(rng.below(static_cast<uint64_t>(r - a)));
+    std::swap(remaining_[a], remaining_[b]);
+  }
+  sampled_ = m;
+  constexpr int64_t kStaleSteps = 4;  // as greedy_stochastic.cpp
+  far_steps_ = kStaleSteps * d_;
+  std::vector<int64_t> cand(remaining_.begin(), remaining_.begin() + m), stale;
+  std::vector<double> qub;
+  if (inv_.has_inverse()) {
+    size_t keep = 0;
+    for (int64_t i : cand) {
+      if (far_behind(i)) stale.push_back(i);
+      else cand[keep++] = i;
+    }
+    cand.resize(keep);
+  }
+  sort_by_step(cand);
+  Best best = refresh(cand.data(), static_cast<int64_t>(cand.size()), lambda_on());
+  if (!stale.empty()) {
+    bound_from_inverse(stale, qub);
+    cand.clear();
+    for (size_t x = 0; x < stale.size(); ++x) {
+      const double key = std::log1p(opt_.alpha * qub[x]);
+      if (key > best.score || (key == best.score && stale[x] < best.idx)) cand.push_back(stale[x]);
+    }
+    sort_by_step(cand);
+    const Best b2 = refresh(cand.data(), static_cast<int64_t>(cand.size()), lambda_on());
+    if (b2.better_than(best)) best = b2;
+  }
+  best_at_ = -1;  // a sampled step's candidate is not the lazy step's
+  return candidate_of(best);
 }
 
 // A pick applied without a step_best at this step (a replay) leaves the row's entry in the
@@ -110,6 +174,13 @@ double Stepper::base(int64_t local) const {
   if (local < 0 || local >= p_->view.n) throw std::out_of_range("Stepper::base: no such row");
   return p_->engine.base(local);
 }
+
+Candidate Stepper::best_of_sample(int64_t m, uint64_t seed) {
+  if (bad_row() >= 0) throw std::logic_error("Stepper: a row was refused (bad_row)");
+  return p_->engine.step_sample(m, seed);
+}
+
+int64_t Stepper::remaining() { return p_->engine.step_remaining(); }
 
 int64_t Stepper::evaluations() const { return p_->engine.evaluations(); }
 int64_t Stepper::dot_products() const { return p_->engine.dot_products(); }

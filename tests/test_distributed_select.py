@@ -234,6 +234,22 @@ def test_bad_row_is_named_with_its_global_index(ray_local):
 
 
 @needs_ray
+def test_stochastic_repeats_for_a_seed_and_is_a_valid_selection(ray_local):
+    G = clustered(5, 2000, 16)
+    kw = dict(shards=3, mode="stochastic", conflict_penalty=0.1)
+    a = sd.select(G, 50, seed=3, **kw)
+    b = sd.select(G, 50, seed=3, **kw)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    assert a.gains.tobytes() == b.gains.tobytes()
+    assert len(set(a.indices.tolist())) == 50 and a.params["method"] == "stochastic"
+    assert a.logdet == pytest.approx(spice.logdet(G, a.indices, alpha=1.0), rel=1e-9)
+    exact = spice.select(G, 50, conflict_penalty=0.1)
+    assert a.logdet >= 0.95 * exact.logdet and a.opt_upper_bound >= exact.logdet
+    with pytest.raises(ValueError, match="checkpoint= is for mode='exact'"):
+        sd.select(G, 5, checkpoint="x.json", **kw)
+
+
+@needs_ray
 def test_partition_is_within_its_guarantee_and_repeats_for_a_seed(ray_local):
     G = clustered(9, 1200, 16)
     one = spice.select(G, 20, conflict_penalty=0.0)

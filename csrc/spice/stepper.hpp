@@ -44,6 +44,11 @@ class Stepper {
   // The best candidate of this shard at this step: the lazy queue is refreshed until its top
   // exact score is known. Calling it again before apply_pick returns the same candidate.
   Candidate best();
+  // Stochastic greedy's step on this shard: the best of m rows drawn uniformly (seeded) from
+  // those not picked nor found in span(S) (all of them when m covers them). remaining() is how
+  // many such rows there are before the draw, for the coordinator's split of the sample.
+  Candidate best_of_sample(int64_t m, uint64_t seed);
+  int64_t remaining();
   // Apply the step's pick: row holds its d elements (G's dtype), q is its residual at this
   // step (the Candidate's q), local its row here or -1 when another shard holds it. Every shard
   // computes the same w row from (row, q), as one engine would.

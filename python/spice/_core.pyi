@@ -76,6 +76,12 @@ class Stepper:
     def best(self) -> tuple[int, float, float, float, float, float, float] | None:
         """(local index, score, delta, base, align, conflict, q) of this step's best row, or
         None when every row left is picked or in span(S). Repeats until apply_pick."""
+    def best_of_sample(
+        self, m: int, seed: int
+    ) -> tuple[int, float, float, float, float, float, float] | None:
+        """Stochastic greedy's step: the best of m rows drawn (seeded) from those left."""
+    def remaining(self) -> int:
+        """Rows not picked nor found in span(S), before this step's draw."""
     def apply_pick(self, row: np.ndarray, q: float, local: int = -1) -> None:
         """Apply the step's pick: its row (d items of G's dtype), its residual q, and its row
         here (local) or -1 when another shard holds it."""

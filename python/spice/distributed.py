@@ -37,7 +37,7 @@ from .selection import Selection, check_options
 
 __all__ = ["select", "ShardFailedError", "MODES"]
 
-MODES = ("exact", "partition")
+MODES = ("exact", "stochastic", "partition")
 # RandGreeDi's factor (Barbosa, Ene, Nguyen and Ward, 2015): in expectation over the random
 # partition, for a monotone submodular objective under a cardinality constraint.
 PARTITION_FACTOR = (1.0 - 1.0 / math.e) / 2.0
@@ -192,6 +192,19 @@ class _Shard:
     def rows(self, locals_: Sequence[int]) -> np.ndarray:
         return np.ascontiguousarray(self.arr[np.asarray(locals_, dtype=np.int64)])
 
+    def sample(self, m: int, seed: int) -> Any:
+        return self.eng.best_of_sample(int(m), int(seed))
+
+    def remaining(self) -> int:
+        return int(self.eng.remaining())
+
+    def apply(self, row: np.ndarray, q: float, local: int) -> int:
+        """A stochastic step's pick: applied, then the rows left to sample from."""
+        if self.fail_at is not None and self.eng.picks == self.fail_at:
+            os._exit(1)
+        self.eng.apply_pick(row, q, local)
+        return int(self.eng.remaining())
+
     def step(self, row: np.ndarray, q: float, local: int, want_best: bool) -> Any:
         if self.fail_at is not None and self.eng.picks == self.fail_at:
             os._exit(1)  # a test's simulated crash: the process dies without a word
@@ -303,8 +316,13 @@ def select(
     address : str or None
         None starts a local Ray instance, or joins the one this process (or ``RAY_ADDRESS``)
         already uses; otherwise the cluster to connect to (``"ray://head:10001"``, ``"auto"``).
-    mode : {"exact", "partition"}
-        ``"exact"``: the one-machine lazy greedy's selection, bit for bit. ``"partition"``
+    mode : {"exact", "stochastic", "partition"}
+        ``"exact"``: the one-machine lazy greedy's selection, bit for bit. ``"stochastic"``:
+        stochastic greedy over the shards: each pick is the best of a uniform sample of
+        ⌈(n/k)·ln(1/stochastic_eps)⌉ of the rows left, drawn across the shards (the split by a
+        multivariate hypergeometric draw, so the union is a uniform subset); repeats for a seed
+        and shard count, but draws other samples than ``spice.select(method="stochastic")``;
+        no checkpoint. ``"partition"``
         (RandGreeDi): the rows are split into ``shards`` random parts (seeded by ``seed``), each
         part selects k on its own (one Ray task each, reading only its rows), then one greedy
         selects k from the union of their picks, and the better of that and the best part's
@@ -400,6 +418,11 @@ def select(
     spill = ""
     if spill_dir is not None:
         spill = os.fspath(spill_dir)
+    if mode == "stochastic" and checkpoint is not None:
+        raise ValueError(
+            "checkpoint= is for mode='exact': a stochastic run's samples depend on the order "
+            "its shards keep their rows in, which a replay does not rebuild"
+        )
     if mode == "partition":
         if checkpoint is not None or _fail_at is not None:
             raise ValueError("checkpoint= is for mode='exact' (a partition run has one round)")
@@ -478,7 +501,10 @@ def select(
             run.replay()
         t_loop = time.perf_counter()
         t_ready = t_loop - t_start  # actors started, rows mapped, norms computed, picks replayed
-        stop = run.exact(kk, omega, cb, t_start)
+        if mode == "exact":
+            stop = run.exact(kk, omega, cb, t_start)
+        else:
+            stop = run.stochastic(kk, omega, cb, t_start, n, seps, seed64)
         t_loop = time.perf_counter() - t_loop
         tops = run.gather([x.top_gains.remote(len(run.picks["indices"])) for x in actors], None)
         stats = run.gather([x.stats.remote() for x in actors], None)
@@ -505,6 +531,8 @@ def select(
     gains = np.asarray(p["gains"], dtype=np.float64)
     base = np.asarray(p["base"], dtype=np.float64)
     conflict = np.asarray(p["conflict"], dtype=np.float64)
+    if mode == "stochastic":
+        method = "stochastic"
     params = dict(
         alpha=a,
         conflict_penalty=lam,
@@ -701,6 +729,62 @@ class _Run:
                     return "cancelled"
             if not want:
                 return "budget"
+
+    def stochastic(
+        self, kk: int, omega: float, cb: Any, t_start: float, n: int, eps: float, seed: int
+    ) -> str:
+        """Stochastic greedy over the shards: each step a uniform sample of the rows left, split
+        between the shards by a multivariate hypergeometric draw (so the union is a uniform
+        subset), each shard drawing its part with its own seed; both seeded by (seed, step)."""
+        actors, ranges, p = self.actors, self.ranges, self.picks
+        sample = max(1, math.ceil((n / max(1, kk)) * math.log(1.0 / eps)))
+        counts = self.gather([x.remaining.remote() for x in actors], None)
+        last_cb = time.monotonic()
+        t = len(p["indices"])
+        while t < kk:
+            r = int(sum(counts))
+            rng = np.random.default_rng([seed, t])
+            m = min(sample, r)
+            split = rng.multivariate_hypergeometric(np.asarray(counts, dtype=np.int64), m)
+            seeds = rng.integers(0, 2**63, size=len(actors))
+            cands = self.gather(
+                [x.sample.remote(int(split[s]), int(seeds[s])) for s, x in enumerate(actors)],
+                None,
+            )
+            if all(c is None for c in cands) and m < r:  # the sample all dead: every row left
+                cands = self.gather(
+                    [x.sample.remote(int(counts[s]), int(seeds[s])) for s, x in enumerate(actors)],
+                    None,
+                )
+            best = None
+            for s, c in enumerate(cands):
+                if c is not None:
+                    g = ranges[s][0] + int(c[0])
+                    if best is None or c[1] > best[0] or (c[1] == best[0] and g < best[1]):
+                        best = (c[1], g, s, c)
+            if best is None:
+                return "exhausted"
+            _, g, o, c = best
+            local, score, delta, base, align, conflict, q = c
+            if omega > 0.0 and t >= 1 and delta <= omega * p["gains"][0]:
+                return "early_stop"
+            for f, v in zip(_PICK_FIELDS, (g, q, score, delta, base, align, conflict)):
+                p[f].append(v)
+            t += 1
+            row_ref = actors[o].row.remote(int(local))
+            counts = self.gather(
+                [
+                    x.apply.remote(row_ref, q, int(local) if s == o else -1)
+                    for s, x in enumerate(actors)
+                ],
+                None,
+            )
+            now = time.monotonic()
+            if cb is not None and (now - last_cb >= 0.2 or t == kk):
+                last_cb = now
+                if not cb(t, kk, 0, time.perf_counter() - t_start):
+                    return "cancelled"
+        return "budget"
 
 
 # ----------------------------------------------------------------------------------------------
