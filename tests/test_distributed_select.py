@@ -247,6 +247,8 @@ def test_stochastic_repeats_for_a_seed_and_is_a_valid_selection(ray_local):
     assert a.logdet >= 0.95 * exact.logdet and a.opt_upper_bound >= exact.logdet
     with pytest.raises(ValueError, match="checkpoint= is for mode='exact'"):
         sd.select(G, 5, checkpoint="x.json", **kw)
+    with pytest.raises(sd.ShardFailedError, match="shard 2 of 3.*cannot resume"):
+        sd.select(G, 20, seed=3, _fail_at=(2, 4), **kw)
 
 
 @needs_ray

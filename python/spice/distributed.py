@@ -3,6 +3,9 @@
 Install with ``pip install "spice-select[ray]"``. Importing this module needs no Ray; calling
 :func:`select` does, and says what to install when it is missing.
 
+Modes: ``"exact"`` (below), ``"stochastic"`` (stochastic greedy with each sample drawn across the
+shards) and ``"partition"`` (RandGreeDi: one round, (1 − 1/e)/2 in expectation at λ = 0).
+
 ``mode="exact"`` gives **the same selection as** ``spice.select(G, k, method="lazy")`` on one
 machine: the same picks in the same order, bit-identical gains and log det, with the conflict
 penalty, SPICE+'s early stop and k > d. Each Ray actor holds one contiguous block of rows (a
@@ -482,6 +485,7 @@ def select(
         actors.append(remote_cls.options(num_cpus=cpus).remote(spec, lo, hi, bf16, options, fail))
         ranges.append((off + lo, off + hi))
     run = _Run(ray, actors, ranges, ckpt, key, checkpoint_every)
+    run.resumable = mode == "exact"
     try:
         infos = run.gather([x.info.remote() for x in actors], 0, timeout=_START_TIMEOUT_S)
         isas = {i["isa"] for i in infos}
@@ -596,6 +600,7 @@ class _Run:
         self.every = every
         self.picks: dict[str, list] = {f: [] for f in _PICK_FIELDS}
         self.last_save = time.monotonic()
+        self.resumable = True  # exact mode: a checkpoint's picks can be replayed
 
     def owner(self, g: int) -> int:
         for s, (lo, hi) in enumerate(self.ranges):
@@ -634,8 +639,10 @@ class _Run:
                     f"the {len(self.picks['indices'])} picks made so far are in {self.ckpt}; run "
                     "the same call again to resume from them"
                 )
-            else:
+            elif self.resumable:
                 where = "pass checkpoint=<file> to keep the picks of a run that fails"
+            else:
+                where = "a stochastic run cannot resume; run it again"
             s = dead[0]
             lo, hi = self.ranges[s]
             others = f" (and shard(s) {', '.join(map(str, dead[1:]))})" if len(dead) > 1 else ""
