@@ -15,7 +15,7 @@ import numpy as np
 
 # The log-det greedy refuses rows with alpha * ||g||^2 above this (csrc/spice/numerics.hpp,
 # kMaxAlphaNorm2, says why).
-from ._numerics import MAX_ALPHA_NORM2  # noqa: F401  (re-exported)
+from ._numerics import MAX_ALPHA_NORM2
 
 # dtype codes shared with csrc/spice/core.hpp (enum DType)
 F32, F64, F16, BF16 = 0, 1, 2, 3

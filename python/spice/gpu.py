@@ -47,12 +47,16 @@ from ._inputs import (
     F16,
     F32,
     F64,
-    MAX_ALPHA_NORM2,
     describe_bad_row,
     progress_says_continue,
     row_as_float64,
 )
-from ._numerics import ETA, GAIN_TINY, REL_TINY  # in span(S) and the cosine guard, as the core
+from ._numerics import (
+    ETA,
+    GAIN_TINY,
+    MAX_ALPHA_NORM2,
+    REL_TINY,
+)  # in span(S) and the cosine guard, as the core
 
 __all__ = [
     "BACKEND",
@@ -1036,9 +1040,10 @@ def select_gpu(
     ValueError
         A compatibility objective (CPU only), an unknown method, or a row with NaN/Inf.
     """
-    from .selection import check_options
+    from .selection import check_options, resolve_k
 
-    check_options(
+    # Every setting but k (whose range needs n) is checked before CuPy is looked for.
+    _, alpha, lam, omega, stochastic_eps, seed = check_options(
         0,
         0,
         alpha=alpha,
@@ -1061,17 +1066,7 @@ def select_gpu(
         raise RuntimeError(f"spice's GPU selection cannot run: {why}")
     if code is None or not isinstance(G, cp.ndarray):
         G, code = as_device_features(G, bf16=bf16)
-    k, alpha, lam, omega, stochastic_eps, seed = check_options(
-        int(G.shape[0]),
-        k,
-        alpha=alpha,
-        conflict_penalty=lam,
-        early_stop=omega or None,
-        method=method,
-        objective=objective,
-        stochastic_eps=stochastic_eps,
-        seed=seed,
-    )
+    k = resolve_k(k, int(G.shape[0]))
     with cp.cuda.Device(G.device.id):
         ops = _CupyOps(cp, G, code)
         raw = _run(

@@ -37,6 +37,7 @@ def require_matplotlib() -> Any:
 def _pool_conflict(G: Any, picks: np.ndarray) -> np.ndarray:
     """max(0, −cos(g_x, mean of the picks)) for every row, streamed in blocks."""
     from ._inputs import as_features, row_as_float64
+    from ._numerics import ETA
 
     arr, code = as_features(G)
     mean = row_as_float64(arr, code, picks).mean(axis=0)
@@ -44,7 +45,7 @@ def _pool_conflict(G: Any, picks: np.ndarray) -> np.ndarray:
     out = np.empty(arr.shape[0])
     for s in range(0, arr.shape[0], 8192):
         B = row_as_float64(arr, code, slice(s, s + 8192))
-        cos = (B @ mean) / (np.linalg.norm(B, axis=1) * mn + 1e-8)
+        cos = (B @ mean) / (np.linalg.norm(B, axis=1) * mn + ETA)
         out[s : s + B.shape[0]] = np.maximum(0.0, -cos)
     return out
 
