@@ -108,6 +108,7 @@ def _extract(args: argparse.Namespace, out: Path) -> Any:
         projection=args.projection,
         lora=lora,
         loss_on=args.loss_on,
+        targets=args.targets,
         max_length=args.max_length,
         batch_size=args.batch_size,
         shard=args.shard,
@@ -389,6 +390,14 @@ def _add_feature_opts(p: argparse.ArgumentParser) -> None:
         default="response",
         choices=["response", "all"],
         help="tokens in the per-sample loss",
+    )
+    p.add_argument(
+        "--targets",
+        default="given",
+        choices=["given", "sampled"],
+        help="given: gradients of the data's own response tokens (the paper); sampled: targets "
+        "drawn from the model's own predictions (Fisher samples that cannot prefer a wrong "
+        "label), seeded by --seed",
     )
     p.add_argument(
         "--max-length",

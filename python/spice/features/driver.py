@@ -337,6 +337,7 @@ def extract(
     batch_size: int = 64,
     max_batch_tokens: int | None = DEFAULT_BATCH_TOKENS,
     normalize: str = "none",
+    targets: str = "given",
     dtype: str = "float16",
     shard: tuple[int, int] | str = "auto",
     seed: int = 0,
@@ -381,6 +382,13 @@ def extract(
             it on a GPU);
             ``None`` leaves only ``batch_size``.
         normalize: "none" or "unit" (each row scaled to unit L2 norm; zero rows stay zero).
+        targets: "given" (the gradient of the loss of the data's own response tokens, as in
+            the SPICE paper) or "sampled" (each response position's target token is drawn from
+            the model's own next-token distribution there, seeded by ``seed`` and the row; the
+            given response stays the context). Sampled targets give a sample of the model's
+            Fisher score, whose distribution does not depend on whether the given answer is
+            right, so selection cannot prefer a wrong label for its large gradient. The index's
+            loss is the given response's loss either way.
         dtype: "float16" or "float32" storage.
         shard: "auto" (default): under an initialised ``torch.distributed`` group of N > 1 ranks,
             or under torchrun (``WORLD_SIZE`` > 1; a gloo group is started for the call), every
@@ -420,6 +428,8 @@ def extract(
     """
     if normalize not in ("none", "unit"):
         raise ValueError(f"normalize must be 'none' or 'unit', got {normalize!r}")
+    if targets not in ("given", "sampled"):
+        raise ValueError(f"targets must be 'given' or 'sampled', got {targets!r}")
     _check_int("dim", dim, 1)
     _check_int("max_length", max_length, 2)
     _check_int("batch_size", batch_size, 1)
@@ -436,7 +446,8 @@ def extract(
             model, tokenizer, data, Path(out), ranks, shard,
             dim=dim, projection=projection, lora=lora, target_modules=target_modules,
             loss_on=loss_on, max_length=max_length, batch_size=batch_size,
-            max_batch_tokens=max_batch_tokens, normalize=normalize, dtype=dtype, seed=seed,
+            max_batch_tokens=max_batch_tokens, normalize=normalize, targets=targets,
+            dtype=dtype, seed=seed,
             shard_rows=shard_rows, resume=resume, progress=progress,
             dense_cache_bytes=dense_cache_bytes, checkpoint_seconds=float(checkpoint_seconds),
             invalid=invalid, split=split, columns=columns,
@@ -485,6 +496,7 @@ def _extract(
     batch_size: int,
     max_batch_tokens: int | None,
     normalize: str,
+    targets: str,
     dtype: str,
     seed: int,
     shard_rows: int,
@@ -523,6 +535,8 @@ def _extract(
             "loss_on": loss_on,
             "max_length": int(max_length),
             "normalize": normalize,
+            # only when sampled, so that stores made before this option still resume
+            **({"targets": {"kind": targets, "seed": int(seed)}} if targets != "given" else {}),
             "templates": {"alpaca": ALPACA_PROMPT, "alpaca_input": ALPACA_PROMPT_WITH_INPUT},
             "data": {**fp, "records": len(records)},
         }
@@ -540,6 +554,7 @@ def _extract(
             loss_on=loss_on, max_length=max_length, batch_size=batch_size,
             max_batch_tokens=max_batch_tokens, normalize=normalize, dtype=dtype,
             device=device, checkpoint_seconds=checkpoint_seconds,
+            sample_seed=int(seed) if targets == "sampled" else None,
         )  # fmt: skip
         if ranks is not None:
             store = _extract_shared(
@@ -876,6 +891,15 @@ def _index_row(row: int, record: Record, t: TokenizedRecord, loss: float | None)
     return entry
 
 
+def target_uniforms(seed: int, row: int, n: int) -> np.ndarray:
+    """The (n,) float64 uniforms in [0, 1) that draw row ``row``'s sampled targets.
+
+    A function of (seed, row) alone, so a record's draw does not depend on its batch, chunk, rank
+    or on a resume.
+    """
+    return np.random.default_rng([int(seed), int(row), 0x7A56E7]).random(n)
+
+
 def _run_chunks(
     run: nn.Module,
     tokenizer: Any,
@@ -894,6 +918,7 @@ def _run_chunks(
     device: torch.device,
     progress: bool,
     checkpoint_seconds: float,
+    sample_seed: int | None = None,
     who: str = "",
 ) -> None:
     toks: dict[int, TokenizedRecord] = {}
@@ -952,14 +977,19 @@ def _run_chunks(
                 ids = torch.full((len(batch), T), int(pad_id), dtype=torch.long)
                 am = torch.zeros((len(batch), T), dtype=torch.long)
                 lm = torch.zeros((len(batch), T), dtype=torch.bool)
+                uni = None
+                if sample_seed is not None:
+                    uni = torch.zeros((len(batch), T), dtype=torch.float64)
                 for k, i in enumerate(batch):
                     t = toks[a + i]
                     n = len(t.input_ids)
                     ids[k, :n] = torch.from_numpy(t.input_ids)
                     am[k, :n] = 1
                     lm[k, :n] = torch.from_numpy(t.loss_mask)
+                    if uni is not None:
+                        uni[k, :n] = torch.from_numpy(target_uniforms(sample_seed, a + i, n))
                 f, loss, counts = batch_features(
-                    run, collector, ids.to(device), am.to(device), lm.to(device)
+                    run, collector, ids.to(device), am.to(device), lm.to(device), uniforms=uni
                 )
                 f = f.cpu().numpy()
                 loss = loss.cpu().numpy()

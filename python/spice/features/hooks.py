@@ -33,6 +33,7 @@ __all__ = [
     "forward_logits",
     "per_sample_losses",
     "batch_features",
+    "sample_targets",
     "slow_per_sample_gradients",
 ]
 
@@ -221,11 +222,17 @@ def batch_features(
     attention_mask: torch.Tensor,
     loss_mask: torch.Tensor,
     labels: torch.Tensor | None = None,
+    uniforms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One batched forward + backward: (features (B, dim) float32, losses (B,), counts (B,)).
 
     Rows of samples without loss tokens are zero. The collector must be attached. ``labels``
     (B, T) default to ``input_ids``; labels at positions outside ``loss_mask`` are never read.
+
+    ``uniforms`` (B, T) float64 in [0, 1): sampled targets. The target at each loss position is
+    drawn from the model's own next-token distribution there (inverse CDF at the uniform), so the
+    feature is a sample of the model's Fisher score instead of the given label's gradient; the
+    given tokens stay the context. The returned losses are still those of the given labels.
     """
     out = collector.begin(attention_mask)
     positions = None
@@ -236,6 +243,11 @@ def batch_features(
     with torch.enable_grad():
         logits = forward_logits(model, input_ids, attention_mask, positions)
         targets = input_ids if labels is None else labels
+        given = None
+        if uniforms is not None:
+            with torch.no_grad():
+                given, _ = per_sample_losses(logits.detach(), targets, loss_mask, positions)
+            targets = sample_targets(logits.detach(), targets, loss_mask, uniforms, positions)
         losses, counts = per_sample_losses(logits, targets, loss_mask, positions)
         total = losses.sum()
         if bool((counts > 0).any()) and total.requires_grad:
@@ -246,7 +258,41 @@ def batch_features(
             "that the model's forward runs with gradients enabled"
         )
     collector.out = None
-    return out, losses.detach(), counts
+    return out, (losses if given is None else given).detach(), counts
+
+
+def sample_targets(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    loss_mask: torch.Tensor,
+    uniforms: torch.Tensor,
+    positions: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Labels with every loss position's token drawn from softmax(logits) there.
+
+    Args:
+        logits, labels, loss_mask, positions: as in :func:`per_sample_losses`.
+        uniforms: (B, T) float64 in [0, 1), one per label position; the token at label
+            position t + 1 is the first whose cumulative probability (float64) exceeds
+            ``uniforms[:, t + 1]``.
+            Drawing by inverse CDF from per-record uniforms keeps a record's draw independent of
+            the batch it is in.
+
+    Returns:
+        (B, T) int64: ``labels`` with the loss positions replaced.
+    """
+    out = labels.clone()
+    m = loss_mask[:, 1:]
+    bi, ti = m.nonzero(as_tuple=True)
+    if bi.numel() == 0:
+        return out
+    col = ti if positions is None else torch.searchsorted(positions.to(ti.device), ti)
+    cdf = torch.softmax(logits[bi, col].to(torch.float64), dim=-1).cumsum(-1)
+    u = uniforms.to(device=cdf.device, dtype=torch.float64)[bi, ti + 1]
+    # scale by the last cumulative value so that round-off never leaves u past the end
+    tok = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+    out[bi, ti + 1] = tok.clamp_(max=cdf.shape[1] - 1).to(out.dtype)
+    return out
 
 
 def slow_per_sample_gradients(
