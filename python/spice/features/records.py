@@ -23,7 +23,8 @@ its row number, and feature extraction gives them a zero row. The rules (docs/da
 - assistant turns before the first user turn are dropped (the record is flagged
   ``dropped_leading_turns``); a conversation with no assistant turn after a user turn:
   ``no_user_turn_before_assistant`` (or ``no_assistant_turn`` when it has a user turn);
-- a record whose responses are all empty or whitespace: ``empty_response``.
+- a record whose responses all have no visible content (empty, whitespace, zero-width or other
+  invisible characters, punctuation or symbols only: :func:`_visible`): ``empty_response``.
 
 Truncation to ``max_length`` tokens keeps the response: whole leading exchanges of a conversation
 are dropped first (the last turns are kept), then the prompt is cut from the left down to a quarter
@@ -35,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -193,8 +195,39 @@ def _chat(msgs: Any, key: str, role_key: str, text_key: str, where: str) -> tupl
     return tuple(out)
 
 
+# Letters that render as nothing (Hangul fillers): used to fake an "empty" message in chats.
+_INVISIBLE_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
+# Blocks whose symbols (category So) are emoji or pictographs: a reply "👍" says something.
+_EMOJI_BLOCKS = ((0x2600, 0x27BF), (0x2B00, 0x2BFF), (0x1F000, 0x1FAFF))
+
+
+def _visible(ch: str) -> bool:
+    """A character that carries content: a letter, a digit or other number, or an emoji.
+    Whitespace, control and format characters (zero-width spaces, joiners, BOM), combining marks
+    on their own, punctuation and other symbols do not."""
+    cat = unicodedata.category(ch)
+    if cat[0] == "L":
+        return ch not in _INVISIBLE_LETTERS
+    if cat[0] == "N":
+        return True
+    if cat == "So":
+        o = ord(ch)
+        return any(lo <= o <= hi for lo, hi in _EMOJI_BLOCKS)
+    return False
+
+
 def _blank(text: str) -> bool:
-    return not text.strip()
+    """True when ``text`` has no visible content (:func:`_visible`): an empty reply."""
+    if text.isascii():  # the common case, without a category look-up per character
+        return not any(c.isalnum() for c in text)
+    return not any(_visible(c) for c in text)
+
+
+def _why_blank(text: str, subject: str) -> str:
+    """The detail of an empty reply: empty, or only invisible characters / punctuation."""
+    if not text.strip():
+        return f"{subject} is empty"
+    return f"{subject} has no visible content (only punctuation, symbols or invisible characters)"
 
 
 def _check_chat(rec: Record) -> Record:
@@ -231,7 +264,7 @@ def _check_chat(rec: Record) -> Record:
             messages=msgs,
             notes=notes,
             skip="empty_response",
-            detail="every assistant turn is empty",
+            detail=_why_blank("".join(m["content"] for m in replies), "every assistant turn"),
         )
     return replace(rec, messages=msgs, notes=notes)
 
@@ -282,7 +315,7 @@ def parse_record(obj: Any, default_id: str, where: str) -> Record:
             "(from/value)"
         )
     if _blank(rec.response):
-        return replace(rec, skip="empty_response", detail="the response is empty")
+        return replace(rec, skip="empty_response", detail=_why_blank(rec.response, "the response"))
     return rec
 
 
