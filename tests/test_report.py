@@ -216,7 +216,7 @@ def test_every_quantity_is_defined(mixed):
         ("Δ_t, the marginal gain", "information pick t added given the earlier picks"),
         ("negative-aligned", "share of picks (after the first) with cosine < 0"),
         ("conflict = max(0, −alignment)", "0 when not opposed"),
-        ("Conflict with the picks' mean", "between a record's gradient and the mean of all picks"),
+        ("conflict with the picks' mean", "between a record's gradient and the mean of all picks"),
         ("log det F(S)", "how much the picks' gradients span together"),
         ("norm percentile", "share of the pool's records whose raw gradient norm"),
         ("loss", "the proxy model's mean cross-entropy on the reply"),

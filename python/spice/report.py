@@ -754,19 +754,24 @@ def make_report(run_dir: str | os.PathLike) -> dict[str, Path]:
             first = f"; the sequences first differ at pick {diff[0] + 1}" if diff else ""
             L.append(
                 f"With λ = {lam:g}, {m - common} of the {m} picks are not among Fisher greedy's "
-                f"(λ = 0) {len(fi)} picks on the same features{first}; log det {fisher.logdet:.6g} "
-                f"(Fisher) against {sel['logdet']:.6g} (this run)."
+                f"(λ = 0) {len(fi)} picks{first}."
             )
-        L.append("")
+        union = len(set(picks.tolist()) | set(fi.tolist()))
+        L += [
+            "",
+            f"- Fisher greedy (λ = 0) on the same features: log det {fisher.logdet:.6g} against "
+            f"this run's {sel['logdet']:.6g}; Jaccard overlap of the two sets "
+            f"{common / max(union, 1):.3f} (shared picks / picks in either)",
+        ]
     if pool_conf is not None:
         L.append(
-            "Conflict with the picks' mean: max(0, −cos) between a record's gradient and the "
+            "- conflict with the picks' mean: max(0, −cos) between a record's gradient and the "
             f"mean of all picks: pool mean {pool_conf.mean():.4g} "
             f"({float(np.mean(pool_conf > 0)):.1%} of the pool above 0), picks mean "
             f"{pool_conf[picks].mean():.4g} (conflict.png)."
         )
     else:
-        L.append("conflict.png shows each pick's conflict at the time it was picked.")
+        L.append("- conflict.png shows each pick's conflict at the time it was picked.")
     L += [
         "",
         "![gains](gains.png)",
