@@ -351,3 +351,15 @@ def test_old_selection_json_gets_percentiles_from_the_store(mixed):
     md = (run / "report.md").read_text()
     med = float(np.median(brute_percentiles(np.asarray(FeatureStore.open(store_dir)), sel.indices)))
     assert f"median **{med:.1f}%**" in md and "computed from the feature store" in md
+
+
+def test_report_when_the_data_changed(mixed):
+    run, _, sel, recs = mixed
+    data = run.parent / "data.jsonl"
+    data.write_text("".join(json.dumps({**r, "id": "x" + r["id"]}) + "\n" for r in recs))
+    make_report(run)
+    md = (run / "report.md").read_text()
+    assert "no longer matches the feature store" in md and "run's own subset file" in md
+    assert "## Picks per source" not in md  # the pool's sources are not trusted any more
+    rows = table_rows(md)
+    assert rows[1][6].replace("\\|", "|") == recs[int(sel.indices[1])]["response"]

@@ -204,62 +204,114 @@ def _prompt_reply(rec: Any) -> tuple[str, str]:
     return getattr(rec, "prompt", "") or "", getattr(rec, "response", "") or ""
 
 
-def _raw_rows(path: Path) -> list[dict] | None:
-    """The raw objects of a JSON Lines or JSON array file (None for other formats)."""
+def _json_items(path: Path) -> Any:
+    """The objects of a JSON Lines file (or a JSON array), one per record, counted as
+    :func:`spice.features.load_records` counts them (blank lines skipped; an unreadable line stays
+    a record, as None); None for other formats."""
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".ndjson", ".json"):
         return None
-    text = path.read_text(encoding="utf-8")
-    if suffix == ".json" and text.lstrip().startswith("["):
-        rows = json.loads(text)
-    else:
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    return [r if isinstance(r, dict) else {} for r in rows]
+    with open(path, "rb") as f:
+        if suffix == ".json" and f.read(4096).lstrip().startswith(b"["):
+            f.seek(0)
+            return iter(json.load(f))
+
+    def lines() -> Any:
+        with open(path, "rb") as f:
+            for raw in f:
+                if raw.strip():
+                    try:
+                        yield json.loads(raw)
+                    except (ValueError, RecursionError):
+                        yield None
+
+    return lines()
 
 
-def _group_field(rows: list[dict]) -> tuple[str, list[str]] | None:
-    """The first of :data:`GROUP_FIELDS` that every record carries as a short label and that takes
-    between 2 and 50 values: (field name, per-record labels)."""
+def _scan(items: Any, ids: list[str] | None, wanted: set[int], path: Path) -> dict:
+    """One pass over the raw records: whether their ids match the store's, the parsed records at
+    ``wanted`` positions, and for the first of :data:`GROUP_FIELDS` that every record carries as
+    a label with 2 to 50 values, each record's label as a small int code. Keeps O(n) ints, not
+    the records."""
+    from .features.records import RecordError, parse_record
+
+    codes: dict[str, Any] = {f: ({}, []) for f in GROUP_FIELDS}
+    got: dict[int, Any] = {}
+    n = 0
+    same = True
+    for pos, obj in enumerate(items):
+        obj = obj if isinstance(obj, dict) else {}
+        rid = obj.get("id")
+        rid = str(pos) if rid is None else str(rid)
+        if ids is not None and (pos >= len(ids) or ids[pos] != rid):
+            same = False
+        for name in [f for f in codes if codes[f] is not None]:
+            v = obj.get(name)
+            if not isinstance(v, (str, int)) or isinstance(v, bool):
+                codes[name] = None
+                continue
+            table, col = codes[name]
+            col.append(table.setdefault(str(v), len(table)))
+            if len(table) > 50:
+                codes[name] = None
+        if pos in wanted:
+            try:
+                got[pos] = parse_record(obj, str(pos), f"{path} record {pos}")
+            except RecordError:
+                pass  # an unreadable record shows as "text not available"
+        n = pos + 1
+    groups = None
     for name in GROUP_FIELDS:
-        vals = [r.get(name) for r in rows]
-        if all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in vals):
-            labels = [str(v) for v in vals]
-            if 2 <= len(set(labels)) <= 50:
-                return name, labels
-    return None
+        if codes[name] is not None and len(codes[name][0]) >= 2:
+            table, col = codes[name]
+            groups = (name, list(table), np.asarray(col, dtype=np.int64))
+            break
+    return dict(n=n, same=same, records=got, groups=groups)
 
 
-def _load_text(cfg: dict, run: Path, n_store: int, ids: list[str] | None) -> dict:
-    """What the report can read of the records: ``records`` (the pool, one per store row, when the
-    data is reachable and matches the store's ids), ``pick_records`` (the picks in pick order,
-    from the run's subset file, used when the pool is not readable), ``groups`` ((field, labels))
-    and ``note`` (why something could not be read)."""
+def _load_text(
+    cfg: dict, run: Path, n_store: int, ids: list[str] | None, wanted: np.ndarray
+) -> dict:
+    """What the report can read of the records: ``records`` ({record position: Record} for the
+    ``wanted`` positions, when the data is reachable and matches the store's ids),
+    ``pick_records`` (the picks in pick order, from the run's subset file, when the data is not
+    readable), ``groups`` ((field, label names, per-record label codes)) and ``note`` (why
+    something could not be read). JSON and JSONL data are streamed; other formats are read with
+    :func:`spice.features.load_records`."""
     from .features import load_records
 
     out: dict[str, Any] = dict(records=None, pick_records=None, groups=None, note="")
     data = cfg.get("data")
     split, columns = cfg.get("split"), cfg.get("columns")
     path = Path(data) if isinstance(data, str) and not data.lstrip().startswith("{") else None
+    want = {int(i) for i in wanted}
     if path is None:
         out["note"] = "the data was a Python object, not a file; its text is not recorded"
     elif not path.exists():
         out["note"] = f"the data file {path} is gone (moved or deleted)"
     else:
         try:
-            recs = load_records(path, invalid="skip", split=split, columns=columns)
+            items = _json_items(path) if columns is None else None
+            if items is not None:
+                scan = _scan(items, ids, want, path)
+            else:
+                recs = load_records(path, invalid="skip", split=split, columns=columns)
+                scan = dict(
+                    n=len(recs),
+                    same=ids is None or [r.id for r in recs] == list(ids),
+                    records={i: recs[i] for i in want if i < len(recs)},
+                    groups=None,
+                )
         except Exception as e:  # a report must still come out; the reason goes into it
             out["note"] = f"{path} could not be read ({type(e).__name__}: {e})"
         else:
-            if len(recs) != n_store or (ids is not None and [r.id for r in recs] != list(ids)):
+            if scan["n"] != n_store or not scan["same"]:
                 out["note"] = (
-                    f"{path} no longer matches the feature store ({len(recs)} records, the store "
+                    f"{path} no longer matches the feature store ({scan['n']} records, the store "
                     f"{n_store} rows, or other ids): it changed since the run"
                 )
             else:
-                out["records"] = recs
-                raw = _raw_rows(path) if columns is None else None
-                if raw is not None and len(raw) == n_store:
-                    out["groups"] = _group_field(raw)
+                out["records"], out["groups"] = scan["records"], scan["groups"]
     if out["records"] is None and cfg.get("subset"):
         sub = run / cfg["subset"]
         if sub.exists():
@@ -484,8 +536,10 @@ def make_report(run_dir: str | os.PathLike) -> dict[str, Path]:
     if store is not None and (store.config or {}).get("normalize", "none") != "none":
         pct, pct_note = None, "the store's rows were normalised when extracted: no raw norms"
 
-    text = _load_text(cfg, run, n, list(store.ids) if store is not None else None)
     rows_of = np.asarray(index.rows) if index is not None else np.arange(n)
+    text = _load_text(
+        cfg, run, n, list(store.ids) if store is not None else None, rows_of[picks[:TABLE_ROWS]]
+    )
 
     # ---- plots
     same = ""  # how Fisher's picks compare, for the plot's legend
@@ -631,7 +685,7 @@ def make_report(run_dir: str | os.PathLike) -> dict[str, Path]:
             i = int(picks[t])
             rec = None
             if recs is not None:
-                rec = recs[int(rows_of[i])]
+                rec = recs.get(int(rows_of[i]))
             elif prec is not None and t < len(prec):
                 rec = prec[t]
             rid = ids[i] if ids is not None else (rec.id if rec is not None else str(i))
@@ -686,12 +740,9 @@ def make_report(run_dir: str | os.PathLike) -> dict[str, Path]:
 
     # -- sources
     if text["groups"] is not None:
-        field_name, labels = text["groups"]
-        lab = np.asarray(labels)
-        pool_counts: dict[str, int] = {}
-        for v in lab:
-            pool_counts[v] = pool_counts.get(v, 0) + 1
-        pick_lab = lab[rows_of[picks]]
+        field_name, names, codes = text["groups"]
+        pool_counts = np.bincount(codes, minlength=len(names))
+        pick_counts = np.bincount(codes[rows_of[picks]], minlength=len(names))
         L += [
             "",
             f"## Picks per {field_name}",
@@ -701,9 +752,12 @@ def make_report(run_dir: str | os.PathLike) -> dict[str, Path]:
             f"| {field_name} | picks | share of picks | share of pool |",
             "|---|---:|---:|---:|",
         ]
-        for g in sorted(pool_counts, key=lambda x: -pool_counts[x]):
-            c = int(np.sum(pick_lab == g))
-            L.append(f"| {g} | {c} | {c / max(m, 1):.1%} | {pool_counts[g] / lab.size:.1%} |")
+        for g in np.argsort(-pool_counts, kind="stable"):
+            c = int(pick_counts[g])
+            L.append(
+                f"| {_snippet(names[g], 40)} | {c} | {c / max(m, 1):.1%} | "
+                f"{pool_counts[g] / codes.size:.1%} |"
+            )
 
     # -- gradient norms
     L += ["", "## Where the picks sit among the gradient norms", ""]
