@@ -72,7 +72,8 @@ class Selection:
         queue's pops, a stale candidate being caught up at most 256 steps per pop).
     norm_percentile : float64 array or None
         Per pick, where its raw gradient norm sits among the n rows' norms, in percent (mid-rank:
-        ties count half; :func:`spice.report.norm_percentiles`). None from the GPU backend.
+        ties count half; :func:`spice.report.norm_percentiles`). None from the GPU and the
+        distributed backends (G is not on this host).
     dot_products : int
         Catch-up dot products g_i·w_s performed (naive: about n·k; what laziness saves), plus
         the M⁻¹ bounds that lazy and stochastic greedy take once k > d, each counted as d/2
@@ -163,7 +164,8 @@ class Selection:
         return subset_of(dataset, self.indices, self.n, keep_in_memory)
 
     def summary(self) -> str:
-        """A few human-readable lines about the run."""
+        """A few human-readable lines about the run; the last warns when the picks' median
+        gradient-norm percentile is above 80% (picks mostly among the pool's largest gradients)."""
         m = len(self)
         conf = self.conflict[1:] if m > 1 else self.conflict
         cap = f"at most {self.k} rows" if self.budget is not None else f"budget {self.k}"
