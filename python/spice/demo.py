@@ -31,6 +31,8 @@ _OWNED = {
     "gains.png",
     "epsilon.png",
     "conflict.png",
+    "pool.png",
+    "norms.png",
     "indices.npy",
     "axolotl_dataset.yaml",
     "trl_sft.py",
@@ -137,6 +139,8 @@ def run_demo(
         "gains.png",
         "epsilon.png",
         "conflict.png",
+        "pool.png",
+        "norms.png",
     ):
         print(f"  {Path(out) / name}")
     return {"selection": sel, "out": Path(out), "report": paths}

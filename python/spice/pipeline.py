@@ -205,7 +205,7 @@ def removed_if_failed(path: Path) -> Iterator[None]:
         raise
 
 
-# What a selection run writes into its folder (spice report adds the last four); --overwrite
+# What a selection run writes into its folder (spice report adds the last six); --overwrite
 # replaces these and leaves every other file of the folder alone.
 _RUN_FILES = (
     "subset.jsonl",
@@ -222,6 +222,8 @@ _RUN_FILES = (
     "gains.png",
     "epsilon.png",
     "conflict.png",
+    "pool.png",
+    "norms.png",
 )
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from . import _core
 from ._inputs import as_features, describe_bad_row, progress_says_continue
 from .constraints import Constraints, check_constraints, guarantee
+from .report import _norm_percentiles, high_norm_warning
 
 METHODS = ("naive", "lazy", "stochastic")
 OBJECTIVES = ("logdet", "diag-compat", "topk-compat")
@@ -69,6 +70,10 @@ class Selection:
     evaluations : int
         Candidate refreshes performed (naive: every live candidate at every step; lazy: the
         queue's pops, a stale candidate being caught up at most 256 steps per pop).
+    norm_percentile : float64 array or None
+        Per pick, where its raw gradient norm sits among the n rows' norms, in percent (mid-rank:
+        ties count half; :func:`spice.report.norm_percentiles`). None from the GPU and the
+        distributed backends (G is not on this host).
     dot_products : int
         Catch-up dot products g_i·w_s performed (naive: about n·k; what laziness saves), plus
         the M⁻¹ bounds that lazy and stochastic greedy take once k > d, each counted as d/2
@@ -99,6 +104,7 @@ class Selection:
     budget: float | None = None
     group_counts: dict | None = None
     safeguard: bool = False
+    norm_percentile: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.indices.size)
@@ -139,6 +145,8 @@ class Selection:
                 else {str(g): c for g, c in self.group_counts.items()},
                 safeguard=self.safeguard,
             )
+        if self.norm_percentile is not None:
+            out["norm_percentile"] = self.norm_percentile.tolist()
         return out
 
     def subset(self, dataset: Any, *, keep_in_memory: bool = True) -> Any:
@@ -156,7 +164,8 @@ class Selection:
         return subset_of(dataset, self.indices, self.n, keep_in_memory)
 
     def summary(self) -> str:
-        """A few human-readable lines about the run."""
+        """A few human-readable lines about the run; the last warns when the picks' median
+        gradient-norm percentile is above 80% (picks mostly among the pool's largest gradients)."""
         m = len(self)
         conf = self.conflict[1:] if m > 1 else self.conflict
         cap = f"at most {self.k} rows" if self.budget is not None else f"budget {self.k}"
@@ -192,6 +201,9 @@ class Selection:
                 f"negative-aligned {float(np.mean(self.align[1:] < 0)) if m > 1 else 0.0:.1%}"
             )
         lines.append(f"{self.evaluations} candidate evaluations, {self.elapsed_s:.3f} s")
+        warn = high_norm_warning(self.norm_percentile)
+        if warn:
+            lines.append(warn)
         return "\n".join(lines)
 
 
@@ -537,6 +549,8 @@ def select(
         budget=cons.budget,
         group_counts=_group_counts(cons, idx),
         safeguard=bool(raw.get("safeguard", False)),
+        # one more pass over the raw rows: the core's norms are of the rows it was given
+        norm_percentile=None if on_gpu else _norm_percentiles(arr, code, idx, 0),
     )
 
 
