@@ -899,7 +899,11 @@ class _Run:
                     except ray.exceptions.RayError as e2:
                         culprit, err = [who[i]], e2
                         break
-            dead = self.unresponsive(min(_PING_TIMEOUT_S, limit or _PING_TIMEOUT_S))
+            dead = []
+            if not culprit or isinstance(err, ray.exceptions.RayActorError):
+                # a process died: which others did (a lost node takes several); an exception
+                # raised by a living shard needs no ping, which would queue behind its calls
+                dead = self.unresponsive(min(_PING_TIMEOUT_S, limit or _PING_TIMEOUT_S))
             bad = culprit + [s for s in dead if s not in culprit]
             if not bad:
                 raise
