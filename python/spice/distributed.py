@@ -479,6 +479,8 @@ def select(
         A JSON file keeping the picks made so far. If it exists, its picks (from a run with the
         same n, d, dtype, alpha, conflict_penalty and early_stop) are replayed first, so an
         interrupted run resumes; k may differ (greedy picks are a prefix of a longer run's).
+        Written atomically (fsync, then rename); it never shrinks: a smaller k or a run that
+        fails early leaves the longer list in the file.
     checkpoint_every : float
         Seconds between checkpoint writes during the run (it is also written at the end, when a
         shard fails and on KeyboardInterrupt or any other exception in the loop).
