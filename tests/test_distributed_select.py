@@ -224,8 +224,10 @@ def test_killed_shard_is_named_and_the_rerun_resumes_identically(ray_local, tmp_
 @needs_ray
 def test_failure_without_checkpoint_says_how_to_keep_the_picks(ray_local):
     G = gaussian(1, 300, 8)
-    with pytest.raises(sd.ShardFailedError, match="shard 0 of 2.*checkpoint="):
+    with pytest.raises(sd.ShardFailedError, match="shard 0 of 2.*checkpoint=") as e:
         sd.select(G, 20, shards=2, _fail_at=(0, 3))
+    # the whole of Ray's report, not its first line: how the worker died
+    assert "Worker exit type" in str(e.value), str(e.value)
 
 
 @needs_ray
