@@ -420,3 +420,17 @@ def test_each_shard_asks_for_cpus_that_fit_on_one_node(nodes, shards, threads, w
 def test_threads_that_fit_no_node_are_refused():
     with pytest.raises(ValueError, match="do not fit on the nodes"):
         sd._fit_cpus([2.0, 2.0, 2.0], 2, 3)
+
+
+def test_a_shard_checks_its_node_before_mapping_rows(tmp_path):
+    # in-process (no Ray): what each node checks before any pick, named with the node
+    opts = dict(k=2, alpha=1.0, lam=0.0, omega=0.0, threads=1, spill_dir="")
+    gone = sd._Shard(("store", str(tmp_path / "gone")), 0, 10, False, opts, None)
+    with pytest.raises(FileNotFoundError, match=r"gone does not exist on node .*mounted"):
+        gone.open()
+    bad_spill = dict(opts, spill_dir=str(tmp_path / "nospill"))
+    sh = sd._Shard(("array", gaussian(0, 10, 4)), 0, 10, False, bad_spill, None)
+    with pytest.raises(FileNotFoundError, match="nospill is not a directory on node"):
+        sh.open()
+    ok = sd._Shard(("array", gaussian(0, 10, 4)), 0, 10, False, opts, None).open()
+    assert ok["rows"] == 10 and ok["d"] == 4 and ok["pid"] == os.getpid()

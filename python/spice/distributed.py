@@ -278,7 +278,7 @@ class _Shard:
         try:
             import ray  # type: ignore[import-not-found]
 
-            node = ray.get_runtime_context().get_node_id()
+            node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
         except Exception:  # noqa: BLE001 (outside Ray: in-process use)
             node = ""
         return dict(
