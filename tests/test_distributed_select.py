@@ -164,26 +164,35 @@ def test_exact_equals_one_machine_on_arrays(ray_local, dtype, lam, shards, omega
     assert len(dist) == k or dist.stop_reason == "early_stop"
 
 
-@needs_ray
-def test_exact_on_a_feature_store_and_on_store_parts(ray_local, tmp_path):
+def write_store(path: Path, rows: np.ndarray, part=(0, 1), shard_rows=128) -> Path:
+    """A spice feature store of ``rows`` (all of them, or part i of N: chunks c mod N = i)."""
     from spice.store import StoreWriter
 
-    G = clustered(11, 700, 16)
+    d = rows.shape[1]
+    w = StoreWriter(
+        path,
+        {"projection": {"dim": d}},
+        total_rows=len(rows),
+        dim=d,
+        shard_rows=shard_rows,
+        part=part,
+    )
+    w.prepare()
+    for c in w.chunks:
+        a, b = w.chunk_rows(c)
+        index = [
+            {"row": r, "id": f"r{r}", "tokens": 3, "loss_tokens": 1, "loss": 1.0}
+            for r in range(a, b)
+        ]
+        w.write_chunk(c, rows[a:b], index)
+    w.finalize()
+    return path
 
-    def write(path: Path, rows: np.ndarray) -> Path:
-        w = StoreWriter(
-            path, {"projection": {"dim": 16}}, total_rows=len(rows), dim=16, shard_rows=128
-        )
-        w.prepare()
-        for c in w.chunks:
-            a, b = w.chunk_rows(c)
-            index = [
-                {"row": r, "id": f"r{r}", "tokens": 3, "loss_tokens": 1, "loss": 1.0}
-                for r in range(a, b)
-            ]
-            w.write_chunk(c, rows[a:b], index)
-        w.finalize()
-        return path
+
+@needs_ray
+def test_exact_on_a_feature_store_and_on_store_parts(ray_local, tmp_path):
+    G = clustered(11, 700, 16)
+    write = write_store
 
     whole = write(tmp_path / "whole", G)
     feats = spice.stores.open(whole).features
@@ -215,8 +224,10 @@ def test_killed_shard_is_named_and_the_rerun_resumes_identically(ray_local, tmp_
 @needs_ray
 def test_failure_without_checkpoint_says_how_to_keep_the_picks(ray_local):
     G = gaussian(1, 300, 8)
-    with pytest.raises(sd.ShardFailedError, match="shard 0 of 2.*checkpoint="):
+    with pytest.raises(sd.ShardFailedError, match="shard 0 of 2.*checkpoint=") as e:
         sd.select(G, 20, shards=2, _fail_at=(0, 3))
+    # the whole of Ray's report, not its first line: how the worker died
+    assert "Worker exit type" in str(e.value), str(e.value)
 
 
 @needs_ray
@@ -304,3 +315,122 @@ def test_module_imports_without_ray_and_says_what_to_install():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert "spice-select[ray]" in out.stdout
+
+
+@needs_ray
+def test_part_stores_are_numbered_by_the_rows_they_hold(ray_local, tmp_path):
+    # --shard i/N parts hold chunks c mod N = i: part 0 rows 0..99, 200..299, ...; the picks
+    # must be reported as those rows, not as positions in the parts laid end to end
+    G = clustered(13, 650, 12).astype(np.float16)  # the stores' dtype
+    one = spice.select(G, 40, conflict_penalty=0.1, method="lazy")
+    parts = [write_store(tmp_path / f"part{i}", G, part=(i, 3), shard_rows=100) for i in range(3)]
+    d = sd.select(parts[::-1], 40, conflict_penalty=0.1)  # any order: the rows say where they go
+    assert_same(d, one)
+    with pytest.raises(ValueError, match="a part is missing"):
+        sd.select(parts[:2], 5)
+    with pytest.raises(ValueError, match="given twice"):
+        sd.select([parts[0], parts[0], parts[1], parts[2]], 5)
+
+
+@needs_ray
+def test_a_start_up_failure_keeps_the_checkpoint_and_says_why(ray_local, tmp_path):
+    G = clustered(5, 500, 12)
+    one = spice.select(G, 40, conflict_penalty=0.1, method="lazy")
+    ck = tmp_path / "picks.json"
+    sd.select(G, 20, shards=2, conflict_penalty=0.1, checkpoint=ck)
+    with pytest.raises(sd.ShardFailedError) as e:
+        sd.select(G, 40, shards=2, checkpoint=ck, spill_dir=tmp_path / "absent")
+    msg = str(e.value)
+    assert "while starting, before any pick" in msg and "unchanged (20 picks)" in msg, msg
+    assert f"FileNotFoundError: spill_dir {tmp_path / 'absent'} is not a directory" in msg, msg
+    assert isinstance(e.value.cause, FileNotFoundError)
+    assert json.loads(ck.read_text())["picks"]["indices"] == one.indices[:20].tolist()
+    assert_same(sd.select(G, 40, shards=2, conflict_penalty=0.1, checkpoint=ck), one)
+
+
+@needs_ray
+def test_a_smaller_k_does_not_shrink_the_checkpoint(ray_local, tmp_path):
+    G = clustered(6, 400, 10)
+    one = spice.select(G, 30, conflict_penalty=0.1, method="lazy")
+    ck = tmp_path / "picks.json"
+    sd.select(G, 30, shards=2, conflict_penalty=0.1, checkpoint=ck)
+    few = sd.select(G, 10, shards=3, conflict_penalty=0.1, checkpoint=ck)
+    np.testing.assert_array_equal(few.indices, one.indices[:10])
+    assert json.loads(ck.read_text())["picks"]["indices"] == one.indices.tolist()
+
+
+@needs_ray
+def test_an_interrupt_saves_the_picks(ray_local, tmp_path):
+    G = clustered(8, 500, 12)
+    one = spice.select(G, 60, conflict_penalty=0.1, method="lazy")
+    ck = tmp_path / "picks.json"
+
+    def ctrl_c(t, k, evals, secs):
+        if t >= 12:
+            raise KeyboardInterrupt
+        return True
+
+    with pytest.raises(KeyboardInterrupt):  # checkpoint_every=1 h: only the interrupt saves
+        sd.select(G, 60, shards=2, checkpoint=ck, checkpoint_every=3600, progress=ctrl_c)
+    saved = json.loads(ck.read_text())["picks"]["indices"]
+    assert len(saved) >= 12 and saved == one.indices[: len(saved)].tolist()
+
+
+@needs_ray
+def test_an_address_other_than_the_connected_one_is_refused(ray_local):
+    with pytest.raises(ValueError, match="already connected to the Ray instance"):
+        sd.select(gaussian(0, 60, 4), 5, shards=2, address="192.0.2.1:6379")
+
+
+def test_checkpoint_is_written_fsynced_then_renamed(tmp_path, monkeypatch):
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(
+        os, "replace", lambda a, b: (calls.append("replace"), real_replace(a, b))[1]
+    )
+    ck = tmp_path / "picks.json"
+    key = sd._run_key(10, 4, 0, 1.0, 0.1, 0.0)
+    picks = {f: [1] for f in sd._PICK_FIELDS}
+    sd._save_checkpoint(ck, key, picks, False)
+    assert calls[:2] == ["fsync", "replace"], calls  # the data is on disk before it is named
+    assert json.loads(ck.read_text())["picks"] == picks
+    assert [p.name for p in tmp_path.iterdir()] == ["picks.json"]  # no temporary left behind
+
+
+@pytest.mark.parametrize(
+    "nodes,shards,threads,want",
+    [
+        ([1.0, 1.0], 1, None, (1.0, 1, "STRICT_SPREAD")),  # not floor(2 / 1) = 2: no node has 2
+        ([1.0, 1.0, 1.0], 3, None, (1.0, 1, "STRICT_SPREAD")),
+        ([4.0, 4.0], 2, None, (4.0, 4, "STRICT_SPREAD")),
+        ([8.0, 2.0], 2, None, (2.0, 2, "STRICT_SPREAD")),
+        ([2.0], 3, None, (0.6666, 1, "SPREAD")),  # 3 shards share 2 CPUs
+        ([4.0, 1.0], 3, None, (1.0, 1, "SPREAD")),
+        ([4.0, 4.0], 2, 3, (3.0, 3, "STRICT_SPREAD")),
+    ],
+)
+def test_each_shard_asks_for_cpus_that_fit_on_one_node(nodes, shards, threads, want):
+    c, t, strategy = sd._fit_cpus(nodes, shards, threads)
+    assert (c, t, strategy) == want
+    room = sum(int(x / c + 1e-9) for x in nodes)
+    assert c <= max(nodes) and room >= shards
+
+
+def test_threads_that_fit_no_node_are_refused():
+    with pytest.raises(ValueError, match="do not fit on the nodes"):
+        sd._fit_cpus([2.0, 2.0, 2.0], 2, 3)
+
+
+def test_a_shard_checks_its_node_before_mapping_rows(tmp_path):
+    # in-process (no Ray): what each node checks before any pick, named with the node
+    opts = dict(k=2, alpha=1.0, lam=0.0, omega=0.0, threads=1, spill_dir="")
+    gone = sd._Shard(("store", str(tmp_path / "gone")), 0, 10, False, opts, None)
+    with pytest.raises(FileNotFoundError, match=r"gone does not exist on node .*mounted"):
+        gone.open()
+    bad_spill = dict(opts, spill_dir=str(tmp_path / "nospill"))
+    sh = sd._Shard(("array", gaussian(0, 10, 4)), 0, 10, False, bad_spill, None)
+    with pytest.raises(FileNotFoundError, match="nospill is not a directory on node"):
+        sh.open()
+    ok = sd._Shard(("array", gaussian(0, 10, 4)), 0, 10, False, opts, None).open()
+    assert ok["rows"] == 10 and ok["d"] == 4 and ok["pid"] == os.getpid()

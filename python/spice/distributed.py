@@ -15,10 +15,16 @@ shards (ties to the lowest row), the owner sends that row, and every shard appli
 the row itself; docs/algorithm.md §12 explains why that reproduces one machine bit for bit and
 what each pick sends.
 
-A shard that dies mid-run stops the run with :class:`ShardFailedError`, which names it. With
-``checkpoint="picks.json"`` the picks made so far are kept there (written every
-``checkpoint_every`` seconds, at the end and on a failure), and the same call run again replays
-them into fresh shards and continues: the result is the one an uninterrupted run gives.
+The shards are placed by a Ray placement group, one bundle per shard of CPUs that fit on one
+node, one shard per node where there are enough nodes (STRICT_SPREAD, else SPREAD); store paths
+are made absolute on the driver and checked on each node before any pick.
+
+A shard that dies, fails or does not answer within ``shard_timeout`` stops the run with
+:class:`ShardFailedError`, which names it and carries the cause. With ``checkpoint="picks.json"``
+the picks made so far are kept there (written atomically every ``checkpoint_every`` seconds, at
+the end, on a failure and on an interrupt; never with fewer picks than it holds), and the same call
+run again replays them into fresh shards and continues: the result is the one an uninterrupted run
+gives.
 """
 
 from __future__ import annotations
@@ -45,25 +51,47 @@ MODES = ("exact", "stochastic", "partition")
 # partition, for a monotone submodular objective under a cardinality constraint.
 PARTITION_FACTOR = (1.0 - 1.0 / math.e) / 2.0
 CHECKPOINT_FORMAT = "spice-distributed-picks"
-_START_TIMEOUT_S = 600.0
+_START_TIMEOUT_S = 600.0  # placement and start-up of the shards
+_PING_TIMEOUT_S = 30.0  # one deadline for all shards' answers when a failure is diagnosed
 _PICK_FIELDS = ("indices", "q", "scores", "gains", "base", "align", "conflict")
 
 
 class ShardFailedError(RuntimeError):
-    """A shard's Ray actor died (or could not be reached) during a distributed selection.
+    """A shard's Ray actor died, failed, or did not answer in time during a distributed selection.
 
-    Attributes: ``shard`` (its number), ``rows`` (its global ``(start, stop)``), ``picks_done``
-    (picks made before the failure) and ``checkpoint`` (the file holding them, or None).
+    Attributes: ``shard`` (its number), ``rows`` (its global ``(first, last + 1)``),
+    ``picks_done`` (picks made before the failure), ``checkpoint`` (the file holding them, or
+    None) and ``cause`` (the exception raised on the shard, e.g. a StoreError, when there was
+    one; the message also carries it, or the last lines of Ray's report).
     """
 
     def __init__(
-        self, message: str, *, shard: int, rows: tuple, picks_done: int, checkpoint: Any
+        self,
+        message: str,
+        *,
+        shard: int,
+        rows: tuple,
+        picks_done: int,
+        checkpoint: Any,
+        cause: BaseException | None = None,
     ) -> None:
         super().__init__(message)
         self.shard = shard
         self.rows = rows
         self.picks_done = picks_done
         self.checkpoint = checkpoint
+        self.cause = cause
+
+
+def _cause(ray: Any, err: BaseException) -> tuple[str, BaseException | None]:
+    """What went wrong on a shard, whole: the original exception's type and message when Ray
+    carries it (an error raised in the shard's code), else the last lines of Ray's report (an
+    actor that died: its creation failed, the node has no spice, the process was killed)."""
+    orig = getattr(err, "cause", None)
+    if isinstance(orig, BaseException) and not isinstance(orig, ray.exceptions.RayError):
+        return f"{type(orig).__name__}: {orig}", orig
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return f"{type(err).__name__}: {' | '.join(lines[-4:])}", None
 
 
 def _import_ray() -> Any:
@@ -92,18 +120,41 @@ def _open_rows(spec: tuple, lo: int, hi: int, bf16: bool) -> tuple[np.ndarray, i
     return as_features(arr, bf16=bf16)
 
 
+def _abs(p: str | os.PathLike[str]) -> str:
+    """A path as every node must read it: absolute, resolved on the driver (a worker's working
+    directory is not the driver's on a ``ray start`` cluster)."""
+    return str(Path(os.fspath(p)).expanduser().resolve())
+
+
+def _part_rows(store: Any) -> np.ndarray | None:
+    """The global row of each of a part store's rows (chunks c with c mod N = i, in chunk
+    order), from its manifest; None for a whole store or another format."""
+    m = getattr(store, "manifest", None)
+    if not isinstance(m, dict) or int((m.get("part") or [0, 1])[1]) <= 1:
+        return None
+    step = int(m["shard_rows"])
+    rows = np.empty(int(store.features.shape[0]), dtype=np.int64)
+    for ch in m["chunks"]:
+        a, r = int(ch["offset"]), int(ch["rows"])
+        rows[a : a + r] = int(ch["chunk"]) * step + np.arange(r, dtype=np.int64)
+    return rows
+
+
 def _plan(source: Any, shards: int | None, bf16: bool) -> tuple[list, int, int, int, str]:
-    """(per-shard specs with their global row ranges, n, d, dtype code, description)."""
+    """(per-shard specs, n, d, dtype code, description). A spec is (source spec, lo, hi, rows):
+    the shard reads local rows [lo, hi) of its source, and ``rows`` numbers them globally: an
+    int offset (contiguous rows) or an int64 array (a part store's rows, ascending)."""
     if isinstance(source, (str, os.PathLike)):
         from . import stores
 
-        feats = stores.open(source).features
+        path = _abs(source)
+        feats = stores.open(path).features
         arr, code = as_features(feats, bf16=bf16)
         n, d = arr.shape
         s = _check_shards(shards, n)
         cuts = [n * i // s for i in range(s + 1)]
-        specs = [(("store", os.fspath(source)), cuts[i], cuts[i + 1], 0) for i in range(s)]
-        return specs, n, d, code, f"store {os.fspath(source)}"
+        specs = [(("store", path), cuts[i], cuts[i + 1], 0) for i in range(s)]
+        return specs, n, d, code, f"store {path}"
     if (
         isinstance(source, (list, tuple))
         and source
@@ -117,18 +168,30 @@ def _plan(source: Any, shards: int | None, bf16: bool) -> tuple[list, int, int, 
                 f"{len(source)} parts"
             )
         specs, n, d0, code0 = [], 0, None, None
+        numbered = []
         for p in source:
-            arr, code = as_features(stores.open(p).features, bf16=bf16)
+            path = _abs(p)
+            st = stores.open(path)
+            arr, code = as_features(st.features, bf16=bf16)
             if d0 is None:
                 d0, code0 = arr.shape[1], code
             elif arr.shape[1] != d0 or code != code0:
                 raise ValueError(
-                    f"store part {os.fspath(p)} has {arr.shape[1]} columns of dtype code {code}; "
+                    f"store part {path} has {arr.shape[1]} columns of dtype code {code}; "
                     f"the first part has {d0} of code {code0}"
                 )
-            # a part's rows are read whole by its shard: local rows [0, len), offset n
-            specs.append((("store", os.fspath(p)), 0, arr.shape[0], n))
+            rows = _part_rows(st)
+            numbered.append(rows is not None)
+            # a part's rows are read whole by its shard: local rows [0, len)
+            specs.append((("store", path), 0, arr.shape[0], rows if rows is not None else n))
             n += arr.shape[0]
+        if any(numbered):
+            if not all(numbered):
+                raise ValueError(
+                    "the list mixes part stores (written with --shard i/N, numbered by their "
+                    "chunks) and whole stores (numbered in list order): pass one kind"
+                )
+            _check_parts_cover(specs, n, source)
         return specs, n, int(d0), int(code0), f"{len(source)} store parts"
     arr, code = as_features(source, bf16=bf16)
     n, d = arr.shape
@@ -144,6 +207,27 @@ def _plan(source: Any, shards: int | None, bf16: bool) -> tuple[list, int, int, 
         for i in range(s)
     ]
     return specs, n, d, code, "array"
+
+
+def _check_parts_cover(specs: list, n: int, source: Sequence) -> None:
+    """Part stores must hold rows 0..n-1 once each, each part in ascending order (the greedy's
+    tie rule, lowest row first, needs a shard's local order to be the global one)."""
+    seen = np.zeros(n, dtype=np.int64)
+    for (_, _, _, rows), p in zip(specs, source):
+        if rows.size and (rows.min() < 0 or rows.max() >= n):
+            raise ValueError(
+                f"store part {os.fspath(p)} holds row {int(rows.max())}, but the {len(specs)} "
+                f"parts hold {n} rows: a part is missing (pass all N parts of the extraction)"
+            )
+        if np.any(np.diff(rows) <= 0):
+            raise ValueError(f"store part {os.fspath(p)} does not hold its rows in ascending order")
+        np.add.at(seen, rows, 1)
+    if np.any(seen != 1):
+        g = int(np.flatnonzero(seen != 1)[0])
+        raise ValueError(
+            f"the store parts hold row {g} {int(seen[g])} times: a part is given twice or "
+            "parts of different extractions are mixed"
+        )
 
 
 def _check_shards(shards: int | None, n: int) -> int:
@@ -164,15 +248,39 @@ class _Shard:
     """One block of rows and the C++ engine over it (wrapped by ``ray.remote`` at run time)."""
 
     def __init__(
-        self, spec: tuple, lo: int, hi: int, bf16: bool, options: dict, fail_at: int | None
+        self, spec: tuple, lo: int, hi: int, bf16: bool, options: dict, fail_at: Any
     ) -> None:
+        # nothing that can fail here: an error in open() reaches the driver as itself (type,
+        # message, traceback), where one in the constructor only kills the actor
+        self.args = (spec, lo, hi, bf16, options)
+        self.fail_at = fail_at  # tests: (pick, "exit" or "stop") to crash or stall at that pick
+
+    def open(self) -> dict:
+        """Map this shard's rows, check what this node must have, build the engine."""
+        import socket
+
+        spec, lo, hi, bf16, options = self.args
+        host = socket.gethostname()
+        spill = options.get("spill_dir") or ""
+        if spill and not os.path.isdir(spill):
+            raise FileNotFoundError(f"spill_dir {spill} is not a directory on node {host}")
+        if spec[0] == "store" and not os.path.exists(spec[1]):
+            raise FileNotFoundError(
+                f"store {spec[1]} does not exist on node {host} (is it mounted there?)"
+            )
         self.arr, self.code = _open_rows(spec, lo, hi, bf16)
         self.eng = _core.Stepper(self.arr, self.code, _core.Options(**options))
-        self.fail_at = fail_at  # tests: the process exits when asked to apply this pick
+        return self.info()
 
     def info(self) -> dict:
         import socket
 
+        try:
+            import ray  # type: ignore[import-not-found]
+
+            node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        except Exception:  # noqa: BLE001 (outside Ray: in-process use)
+            node = ""
         return dict(
             rows=int(self.arr.shape[0]),
             d=int(self.arr.shape[1]),
@@ -180,8 +288,18 @@ class _Shard:
             isa=_core.kernel_isa(),
             bad_row=int(self.eng.bad_row),
             host=socket.gethostname(),
+            node=node,
             pid=os.getpid(),
         )
+
+    def _maybe_fail(self) -> None:
+        if self.fail_at is not None and self.eng.picks == self.fail_at[0]:
+            if self.fail_at[1] == "stop":
+                import signal
+
+                os.kill(os.getpid(), signal.SIGSTOP)  # a test's stalled node: alive, silent
+            else:
+                os._exit(1)  # a test's simulated crash: the process dies without a word
 
     def ping(self) -> bool:
         return True
@@ -203,14 +321,12 @@ class _Shard:
 
     def apply(self, row: np.ndarray, q: float, local: int) -> int:
         """A stochastic step's pick: applied, then the rows left to sample from."""
-        if self.fail_at is not None and self.eng.picks == self.fail_at:
-            os._exit(1)
+        self._maybe_fail()
         self.eng.apply_pick(row, q, local)
         return int(self.eng.remaining())
 
     def step(self, row: np.ndarray, q: float, local: int, want_best: bool) -> Any:
-        if self.fail_at is not None and self.eng.picks == self.fail_at:
-            os._exit(1)  # a test's simulated crash: the process dies without a word
+        self._maybe_fail()
         self.eng.apply_pick(row, q, local)
         return self.eng.best() if want_best else None
 
@@ -263,10 +379,29 @@ def _load_checkpoint(path: Path, key: dict) -> dict[str, list]:
 
 
 def _save_checkpoint(path: Path, key: dict, picks: dict[str, list], complete: bool) -> None:
+    """Write the checkpoint atomically: a temporary file beside it, fsync'd, renamed over it,
+    and the directory fsync'd, so a crash or power loss leaves the old file or the new one."""
     doc = dict(format=CHECKPOINT_FORMAT, version=1, run=key, complete=complete, picks=picks)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(doc), encoding="utf-8")  # floats as repr: exact round trip
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(doc))  # floats as repr: exact round trip
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # a directory that cannot be opened (some platforms): the rename stands
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,7 +434,8 @@ def select(
     cost: Any = None,
     groups: Any = None,
     quotas: Any = None,
-    _fail_at: tuple[int, int] | None = None,
+    shard_timeout: float | None = 600.0,
+    _fail_at: tuple | None = None,
 ) -> Selection:
     """Select ``k`` rows of ``source`` with the rows spread over ``shards`` Ray actors.
 
@@ -309,40 +445,54 @@ def select(
         An (n, d) array (sent to the actors, one block each: for tests and moderate sizes); a
         feature store path that every Ray node can read (``spice.stores.open`` formats: spice,
         LESS, Bergson, TRAK), of which each actor maps only its own contiguous rows, in place;
-        or a list of store paths (e.g. the parts of a sharded extraction), one actor per part,
-        rows numbered in list order.
+        or a list of store paths, one actor per part: the parts of one extraction written with
+        ``--shard i/N`` (chunks c mod N = i), in any order, all N of them, numbered as the rows
+        they hold (the merged store's numbering); or whole stores, numbered in list order.
+        Relative paths are resolved against the driver's working directory.
     k : int or float
         As in :func:`spice.select`: a count or a fraction of n.
     shards : int
         Number of actors (row blocks). Required for an array or one store; a list of parts
         runs one per part.
     address : str or None
-        None starts a local Ray instance, or joins the one this process (or ``RAY_ADDRESS``)
-        already uses; otherwise the cluster to connect to (``"ray://head:10001"``, ``"auto"``).
+        None: the instance this process already uses, else the cluster ``RAY_ADDRESS`` names,
+        else the one ``ray start`` recorded on this machine if it answers, else a private local
+        instance (``sel.params["cluster"]`` says which). Otherwise the cluster to connect to
+        (``"host:6379"``, ``"ray://head:10001"``, ``"auto"``); refused (ValueError) when this
+        process is already connected to another one.
     mode : {"exact", "stochastic", "partition"}
         ``"exact"``: the one-machine lazy greedy's selection, bit for bit. ``"stochastic"``:
         stochastic greedy over the shards: each pick is the best of a uniform sample of
         ⌈(n/k)·ln(1/stochastic_eps)⌉ of the rows left, drawn across the shards (the split by a
         multivariate hypergeometric draw, so the union is a uniform subset); repeats for a seed
         and shard count, but draws other samples than ``spice.select(method="stochastic")``;
-        no checkpoint. ``"partition"``
-        (RandGreeDi): the rows are split into ``shards`` random parts (seeded by ``seed``), each
-        part selects k on its own (one Ray task each, reading only its rows), then one greedy
-        selects k from the union of their picks, and the better of that and the best part's
-        selection is returned. At λ = 0 without early stop that is within (1 − 1/e)/2 of the
-        best k rows in expectation over the partition (Barbosa et al., 2015); it saves work only
-        when k ≪ n / shards (a warning says when k exceeds a tenth of that). No certificate
-        (``opt_upper_bound`` is NaN): the merge never sees the rows the parts left out.
+        no checkpoint. ``"partition"`` (RandGreeDi): each row goes to one of ``shards`` parts
+        independently and uniformly at random (seeded by ``seed``; an empty part is dropped),
+        each part selects k on its own (one Ray task each, reading only its rows), then one
+        greedy selects k from the union of their picks, and the better of that and the best
+        part's selection is returned. At λ = 0 without early stop that is within (1 − 1/e)/2
+        of the best k rows in expectation over the partition (Barbosa et al., 2015), whatever k
+        is; it saves work only when k ≪ n / shards (a warning says when k exceeds a tenth of
+        that). No certificate (``opt_upper_bound`` is NaN): the merge never sees the rows the
+        parts left out.
     checkpoint : path or None
         A JSON file keeping the picks made so far. If it exists, its picks (from a run with the
         same n, d, dtype, alpha, conflict_penalty and early_stop) are replayed first, so an
         interrupted run resumes; k may differ (greedy picks are a prefix of a longer run's).
+        Written atomically (fsync, then rename); it never shrinks: a smaller k or a run that
+        fails early leaves the longer list in the file.
     checkpoint_every : float
-        Seconds between checkpoint writes during the run (it is also written at the end and
-        when a shard fails).
+        Seconds between checkpoint writes during the run (it is also written at the end, when a
+        shard fails and on KeyboardInterrupt or any other exception in the loop).
+    shard_timeout : float or None
+        Seconds a shard may take to answer one call (a pick's step, the replay) before it is
+        named as stalled in a ShardFailedError (default 600; None waits for ever). Start-up
+        (placement, mapping the rows) has its own limit of 600 s.
     threads : int or None
-        OpenMP threads per shard, and the CPUs each actor asks Ray for. None: the cluster's CPUs
-        divided evenly between the shards (at least one thread each).
+        OpenMP threads per shard, and the CPUs each actor asks Ray for (must fit on one node).
+        None: with at least ``shards`` nodes, the whole CPUs of the smallest of the ``shards``
+        largest nodes, one shard per node; otherwise the largest equal request the nodes hold
+        ``shards`` of (a fraction of a CPU when there are fewer CPUs than shards), one thread.
     alpha, conflict_penalty, early_stop, seed, stochastic_eps, progress, bf16, spill_dir
         As in :func:`spice.select` (``spill_dir`` is a directory on each worker; the progress
         callable gets 0 for evaluations while the run is in progress).
@@ -354,15 +504,19 @@ def select(
     Returns
     -------
     Selection
-        As :func:`spice.select` returns; ``params`` adds ``backend="ray"``, ``mode`` and
-        ``shards``. ``opt_upper_bound`` is Minoux's bound reduced over the shards (each sends its
+        As :func:`spice.select` returns; ``params`` adds ``backend="ray"``, ``mode``,
+        ``shards``, ``cluster`` (which Ray instance was used) and ``placement`` (strategy, CPUs
+        and threads per shard, and each shard's node id, host and pid). ``opt_upper_bound`` is
+        Minoux's bound reduced over the shards (each sends its
         top |S| remaining gains): valid, but from other stale values than a one-machine run's,
         so it may differ from that run's bound in the last digits or more.
 
     Raises
     ------
     ShardFailedError
-        An actor died; the message names the shard and where the picks so far are kept.
+        An actor died, failed (at start-up: a store missing on its node, no spice there, ...)
+        or stalled; the message names the shard, its node and the cause, and where the picks so
+        far are kept.
     ModuleNotFoundError
         Ray is not installed.
     """
@@ -391,6 +545,14 @@ def select(
         isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1
     ):
         raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    if shard_timeout is not None and not (
+        isinstance(shard_timeout, (int, float))
+        and not isinstance(shard_timeout, bool)
+        and shard_timeout > 0
+    ):
+        raise ValueError(
+            f"shard_timeout must be a number of seconds > 0 or None, got {shard_timeout!r}"
+        )
     if not (isinstance(checkpoint_every, (int, float)) and checkpoint_every >= 0):
         raise ValueError(
             f"checkpoint_every must be a number of seconds >= 0, got {checkpoint_every!r}"
@@ -420,7 +582,7 @@ def select(
     )
     spill = ""
     if spill_dir is not None:
-        spill = os.fspath(spill_dir)
+        spill = _abs(spill_dir)  # a directory on each node, named as the driver resolves it
     if mode == "stochastic" and checkpoint is not None:
         raise ValueError(
             "checkpoint= is for mode='exact': a stochastic run's samples depend on the order "
@@ -452,42 +614,56 @@ def select(
             what,
         )
     key = _run_key(n, d, code, a, lam, omega)
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    done: dict[str, list] = {f: [] for f in _PICK_FIELDS}
+    ckpt = Path(_abs(checkpoint)) if checkpoint is not None else None
+    kept: dict[str, list] = {f: [] for f in _PICK_FIELDS}
     if ckpt is not None and ckpt.exists():
-        done = _load_checkpoint(ckpt, key)
-        for f in _PICK_FIELDS:
-            del done[f][kk:]
+        kept = _load_checkpoint(ckpt, key)
+    # a smaller k replays a prefix; the file keeps all its picks (see _Run.save)
+    done = {f: v[:kk] for f, v in kept.items()}
 
-    ray = _connect(address)
+    ray, how = _connect(address)
     s_count = len(specs)
-    total_cpus = float(ray.cluster_resources().get("CPU", 1.0))
-    if threads is not None:
-        cpus, nthreads = float(threads), int(threads)
-        if cpus * s_count > total_cpus:
-            raise ValueError(
-                f"{s_count} shards of threads={threads} need {cpus * s_count:g} CPUs but the Ray "
-                f"cluster has {total_cpus:g}: lower threads (or leave it None to divide the CPUs)"
-            )
-    else:
-        cpus = (
-            max(1.0, math.floor(total_cpus / s_count))
-            if total_cpus >= s_count
-            else total_cpus / s_count
-        )
-        nthreads = max(1, int(cpus))
+    cpus, nthreads, strategy = _fit_cpus(_node_cpus(ray), s_count, threads)
     options = dict(k=kk, alpha=a, lam=lam, omega=omega, threads=nthreads, spill_dir=spill)
+    from ray.util.placement_group import (  # type: ignore[import-not-found]
+        placement_group,
+        remove_placement_group,
+    )
+    from ray.util.scheduling_strategies import (  # type: ignore[import-not-found]
+        PlacementGroupSchedulingStrategy,
+    )
+
+    # one bundle per shard, on distinct nodes where there are enough: a node's memory bandwidth
+    # and page cache serve one shard, and one lost node loses one shard
+    pg = placement_group([{"CPU": cpus}] * s_count, strategy=strategy)
     remote_cls = ray.remote(max_restarts=0, max_task_retries=0)(_Shard)
-    actors = []
-    ranges = []
-    for s, (spec, lo, hi, off) in enumerate(specs):
-        fail = _fail_at[1] if _fail_at is not None and _fail_at[0] == s else None
-        actors.append(remote_cls.options(num_cpus=cpus).remote(spec, lo, hi, bf16, options, fail))
-        ranges.append((off + lo, off + hi))
-    run = _Run(ray, actors, ranges, ckpt, key, checkpoint_every)
+    actors: list = []
+    run = _Run(ray, actors, specs, ckpt, key, checkpoint_every, shard_timeout)
+    run.kept = kept
     run.resumable = mode == "exact"
     try:
-        infos = run.gather([x.info.remote() for x in actors], 0, timeout=_START_TIMEOUT_S)
+        if not pg.wait(timeout_seconds=_START_TIMEOUT_S):
+            raise RuntimeError(
+                f"Ray could not place {s_count} shards of {cpus:g} CPU(s) each ({strategy}) "
+                f"within {_START_TIMEOUT_S:g} s on nodes with {_node_cpus(ray)} CPUs: other "
+                "jobs hold them? (threads=... asks for fewer)"
+            )
+        for s, (spec, lo, hi, _) in enumerate(specs):
+            fail = None
+            if _fail_at is not None and _fail_at[0] == s:
+                fail = (_fail_at[1], _fail_at[2] if len(_fail_at) > 2 else "exit")
+            where = PlacementGroupSchedulingStrategy(
+                placement_group=pg, placement_group_bundle_index=s
+            )
+            actors.append(
+                remote_cls.options(num_cpus=cpus, scheduling_strategy=where).remote(
+                    spec, lo, hi, bf16, options, fail
+                )
+            )
+        infos = run.gather(
+            [x.open.remote() for x in actors], timeout=_START_TIMEOUT_S, starting=True
+        )
+        run.hosts = {s: i["host"] for s, i in enumerate(infos)}
         isas = {i["isa"] for i in infos}
         if len(isas) > 1:
             raise RuntimeError(
@@ -495,23 +671,29 @@ def select(
                 f"({', '.join(sorted(isas))}): their dot products would round differently; set "
                 "SPICE_KERNELS to the same family (generic, avx2, avx512) on every node"
             )
-        bad = [(ranges[s][0] + i["bad_row"], s) for s, i in enumerate(infos) if i["bad_row"] >= 0]
+        bad = [(run.glob(s, i["bad_row"]), s) for s, i in enumerate(infos) if i["bad_row"] >= 0]
         if bad:
             g, s = min(bad)
-            row = run.gather([actors[s].row.remote(g - ranges[s][0])], 0)[0]
+            row = run.gather([actors[s].row.remote(run.owner(g)[1])], [s])[0]
             raise ValueError(describe_bad_row(row[None, :], code, 0, a, row_name=g))
-        run.picks = done
+        run.picks = {f: list(v) for f, v in done.items()}
         if done["indices"]:
             run.replay()
         t_loop = time.perf_counter()
         t_ready = t_loop - t_start  # actors started, rows mapped, norms computed, picks replayed
-        if mode == "exact":
-            stop = run.exact(kk, omega, cb, t_start)
-        else:
-            stop = run.stochastic(kk, omega, cb, t_start, n, seps, seed64)
+        try:
+            if mode == "exact":
+                stop = run.exact(kk, omega, cb, t_start)
+            else:
+                stop = run.stochastic(kk, omega, cb, t_start, n, seps, seed64)
+        except BaseException:
+            # Ctrl-C, a failed progress callable, a dead shard: the picks made are greedy
+            # picks all the same, so they are kept (a shard failure has saved them already)
+            run.save()
+            raise
         t_loop = time.perf_counter() - t_loop
-        tops = run.gather([x.top_gains.remote(len(run.picks["indices"])) for x in actors], None)
-        stats = run.gather([x.stats.remote() for x in actors], None)
+        tops = run.gather([x.top_gains.remote(len(run.picks["indices"])) for x in actors])
+        stats = run.gather([x.stats.remote() for x in actors])
         run.save(complete=True)
     finally:
         for x in actors:
@@ -519,6 +701,10 @@ def select(
                 ray.kill(x)
             except Exception:  # noqa: BLE001 (already gone)
                 pass
+        try:
+            remove_placement_group(pg)
+        except Exception:  # noqa: BLE001 (the cluster is gone: nothing to free)
+            pass
 
     p = run.picks
     m = len(p["indices"])
@@ -550,6 +736,15 @@ def select(
         shards=s_count,
         source=what,
         kernel_isa=isas.pop(),
+        cluster=how,
+        placement=dict(
+            strategy=strategy,
+            cpus_per_shard=cpus,
+            threads_per_shard=nthreads,
+            nodes=[i["node"] for i in infos],
+            hosts=[i["host"] for i in infos],
+            pids=[i["pid"] for i in infos],
+        ),
         start_s=t_ready,  # seconds before the first pick
         picks_s=t_loop,  # seconds of the greedy loop
     )
@@ -587,86 +782,190 @@ def select(
 
 
 class _Run:
-    """The coordinator's state: the actors, their global row ranges and the picks so far."""
+    """The coordinator's state: the actors, how their rows are numbered and the picks so far."""
 
     def __init__(
-        self, ray: Any, actors: list, ranges: list, ckpt: Path | None, key: dict, every: float
+        self,
+        ray: Any,
+        actors: list,
+        specs: list,
+        ckpt: Path | None,
+        key: dict,
+        every: float,
+        timeout: float | None,
     ) -> None:
         self.ray = ray
         self.actors = actors
-        self.ranges = ranges
+        # global numbering: contiguous shards keep an offset, part stores an array of rows
+        self.offsets: list[int | None] = []
+        self.maps: list[np.ndarray | None] = []
+        self.ranges: list[tuple[int, int]] = []  # (first, last + 1) global row, for messages
+        for _, lo, hi, rows in specs:
+            if isinstance(rows, np.ndarray):
+                self.offsets.append(None)
+                self.maps.append(rows)
+                self.ranges.append((int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, 0))
+            else:
+                self.offsets.append(int(rows) + lo)
+                self.maps.append(None)
+                self.ranges.append((int(rows) + lo, int(rows) + hi))
         self.ckpt = ckpt
         self.key = key
         self.every = every
+        self.timeout = timeout  # seconds a shard may take over one call; None: no limit
         self.picks: dict[str, list] = {f: [] for f in _PICK_FIELDS}
+        self.kept: dict[str, list] = {f: [] for f in _PICK_FIELDS}  # the checkpoint as loaded
+        self.hosts: dict[int, str] = {}  # shard -> its node's host name, once it has started
         self.last_save = time.monotonic()
         self.resumable = True  # exact mode: a checkpoint's picks can be replayed
 
-    def owner(self, g: int) -> int:
-        for s, (lo, hi) in enumerate(self.ranges):
-            if lo <= g < hi:
-                return s
+    def glob(self, s: int, local: int) -> int:
+        """The global row of shard s's local row."""
+        off = self.offsets[s]
+        return off + local if off is not None else int(self.maps[s][local])  # type: ignore[index]
+
+    def owner(self, g: int) -> tuple[int, int]:
+        """(shard, local row) of global row g."""
+        for s in range(len(self.actors)):
+            off, rows = self.offsets[s], self.maps[s]
+            if off is not None:
+                lo, hi = self.ranges[s]
+                if lo <= g < hi:
+                    return s, g - off
+            else:
+                j = int(np.searchsorted(rows, g))  # type: ignore[arg-type]
+                if j < rows.size and rows[j] == g:  # type: ignore[union-attr]
+                    return s, j
         raise ValueError(f"row {g} is in no shard")
 
     def save(self, complete: bool = False) -> None:
-        if self.ckpt is not None:
-            _save_checkpoint(self.ckpt, self.key, self.picks, complete)
-            self.last_save = time.monotonic()
+        """Write the picks, unless the checkpoint holds more: a rerun with a smaller k (or one
+        that fails before catching up) must not throw away a longer run's picks, of which its
+        own are a prefix."""
+        if self.ckpt is None:
+            return
+        # an interrupt can land between the appends of one pick's fields: whole picks only
+        m = min(len(v) for v in self.picks.values())
+        if m < len(self.kept["indices"]) or (m == 0 and not complete):
+            return
+        picks = {f: v[:m] for f, v in self.picks.items()}
+        _save_checkpoint(self.ckpt, self.key, picks, complete)
+        self.kept = picks
+        self.last_save = time.monotonic()
 
-    def gather(self, refs: list, picks_done: int | None, timeout: float | None = None) -> list:
-        """ray.get, with a dead actor turned into ShardFailedError naming it."""
+    def unresponsive(self, deadline: float) -> list[int]:
+        """The shards that do not answer a ping: all pinged at once, one deadline for all."""
         ray = self.ray
+        refs = [x.ping.remote() for x in self.actors]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=deadline)
+        answered = {r.hex() for r in ready}
+        out = []
+        for s, r in enumerate(refs):
+            if r.hex() not in answered:
+                out.append(s)
+                continue
+            try:
+                ray.get(r, timeout=0)
+            except ray.exceptions.RayError:
+                out.append(s)
+        return out
+
+    def gather(
+        self,
+        refs: list,
+        shards: Sequence[int] | None = None,
+        timeout: float | None = None,
+        starting: bool = False,
+    ) -> list:
+        """ray.get of one call per shard (``shards[i]`` made ``refs[i]``, default all in order),
+        with a dead, failing or silent shard turned into ShardFailedError naming it."""
+        ray = self.ray
+        who = list(range(len(self.actors))) if shards is None else list(shards)
+        limit = self.timeout if timeout is None else timeout
         try:
-            return ray.get(refs, timeout=timeout)
-        except ray.exceptions.GetTimeoutError as e:
-            raise RuntimeError(
-                f"the {len(self.actors)} shards did not start within {timeout:.0f} s: does the "
-                "cluster have the CPUs and memory they ask for (threads=...)?"
-            ) from e
+            return ray.get(refs, timeout=limit)
+        except ray.exceptions.GetTimeoutError:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            done = {r.hex() for r in ready}
+            slow = [who[i] for i, r in enumerate(refs) if r.hex() not in done]
+            self.fail(
+                slow, None, f"did not answer within {limit:g} s (stalled or unreachable)", starting
+            )
         except ray.exceptions.RayError as e:
+            err: BaseException = e
+            culprit = []
+            for i, r in enumerate(refs):  # the call that failed, for its own error
+                if ray.wait([r], timeout=0)[0]:
+                    try:
+                        ray.get(r, timeout=0)
+                    except ray.exceptions.RayError as e2:
+                        culprit, err = [who[i]], e2
+                        break
             dead = []
-            for s, x in enumerate(self.actors):
-                try:
-                    ray.get(x.ping.remote(), timeout=60)
-                except ray.exceptions.RayError:
-                    dead.append(s)
-            if not dead:
+            if not culprit or isinstance(err, ray.exceptions.RayActorError):
+                # a process died: which others did (a lost node takes several); an exception
+                # raised by a living shard needs no ping, which would queue behind its calls
+                dead = self.unresponsive(min(_PING_TIMEOUT_S, limit or _PING_TIMEOUT_S))
+            bad = culprit + [s for s in dead if s not in culprit]
+            if not bad:
                 raise
-            t = len(self.picks["indices"]) if picks_done is None else picks_done
+            self.fail(bad, err, "failed" if starting else "died", starting)
+        raise AssertionError("unreachable")
+
+    def fail(self, bad: list[int], err: BaseException | None, why: str, starting: bool) -> None:
+        """Keep the picks (never fewer than the checkpoint holds) and raise ShardFailedError."""
+        t = len(self.picks["indices"])
+        m = len(self.kept["indices"])
+        if starting:
+            what = f"{why} while starting, before any pick"
+            if self.ckpt is not None:
+                where = (
+                    f"the checkpoint {self.ckpt} is unchanged ({m} picks); fix the cause and run "
+                    "the same call again"
+                )
+            else:
+                where = "fix the cause and run the same call again"
+        else:
+            what = f"{why} after {t} picks"
             if self.ckpt is not None:
                 self.save()
                 where = (
-                    f"the {len(self.picks['indices'])} picks made so far are in {self.ckpt}; run "
-                    "the same call again to resume from them"
+                    f"the {max(t, m)} picks made so far are in {self.ckpt}; run the same call "
+                    "again to resume from them"
                 )
             elif self.resumable:
                 where = "pass checkpoint=<file> to keep the picks of a run that fails"
             else:
                 where = "a stochastic run cannot resume; run it again"
-            s = dead[0]
-            lo, hi = self.ranges[s]
-            others = f" (and shard(s) {', '.join(map(str, dead[1:]))})" if len(dead) > 1 else ""
-            raise ShardFailedError(
-                f"shard {s} of {len(self.actors)} (rows {lo}..{hi - 1}){others} died after {t} "
-                f"picks: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; {where}",
-                shard=s,
-                rows=(lo, hi),
-                picks_done=t,
-                checkpoint=self.ckpt,
-            ) from e
+        cause, orig = _cause(self.ray, err) if err is not None else ("no answer", None)
+        s = bad[0]
+        lo, hi = self.ranges[s]
+        on = f" on node {self.hosts[s]}" if s in self.hosts else ""
+        others = f" (and shard(s) {', '.join(map(str, bad[1:]))})" if len(bad) > 1 else ""
+        exc = ShardFailedError(
+            f"shard {s} of {len(self.actors)} (rows {lo}..{hi - 1}){on}{others} {what}: "
+            f"{cause}; {where}",
+            shard=s,
+            rows=(lo, hi),
+            picks_done=t,
+            checkpoint=self.ckpt,
+            cause=orig,
+        )
+        raise exc from (orig if orig is not None else err)
 
     def replay(self) -> None:
         """Apply the recorded picks in fresh shards (no selection), checking they are theirs."""
         ray = self.ray
         idx = [int(g) for g in self.picks["indices"]]
         m = len(idx)
-        owners = [self.owner(g) for g in idx]
+        where = [self.owner(g) for g in idx]
+        owners = [o for o, _ in where]
         rows: np.ndarray | None = None
         for s, x in enumerate(self.actors):
             mine = [t for t in range(m) if owners[t] == s]
             if not mine:
                 continue
-            got = self.gather([x.rows.remote([idx[t] - self.ranges[s][0] for t in mine])], 0)[0]
+            got = self.gather([x.rows.remote([where[t][1] for t in mine])], [s])[0]
             if rows is None:
                 rows = np.empty((m, got.shape[1]), dtype=got.dtype)
             rows[mine] = got
@@ -674,14 +973,9 @@ class _Run:
         qs = [float(v) for v in self.picks["q"]]
         bases = self.gather(
             [
-                x.replay.remote(
-                    ref,
-                    qs,
-                    [idx[t] - self.ranges[s][0] if owners[t] == s else -1 for t in range(m)],
-                )
+                x.replay.remote(ref, qs, [where[t][1] if owners[t] == s else -1 for t in range(m)])
                 for s, x in enumerate(self.actors)
-            ],
-            0,
+            ]
         )
         want = self.picks["base"]
         for s in range(len(self.actors)):
@@ -695,18 +989,18 @@ class _Run:
 
     def exact(self, kk: int, omega: float, cb: Any, t_start: float) -> str:
         """The greedy from the current step to k; returns the stop reason."""
-        actors, ranges, p = self.actors, self.ranges, self.picks
+        actors, p = self.actors, self.picks
         t = len(p["indices"])
         if t >= kk:
             return "budget"
-        cands = self.gather([x.best.remote() for x in actors], None)
+        cands = self.gather([x.best.remote() for x in actors])
         last_cb = time.monotonic()
         while True:
             best = None  # (score, global index, shard, candidate)
             for s, c in enumerate(cands):
                 if c is None:
                     continue
-                g = ranges[s][0] + int(c[0])
+                g = self.glob(s, int(c[0]))
                 if best is None or c[1] > best[0] or (c[1] == best[0] and g < best[1]):
                     best = (c[1], g, s, c)
             if best is None:
@@ -724,8 +1018,7 @@ class _Run:
                 [
                     x.step.remote(row_ref, q, int(local) if s == o else -1, want)
                     for s, x in enumerate(actors)
-                ],
-                None,
+                ]
             )
             now = time.monotonic()
             if self.ckpt is not None and now - self.last_save >= self.every:
@@ -743,9 +1036,9 @@ class _Run:
         """Stochastic greedy over the shards: each step a uniform sample of the rows left, split
         between the shards by a multivariate hypergeometric draw (so the union is a uniform
         subset), each shard drawing its part with its own seed; both seeded by (seed, step)."""
-        actors, ranges, p = self.actors, self.ranges, self.picks
+        actors, p = self.actors, self.picks
         sample = max(1, math.ceil((n / max(1, kk)) * math.log(1.0 / eps)))
-        counts = self.gather([x.remaining.remote() for x in actors], None)
+        counts = self.gather([x.remaining.remote() for x in actors])
         last_cb = time.monotonic()
         t = len(p["indices"])
         while t < kk:
@@ -755,18 +1048,16 @@ class _Run:
             split = rng.multivariate_hypergeometric(np.asarray(counts, dtype=np.int64), m)
             seeds = rng.integers(0, 2**63, size=len(actors))
             cands = self.gather(
-                [x.sample.remote(int(split[s]), int(seeds[s])) for s, x in enumerate(actors)],
-                None,
+                [x.sample.remote(int(split[s]), int(seeds[s])) for s, x in enumerate(actors)]
             )
             if all(c is None for c in cands) and m < r:  # the sample all dead: every row left
                 cands = self.gather(
-                    [x.sample.remote(int(counts[s]), int(seeds[s])) for s, x in enumerate(actors)],
-                    None,
+                    [x.sample.remote(int(counts[s]), int(seeds[s])) for s, x in enumerate(actors)]
                 )
             best = None
             for s, c in enumerate(cands):
                 if c is not None:
-                    g = ranges[s][0] + int(c[0])
+                    g = self.glob(s, int(c[0]))
                     if best is None or c[1] > best[0] or (c[1] == best[0] and g < best[1]):
                         best = (c[1], g, s, c)
             if best is None:
@@ -783,8 +1074,7 @@ class _Run:
                 [
                     x.apply.remote(row_ref, q, int(local) if s == o else -1)
                     for s, x in enumerate(actors)
-                ],
-                None,
+                ]
             )
             now = time.monotonic()
             if cb is not None and (now - last_cb >= 0.2 or t == kk):
@@ -814,11 +1104,104 @@ def _local_greedy(spec: tuple, idx: np.ndarray, bf16: bool, k: int, kw: dict) ->
     return idx[sel.indices], np.ascontiguousarray(arr[sel.indices]), code, sel
 
 
-def _connect(address: str | None) -> Any:
+def _answers(address: str, timeout: float = 2.0) -> bool:
+    """Whether something listens at host:port (a GCS left by a dead cluster does not)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _connect(address: str | None) -> tuple[Any, str]:
+    """Ray, initialised as ``address`` says, and a sentence saying which instance is used.
+
+    None: the cluster ``RAY_ADDRESS`` names, else the one ``ray start`` recorded on this machine
+    if it answers, else a private local instance (a stale record of a dead cluster is ignored,
+    where Ray itself would spend 30 s failing to reach it)."""
     ray = _import_ray()
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, logging_level="WARNING")
-    return ray
+    if ray.is_initialized():
+        try:
+            cur = ray.get_runtime_context().gcs_address
+        except Exception:  # noqa: BLE001 (a client connection has no GCS address here)
+            cur = None
+        if address not in (None, "auto") and cur is not None:
+            want = address.split("://", 1)[-1]
+            if want != cur:
+                raise ValueError(
+                    f"address={address!r}, but this process is already connected to the Ray "
+                    f"instance at {cur}: call ray.shutdown() first, or pass address=None to "
+                    "use the instance already connected"
+                )
+        return ray, f"the Ray instance this process was already connected to ({cur})"
+    kw = dict(include_dashboard=False, logging_level="WARNING")
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        from ray._common.utils import get_ray_address_file  # type: ignore[import-not-found]
+
+        f = Path(get_ray_address_file(None))
+        rec = f.read_text(encoding="utf-8").strip() if f.is_file() else ""
+        if rec and _answers(rec):
+            ray.init(address=rec, **kw)
+            return ray, f"joined the running cluster at {rec} (recorded in {f})"
+        ray.init(address="local", **kw)
+        stale = f" ({f} names {rec}, which does not answer: ignored)" if rec else ""
+        return ray, f"started a private local Ray instance{stale}"
+    ray.init(address=address or os.environ["RAY_ADDRESS"], **kw)
+    return ray, f"joined the cluster at {address or os.environ['RAY_ADDRESS']}"
+
+
+def _node_cpus(ray: Any) -> list[float]:
+    """The CPUs of each live node, largest first."""
+    cpus = [float(nd["Resources"].get("CPU", 0.0)) for nd in ray.nodes() if nd.get("Alive")]
+    return sorted((c for c in cpus if c > 0), reverse=True)
+
+
+def _fit_cpus(nodes: list[float], s_count: int, threads: int | None) -> tuple[float, int, str]:
+    """(CPUs each shard asks for, its threads, placement strategy): a request that fits on one
+    node, with room for all shards on the nodes; STRICT_SPREAD (one shard per node) when there
+    are enough nodes of that size, else SPREAD."""
+    total = sum(nodes)
+
+    def room(c: float) -> int:  # shards of c CPUs the nodes hold
+        return sum(math.floor(x / c + 1e-9) for x in nodes)
+
+    if not nodes:
+        raise ValueError("the Ray cluster has no live node with CPUs")
+    if threads is not None:
+        c, nthreads = float(threads), int(threads)
+        if c * s_count > total:
+            raise ValueError(
+                f"{s_count} shards of threads={threads} need {c * s_count:g} CPUs but the Ray "
+                f"cluster has {total:g}: lower threads (or leave it None to divide the CPUs)"
+            )
+        if room(c) < s_count:
+            raise ValueError(
+                f"{s_count} shards of threads={threads} do not fit on the nodes (CPUs per node: "
+                f"{', '.join(f'{x:g}' for x in nodes)}): a shard runs on one node; lower threads"
+            )
+    elif len(nodes) >= s_count and nodes[s_count - 1] >= 1:
+        # one shard per node: as many whole CPUs as the smallest of the S largest nodes has
+        c = float(math.floor(nodes[s_count - 1] + 1e-9))
+        nthreads = int(c)
+    else:
+        c = 0.0
+        for whole in range(int(min(nodes[0], total // s_count)), 0, -1):
+            if room(whole) >= s_count:
+                c = float(whole)
+                break
+        if c == 0.0:  # fewer CPUs than shards: shards share CPUs, in equal fractions of a node
+            for x in nodes:
+                for m in range(1, s_count + 1):
+                    f = math.floor(x / m * 1e4) / 1e4  # Ray counts CPUs in 1/10^4
+                    if f > 0 and room(f) >= s_count:
+                        c = max(c, f)
+                        break
+        nthreads = max(1, int(c))
+    big_enough = sum(1 for x in nodes if x + 1e-9 >= c)
+    return c, nthreads, "STRICT_SPREAD" if big_enough >= s_count else "SPREAD"
 
 
 def _partition(
@@ -851,14 +1234,18 @@ def _partition(
             "them; the guarantee is unchanged, the saving is lost",
             stacklevel=3,
         )
-    perm = np.random.default_rng(int(kw["seed"]) & 0xFFFFFFFFFFFFFFFF).permutation(n)
-    parts = [np.sort(perm[s::s_count]) for s in range(s_count)]
+    # each row to a part independently and uniformly at random, as the guarantee's proof
+    # assumes (equal-size parts would make the rows' parts dependent); an empty part is dropped
+    rng = np.random.default_rng(int(kw["seed"]) & 0xFFFFFFFFFFFFFFFF)
+    assign = rng.integers(0, s_count, size=n)
+    parts = [p for p in (np.flatnonzero(assign == s) for s in range(s_count)) if p.size]
+    s_count = len(parts)
     if isinstance(source, (str, os.PathLike)):
-        part_specs = [("store", os.fspath(source))] * s_count
+        part_specs = [("store", _abs(source))] * s_count
     else:
         arr, _ = as_features(source, bf16=kw["bf16"])
         part_specs = [("array", np.ascontiguousarray(arr[p])) for p in parts]
-    ray = _connect(address)
+    ray, _ = _connect(address)
     nthreads = int(threads) if threads is not None else 1
     local_kw = dict(
         kw, threads=nthreads, method="lazy" if kw["method"] == "naive" else kw["method"]
@@ -890,10 +1277,10 @@ def _partition(
         factor = PARTITION_FACTOR
         note = (
             "partition (RandGreeDi): (1 - 1/e)/2 of the best set of size k in expectation over "
-            "the random partition (monotone submodular, lambda = 0)"
+            "the random partition, for any k (monotone submodular: lambda = 0, no early stop)"
         )
     params = dict(
-        won.params, backend="ray", mode="partition", shards=s_count, source=what, winner=src
+        won.params, backend="ray", mode="partition", shards=len(specs), source=what, winner=src
     )
     return dataclasses.replace(
         won,
