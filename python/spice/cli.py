@@ -138,6 +138,23 @@ def _device(name: str) -> Any:
     return torch.device("cuda", index)
 
 
+def _check_data(args: argparse.Namespace) -> list:
+    """The records of --data, checked (see :func:`spice.pipeline.check_data`)."""
+    from .pipeline import check_data
+
+    invalid = "skip" if getattr(args, "skip_invalid", False) else "error"
+    return check_data(
+        args.data, split=args.split, columns=args.columns, invalid=invalid, what="--data"
+    )
+
+
+def _check_k(args: argparse.Namespace, n: int, of: str) -> None:
+    """Refuse a --k larger than the ``n`` rows there are to choose from (``of``: "<n> <of>" says
+    what they are); --k 0 is refused when the options are parsed."""
+    if args.k is not None and args.k > n:
+        raise ValueError(f"--k {args.k} is out of range: need 1 <= k <= {n} ({n} {of})")
+
+
 def _unused(args: argparse.Namespace) -> tuple[str, ...]:
     """Optional modules this extraction does without (peft brings the LoRA adapters)."""
     return ("peft",) if args.lora_r == 0 else ()
@@ -147,6 +164,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     from .pipeline import require_extras
 
     require_extras("spice features", "hf", unused=_unused(args))
+    _check_data(args)  # before the model loads (tens of seconds): a data error comes first
     store = _extract(args, Path(args.out))
     print(f"spice: wrote {store!r}")
     return 0
@@ -155,6 +173,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 def _select_into(args: argparse.Namespace, store: Any, out: Path, extra: dict) -> int:
     from .pipeline import select_to_dir
 
+    _check_k(args, len(store), f"rows in feature store {store.path}")
     sel = select_to_dir(
         store,
         args.data,
@@ -206,6 +225,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "spice run", "hf", *(() if args.no_report else ("report",)), unused=_unused(args)
     )
     out = check_out_dir(args.out, args.overwrite, "selection.json")
+    records = _check_data(args)  # before the model loads: a data error comes first
+    _check_k(args, len(records), f"records in {args.data}")
     with removed_if_failed(out):  # a failed first step leaves no empty folder behind
         store = _extract(args, out / "features")
     rc = _select_into(args, store, out, {"model": args.model, "gguf_file": args.gguf_file})
@@ -227,7 +248,6 @@ def cmd_online(args: argparse.Namespace) -> int:
 
 
 def _online(args: argparse.Namespace, out: Path) -> int:
-    from .features.records import load_records
     from .hfdata import resolve_source, write_dataset_subset
     from .online import preset, run_online
     from .outputs import write_json, write_subset
@@ -254,7 +274,7 @@ def _online(args: argparse.Namespace, out: Path) -> int:
     if args.lora_r is not None:
         over["lora_r"] = args.lora_r
     cfg = preset(args.preset, **over)
-    records = load_records(args.data, split=args.split, columns=args.columns)
+    records = _check_data(args)  # before the model loads: a data error comes first
     source = resolve_source(args.data, args.split)
     model, tok, _ = load_model(args.model, args.gguf_file)
     t0 = time.perf_counter()
