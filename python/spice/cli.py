@@ -629,13 +629,82 @@ def _error_text(e: BaseException) -> str:
     return text if text else type(e).__name__
 
 
+def _command_line(argv: Sequence[str], drop: tuple[str, ...] = ()) -> str:
+    """The command as the user typed it (less the flags in ``drop``), quoted for a shell."""
+    import shlex
+
+    here = Path(__file__).with_name("__main__.py").resolve()
+    prog = "python -m spice" if sys.argv and Path(sys.argv[0]).resolve() == here else "spice"
+    return " ".join([prog, *(shlex.quote(a) for a in argv if a not in drop)])
+
+
+def _features_saved(path: Path) -> str:
+    from .pipeline import store_progress
+
+    p = store_progress(path)
+    if p is None:
+        return f"nothing saved yet (no feature rows were finished in {path})"
+    if p["complete"]:
+        return f"the features are complete in {path} ({p['rows']} rows)"
+    partial = f" and {p['partial_rows']} rows of unfinished chunks" if p["partial_rows"] else ""
+    return (
+        f"{p['done_chunks']} of {p['chunks']} chunks finished ({p['done_rows']} of {p['rows']} "
+        f"rows){partial} saved in {path}; rows computed since the last save (at most "
+        "--checkpoint-seconds ago) are computed again"
+    )
+
+
+def _interrupted(args: argparse.Namespace, argv: Sequence[str]) -> str:
+    """What an interrupted command leaves on disk and the command that goes on from there."""
+    from .pipeline import store_progress
+
+    again = _command_line(argv)
+    if args.cmd == "features":
+        out = Path(args.out)
+        if isinstance(args.shard, tuple) and args.shard[1] > 1 and "WORLD_SIZE" not in os.environ:
+            i, n = args.shard
+            out = out / "parts" / f"part-{i:04d}-of-{n:04d}"
+        saved = _features_saved(out)
+    elif args.cmd == "run":
+        feats = Path(args.out) / "features"
+        saved = _features_saved(feats)
+        if (store_progress(feats) or {}).get("complete"):
+            saved += "; the selection is written only when it finishes, so it starts over"
+    elif args.cmd == "online":
+        from .online import checkpoint_progress
+
+        p = checkpoint_progress(Path(args.out) / "online")
+        if p is None:
+            saved = (
+                "nothing saved yet (the first checkpoint is written after the first proxy "
+                "update, every --update-every pools)"
+            )
+        else:
+            saved = (
+                f"checkpoint after {p['next_pool']} of {p['pools']} pools ({p['picks']} picks, "
+                f"{p['steps']} proxy updates) in {Path(args.out) / 'online'}; the pools after it "
+                "are redone"
+            )
+        again = _command_line(argv, drop=("--restart",))  # --restart would discard it
+    elif args.cmd == "select":
+        saved = f"nothing saved (the selection writes {args.out} only when it finishes)"
+    elif args.cmd == "demo":
+        saved = "nothing kept (a demo starts over)"
+    else:
+        return "spice: interrupted"
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        again = "the same torchrun command"
+    return f"spice: interrupted: {saved}.\nspice: to go on, run again: {again}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
-        print("spice: interrupted", file=sys.stderr)
+        print(_interrupted(args, argv), file=sys.stderr)
         return 130
     except Exception as e:  # the whole message, no traceback unless --debug
         if args.debug:

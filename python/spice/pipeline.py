@@ -271,6 +271,41 @@ def check_store_matches(
     return fp
 
 
+def store_progress(path: str | os.PathLike) -> dict | None:
+    """What a feature store folder holds so far, from its manifest and chunk markers (the rows
+    are not read or checked; a resumed run checks them): ``{"complete": bool, "rows": total
+    rows, "chunks": chunks of this store or part, "done_chunks", "done_rows": rows of finished
+    chunks, "partial_rows": rows saved in unfinished chunks}``; None where there is no store."""
+    import json
+
+    path = Path(path)
+    try:
+        m = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(m, dict):
+        return None
+    total = int(m.get("rows", m.get("total_rows", 0)) or 0)
+    if m.get("status") == "complete":
+        n = len(m.get("chunks", ())) or 1
+        return dict(complete=True, rows=total, chunks=n, done_chunks=n, done_rows=total,
+                    partial_rows=0)  # fmt: skip
+    mine = m.get("my_chunks") or []
+    done_chunks = done_rows = partial = 0
+    for marker in sorted((path / "shards").glob("chunk-*.json")):
+        try:
+            meta = json.loads(marker.read_text(encoding="utf-8"))
+            if marker.name.endswith(".partial.json"):
+                partial += len(meta["done"])
+            else:
+                done_chunks += 1
+                done_rows += int(meta["rows"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a damaged marker: its chunk is recomputed
+    return dict(complete=False, rows=total, chunks=len(mine), done_chunks=done_chunks,
+                done_rows=done_rows, partial_rows=partial)  # fmt: skip
+
+
 def check_out_dir(out: str | os.PathLike, overwrite: bool, marker: str) -> Path:
     """Refuse an ``out`` that is a file, or that already holds ``marker`` unless ``overwrite``;
     creates nothing."""
