@@ -471,7 +471,12 @@ def _add_select_opts(p: argparse.ArgumentParser) -> None:
         default=None,
         help="budget as a fraction of the rows, in (0, 1] (default: 0.1 without --budget-tokens)",
     )
-    g.add_argument("--k", type=_INT1, default=None, help="budget as a count (overrides --fraction)")
+    g.add_argument(
+        "--k",
+        type=_INT1,
+        default=None,
+        help="budget as a count, 1 <= k <= the number of rows (instead of --fraction)",
+    )
     p.add_argument(
         "--budget-tokens",
         type=_INT1,
@@ -528,7 +533,10 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _sub(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, description=help, formatter_class=_Help)
+    # argparse %-formats a command's help (the list in `spice --help`), not its description
+    return sub.add_parser(
+        name, help=help, description=help.replace("%%", "%"), formatter_class=_Help
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
