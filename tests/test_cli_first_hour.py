@@ -240,6 +240,14 @@ def test_interrupted_online_names_its_checkpoint(work, tmp_path, capsys, monkeyp
     assert main(again) == 0
     sel = json.loads((tmp_path / "on" / "selection.json").read_text())
     assert len(sel["indices"]) == 12 and len(calls) == 3  # resumed: pools 1-2 not rescored
+    # --restart, stopped before its first checkpoint: the old one is not offered for resuming
+    calls.clear()
+    monkeypatch.setattr(spice.online, "_pool_features", two_then_stop)
+    calls.extend([1, 1])
+    assert main([*argv, "--overwrite"]) == 130
+    err = capsys.readouterr().err
+    assert "nothing saved yet (the first checkpoint" in err
+    assert _resume_line(err) == [*argv, "--overwrite"]
 
 
 def test_interrupted_before_anything_was_saved(work, tmp_path, capsys, monkeypatch):

@@ -662,8 +662,9 @@ def _features_saved(path: Path) -> str:
     )
 
 
-def _interrupted(args: argparse.Namespace, argv: Sequence[str]) -> str:
-    """What an interrupted command leaves on disk and the command that goes on from there."""
+def _interrupted(args: argparse.Namespace, argv: Sequence[str], started: float) -> str:
+    """What an interrupted command leaves on disk and the command that goes on from there
+    (``started``: the command's start, time.time())."""
     from .pipeline import store_progress
 
     again = _command_line(argv)
@@ -682,6 +683,9 @@ def _interrupted(args: argparse.Namespace, argv: Sequence[str]) -> str:
         from .online import checkpoint_progress
 
         p = checkpoint_progress(Path(args.out) / "online")
+        if p is not None and args.restart:  # an older run's checkpoint is what --restart ignores
+            if (Path(args.out) / "online" / "checkpoint.json").stat().st_mtime < started:
+                p = None
         if p is None:
             saved = (
                 "nothing saved yet (the first checkpoint is written after the first proxy "
@@ -693,7 +697,7 @@ def _interrupted(args: argparse.Namespace, argv: Sequence[str]) -> str:
                 f"{p['steps']} proxy updates) in {Path(args.out) / 'online'}; the pools after it "
                 "are redone"
             )
-        again = _command_line(argv, drop=("--restart",))  # --restart would discard it
+            again = _command_line(argv, drop=("--restart",))  # --restart would discard it
     elif args.cmd == "select":
         saved = f"nothing saved (the selection writes {args.out} only when it finishes)"
     elif args.cmd == "demo":
@@ -709,10 +713,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    started = time.time()
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
-        print(_interrupted(args, argv), file=sys.stderr)
+        print(_interrupted(args, argv, started), file=sys.stderr)
         return 130
     except Exception as e:  # the whole message, no traceback unless --debug
         if args.debug:
