@@ -177,10 +177,16 @@ def test_interrupted_features_say_what_was_saved_and_resume(work, tmp_path, caps
         real(self, chunk, rows, index_rows)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(StoreWriter, "write_chunk", one_then_stop)
+    def stop(self, chunk, rows, index_rows):
+        raise KeyboardInterrupt
+
     out = tmp_path / "my feats"  # a space: the printed command must quote it
     argv = ["features", "--model", str(work / "model"), "--data", str(work / "data.jsonl")]
     argv += ["--out", str(out), "--chunk-rows", "20", *SMALL]
+    monkeypatch.setattr(StoreWriter, "write_chunk", stop)
+    assert main(argv) == 130
+    assert f"no rows saved yet in {out}" in capsys.readouterr().err
+    monkeypatch.setattr(StoreWriter, "write_chunk", one_then_stop)
     assert main(argv) == 130
     err = capsys.readouterr().err
     assert f"1 of 3 chunks finished (20 of 60 rows) saved in {out}" in err

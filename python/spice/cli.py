@@ -654,6 +654,11 @@ def _features_saved(path: Path) -> str:
         return f"nothing saved yet (no feature rows were finished in {path})"
     if p["complete"]:
         return f"the features are complete in {path} ({p['rows']} rows)"
+    if not p["done_rows"] and not p["partial_rows"]:
+        return (
+            f"no rows saved yet in {path} (rows are saved by chunks of --chunk-rows and at least "
+            "every --checkpoint-seconds)"
+        )
     partial = f" and {p['partial_rows']} rows of unfinished chunks" if p["partial_rows"] else ""
     return (
         f"{p['done_chunks']} of {p['chunks']} chunks finished ({p['done_rows']} of {p['rows']} "
