@@ -139,6 +139,23 @@ def _device(name: str) -> Any:
     return torch.device("cuda", index)
 
 
+def _check_data(args: argparse.Namespace) -> list:
+    """The records of --data, checked (see :func:`spice.pipeline.check_data`)."""
+    from .pipeline import check_data
+
+    invalid = "skip" if getattr(args, "skip_invalid", False) else "error"
+    return check_data(
+        args.data, split=args.split, columns=args.columns, invalid=invalid, what="--data"
+    )
+
+
+def _check_k(args: argparse.Namespace, n: int, of: str) -> None:
+    """Refuse a --k larger than the ``n`` rows there are to choose from (``of``: "<n> <of>" says
+    what they are); --k 0 is refused when the options are parsed."""
+    if args.k is not None and args.k > n:
+        raise ValueError(f"--k {args.k} is out of range: need 1 <= k <= {n} ({n} {of})")
+
+
 def _unused(args: argparse.Namespace) -> tuple[str, ...]:
     """Optional modules this extraction does without (peft brings the LoRA adapters)."""
     return ("peft",) if args.lora_r == 0 else ()
@@ -148,6 +165,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     from .pipeline import require_extras
 
     require_extras("spice features", "hf", unused=_unused(args))
+    _check_data(args)  # before the model loads (tens of seconds): a data error comes first
     store = _extract(args, Path(args.out))
     print(f"spice: wrote {store!r}")
     return 0
@@ -156,6 +174,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 def _select_into(args: argparse.Namespace, store: Any, out: Path, extra: dict) -> int:
     from .pipeline import select_to_dir
 
+    _check_k(args, len(store), f"rows in feature store {store.path}")
     sel = select_to_dir(
         store,
         args.data,
@@ -207,6 +226,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "spice run", "hf", *(() if args.no_report else ("report",)), unused=_unused(args)
     )
     out = check_out_dir(args.out, args.overwrite, "selection.json")
+    records = _check_data(args)  # before the model loads: a data error comes first
+    _check_k(args, len(records), f"records in {args.data}")
     with removed_if_failed(out):  # a failed first step leaves no empty folder behind
         store = _extract(args, out / "features")
     rc = _select_into(args, store, out, {"model": args.model, "gguf_file": args.gguf_file})
@@ -228,7 +249,6 @@ def cmd_online(args: argparse.Namespace) -> int:
 
 
 def _online(args: argparse.Namespace, out: Path) -> int:
-    from .features.records import load_records
     from .hfdata import resolve_source, write_dataset_subset
     from .online import preset, run_online
     from .outputs import write_json, write_subset
@@ -255,7 +275,7 @@ def _online(args: argparse.Namespace, out: Path) -> int:
     if args.lora_r is not None:
         over["lora_r"] = args.lora_r
     cfg = preset(args.preset, **over)
-    records = load_records(args.data, split=args.split, columns=args.columns)
+    records = _check_data(args)  # before the model loads: a data error comes first
     source = resolve_source(args.data, args.split)
     model, tok, _ = load_model(args.model, args.gguf_file)
     t0 = time.perf_counter()
@@ -460,7 +480,12 @@ def _add_select_opts(p: argparse.ArgumentParser) -> None:
         default=None,
         help="budget as a fraction of the rows, in (0, 1] (default: 0.1 without --budget-tokens)",
     )
-    g.add_argument("--k", type=_INT1, default=None, help="budget as a count (overrides --fraction)")
+    g.add_argument(
+        "--k",
+        type=_INT1,
+        default=None,
+        help="budget as a count, 1 <= k <= the number of rows (instead of --fraction)",
+    )
     p.add_argument(
         "--budget-tokens",
         type=_INT1,
@@ -517,7 +542,10 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _sub(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, description=help, formatter_class=_Help)
+    # argparse %-formats a command's help (the list in `spice --help`), not its description
+    return sub.add_parser(
+        name, help=help, description=help.replace("%%", "%"), formatter_class=_Help
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -618,13 +646,92 @@ def _error_text(e: BaseException) -> str:
     return text if text else type(e).__name__
 
 
+def _command_line(argv: Sequence[str], drop: tuple[str, ...] = ()) -> str:
+    """The command as the user typed it (less the flags in ``drop``), quoted for a shell."""
+    import shlex
+
+    here = Path(__file__).with_name("__main__.py").resolve()
+    prog = "python -m spice" if sys.argv and Path(sys.argv[0]).resolve() == here else "spice"
+    return " ".join([prog, *(shlex.quote(a) for a in argv if a not in drop)])
+
+
+def _features_saved(path: Path) -> str:
+    from .pipeline import store_progress
+
+    p = store_progress(path)
+    if p is None:
+        return f"nothing saved yet (no feature rows were finished in {path})"
+    if p["complete"]:
+        return f"the features are complete in {path} ({p['rows']} rows)"
+    if not p["done_rows"] and not p["partial_rows"]:
+        return (
+            f"no rows saved yet in {path} (rows are saved by chunks of --chunk-rows and at least "
+            "every --checkpoint-seconds)"
+        )
+    partial = f" and {p['partial_rows']} rows of unfinished chunks" if p["partial_rows"] else ""
+    return (
+        f"{p['done_chunks']} of {p['chunks']} chunks finished ({p['done_rows']} of {p['rows']} "
+        f"rows){partial} saved in {path}; rows computed since the last save (at most "
+        "--checkpoint-seconds ago) are computed again"
+    )
+
+
+def _interrupted(args: argparse.Namespace, argv: Sequence[str], started: float) -> str:
+    """What an interrupted command leaves on disk and the command that goes on from there
+    (``started``: the command's start, time.time())."""
+    from .pipeline import store_progress
+
+    again = _command_line(argv)
+    if args.cmd == "features":
+        out = Path(args.out)
+        if isinstance(args.shard, tuple) and args.shard[1] > 1 and "WORLD_SIZE" not in os.environ:
+            i, n = args.shard
+            out = out / "parts" / f"part-{i:04d}-of-{n:04d}"
+        saved = _features_saved(out)
+    elif args.cmd == "run":
+        feats = Path(args.out) / "features"
+        saved = _features_saved(feats)
+        if (store_progress(feats) or {}).get("complete"):
+            saved += "; the selection is written only when it finishes, so it starts over"
+    elif args.cmd == "online":
+        from .online import checkpoint_progress
+
+        p = checkpoint_progress(Path(args.out) / "online")
+        if p is not None and args.restart:  # an older run's checkpoint is what --restart ignores
+            if (Path(args.out) / "online" / "checkpoint.json").stat().st_mtime < started:
+                p = None
+        if p is None:
+            saved = (
+                "nothing saved yet (the first checkpoint is written after the first proxy "
+                "update, every --update-every pools)"
+            )
+        else:
+            saved = (
+                f"checkpoint after {p['next_pool']} of {p['pools']} pools ({p['picks']} picks, "
+                f"{p['steps']} proxy updates) in {Path(args.out) / 'online'}; the pools after it "
+                "are redone"
+            )
+            again = _command_line(argv, drop=("--restart",))  # --restart would discard it
+    elif args.cmd == "select":
+        saved = f"nothing saved (the selection writes {args.out} only when it finishes)"
+    elif args.cmd == "demo":
+        saved = "nothing kept (a demo starts over)"
+    else:
+        return "spice: interrupted"
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        again = "the same torchrun command"
+    return f"spice: interrupted: {saved}.\nspice: to go on, run again: {again}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    started = time.time()
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
-        print("spice: interrupted", file=sys.stderr)
+        print(_interrupted(args, argv, started), file=sys.stderr)
         return 130
     except Exception as e:  # the whole message, no traceback unless --debug
         if args.debug:

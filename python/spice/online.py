@@ -10,6 +10,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -22,7 +23,7 @@ import numpy as np
 
 from .selection import select
 
-__all__ = ["OnlineConfig", "OnlineResult", "PRESETS", "run_online"]
+__all__ = ["OnlineConfig", "OnlineResult", "PRESETS", "run_online", "checkpoint_progress"]
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,18 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def checkpoint_progress(out: str | os.PathLike) -> dict | None:
+    """What the checkpoint in ``out`` holds, without loading it (no torch): ``{"next_pool",
+    "pools", "picks", "steps"}`` (pools done, pools in all, picks and optimizer steps so far), or
+    None when ``out`` has no checkpoint."""
+    out = Path(out)
+    try:
+        info = json.loads((out / "checkpoint.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and (out / "checkpoint.pt").is_file() else None
+
+
 def run_online(
     model: Any,
     tokenizer: Any,
@@ -336,6 +349,11 @@ def run_online(
                     "sched": sched.state_dict(),
                 },
             )
+            # a summary beside it, for the message of an interrupted run (read without torch)
+            info = {"next_pool": pi + 1, "pools": len(pools), "picks": len(picks), "steps": steps}
+            tmp = out / "checkpoint.json.tmp"
+            tmp.write_text(json.dumps(info) + "\n", encoding="utf-8")
+            os.replace(tmp, out / "checkpoint.json")
     shutil.rmtree(scratch, ignore_errors=True)
     return OnlineResult(
         indices=np.asarray(picks, dtype=np.int64), pools=stats, steps=steps, resumed_from_pool=start

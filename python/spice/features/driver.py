@@ -544,6 +544,9 @@ def _extract(
         device = p0.device if p0 is not None else torch.device("cpu")
         extra = {
             "library": {"name": "spice-select", "version": _library_version()},
+            # how the data was read: not compared on resume (the fingerprint covers the content),
+            # kept so that a later mismatch can name the --split/--columns that differ
+            "data_read": {"split": split, "columns": dict(columns) if columns else None},
             "compute": {
                 "device_type": device.type,
                 "param_dtype": str(p0.dtype) if p0 is not None else None,

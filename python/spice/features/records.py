@@ -358,7 +358,8 @@ def _iter_jsonl(path: Path) -> Iterable[tuple[Any, str]]:
             try:
                 yield json.loads(text), where
             except json.JSONDecodeError as e:
-                msg = f"{where}: invalid JSON ({e.msg} at column {e.colno})"
+                # some of json's messages end in "at" already ("Invalid control character at")
+                msg = f"{where}: invalid JSON ({e.msg.removesuffix(' at')} at column {e.colno})"
                 yield _Bad(msg, text.strip()), where
             except RecursionError:
                 yield _Bad(f"{where}: JSON nested too deeply", text.strip()), where
@@ -389,7 +390,8 @@ def _iter_json_array(path: Path) -> Iterable[tuple[Any, str]]:
         try:
             obj, j = dec.raw_decode(text, i)
         except json.JSONDecodeError as e:
-            raise RecordError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+            msg = f"{e.msg.removesuffix(' at')} at column {e.colno}"
+            raise RecordError(f"{path}:{e.lineno}: invalid JSON ({msg})") from None
         except RecursionError:
             raise RecordError(f"{path}:{line(i)}: JSON nested too deeply") from None
         yield obj, f"{path}:{line(i)}"
