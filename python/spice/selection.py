@@ -533,8 +533,8 @@ def select(
         dot_products=int(raw.get("dot_products", 0)),
         guarantee=factor,
         guarantee_note=note,
-        tokens=float(raw["spent"]) if cons.cost is not None else None,
-        budget=cons.budget,
+        tokens=float(raw["spent"]) * cons.cost_scale if cons.cost is not None else None,
+        budget=cons.budget_given,
         group_counts=_group_counts(cons, idx),
         safeguard=bool(raw.get("safeguard", False)),
     )
@@ -544,4 +544,4 @@ def _group_counts(cons: Constraints, idx: np.ndarray) -> dict | None:
     if cons.groups is None or cons.labels is None:
         return None
     counts = np.bincount(cons.groups[idx], minlength=cons.labels.size)
-    return {int(lab): int(c) for lab, c in zip(cons.labels, counts)}
+    return {lab: int(c) for lab, c in zip(cons.labels.tolist(), counts)}
