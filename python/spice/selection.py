@@ -14,6 +14,7 @@ import numpy as np
 from . import _core
 from ._inputs import as_features, describe_bad_row, progress_says_continue
 from .constraints import Constraints, check_constraints, guarantee
+from .store import FeatureStore
 
 METHODS = ("naive", "lazy", "stochastic")
 OBJECTIVES = ("logdet", "diag-compat", "topk-compat")
@@ -309,6 +310,7 @@ def select(
     cost: Any = None,
     groups: Any = None,
     quotas: Any = None,
+    verify: bool = True,
 ) -> Selection:
     """Greedily pick rows of ``G`` maximising the SPICE score.
 
@@ -384,6 +386,11 @@ def select(
         label. A cap is an int count, or a float share in (0, 1] of k (at most floor(share·k)
         rows; needs k). Greedy over the partition matroid (a full group's rows are skipped):
         1/2 of the optimum at λ = 0. Combines with ``budget``. CPU backend, log-det only.
+    verify : bool
+        When ``G`` is a :class:`~spice.store.FeatureStore`, first re-hash its rows against the
+        manifest's checksums (streamed, bounded memory; once per opened store while its file is
+        unchanged) and raise ``StoreError`` naming a damaged chunk, as ``spice select`` does.
+        ``verify=False`` skips it. Other inputs have no checksums and are not checked.
 
     Returns
     -------
@@ -393,6 +400,8 @@ def select(
 
     if device not in (None, "cpu", "cuda"):
         raise ValueError(f"device must be None, 'cpu' or 'cuda', got {device!r}")
+    if verify and isinstance(G, FeatureStore):
+        G.verify_for_selection()
     on_gpu = device == "cuda" or (device is None and _gpu.is_cuda_array(G))
     if on_gpu:
         arr, code = _gpu.as_device_features(G, bf16=bf16)  # CuPy/torch CUDA: shared, no copy
