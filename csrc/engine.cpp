@@ -2,8 +2,15 @@
 // the run itself; and the core's public entry points (see spice/core.hpp).
 #include "engine.hpp"
 
+#include <dirent.h>
+#include <sched.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <stdexcept>
 
@@ -14,9 +21,90 @@
 namespace spice {
 namespace detail {
 
+namespace {
+
+// Runnable tasks system-wide right now (the 4th field of /proc/loadavg, "running/total"); -1 if
+// unknown.
+long runnable_tasks() {
+  std::FILE* f = std::fopen("/proc/loadavg", "r");
+  if (!f) return -1;
+  double l1, l5, l15;
+  long running = -1, total;
+  if (std::fscanf(f, "%lf %lf %lf %ld/%ld", &l1, &l5, &l15, &running, &total) != 5) running = -1;
+  std::fclose(f);
+  return running;
+}
+
+// This process's own runnable threads (the caller, and OpenMP workers still spinning after the
+// last parallel region): they are not load from others.
+long own_runnable_threads() {
+  long n = 0;
+  DIR* d = opendir("/proc/self/task");
+  if (!d) return 1;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    char path[64], buf[512];
+    std::snprintf(path, sizeof path, "/proc/self/task/%s/stat", e->d_name);
+    std::FILE* f = std::fopen(path, "r");
+    if (!f) continue;
+    const size_t got = std::fread(buf, 1, sizeof buf - 1, f);
+    std::fclose(f);
+    buf[got] = 0;
+    const char* close = std::strrchr(buf, ')');  // the name may hold spaces and parentheses
+    if (close && close[1] == ' ' && close[2] == 'R') ++n;
+  }
+  closedir(d);
+  return std::max<long>(n, 1);
+}
+
+// CPUs this process may use: its affinity mask, and a cgroup v2 quota if one is set.
+int usable_cpus() {
+  int cpus = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) cpus = CPU_COUNT(&set);
+  if (std::FILE* f = std::fopen("/sys/fs/cgroup/cpu.max", "r")) {
+    char quota[32] = {0};
+    long period = 0;
+    if (std::fscanf(f, "%31s %ld", quota, &period) == 2 && std::strcmp(quota, "max") != 0 &&
+        period > 0) {
+      const long q = std::atol(quota);
+      if (q > 0) cpus = std::min<int>(cpus, static_cast<int>((q + period - 1) / period));
+    }
+    std::fclose(f);
+  }
+  return std::max(cpus, 1);
+}
+
+}  // namespace
+
+// threads = 0: OMP_NUM_THREADS when the user set it; else the usable CPUs less those that other
+// processes' runnable tasks occupy now, at least 1. Every parallel region ends at a barrier, so
+// a run on more threads than free cores waits, region after region, for a thread the scheduler
+// has parked behind someone else's process: with busy processes on all cores two threads took
+// many times longer than one (bench/RESULTS.md, "Selection under load"). Results do not depend
+// on the thread count, only the time does.
+int auto_threads() {
+#ifdef _OPENMP
+  const int nmax = omp_get_max_threads();
+  const char* env = std::getenv("OMP_NUM_THREADS");
+  if (nmax <= 1 || (env && *env)) return std::max(nmax, 1);
+  const long running = runnable_tasks();
+  if (running < 0) return nmax;
+  const int usable = usable_cpus();
+  const int host = std::max(1, static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN)));
+  // Others' runnable tasks, spread evenly over the host's CPUs; the share on ours is load.
+  const double others =
+      static_cast<double>(std::max<long>(0, running - own_runnable_threads())) * usable / host;
+  const int free_cpus = static_cast<int>(std::floor(usable - others + 1e-9));
+  return std::max(1, std::min(nmax, free_cpus));
+#else
+  return 1;
+#endif
+}
+
 int resolve_threads(int t) {
 #ifdef _OPENMP
-  return t > 0 ? t : omp_get_max_threads();
+  return t > 0 ? t : auto_threads();
 #else
   (void)t;
   return 1;

@@ -29,6 +29,7 @@ namespace detail {
 constexpr int64_t kParallelWork = int64_t(1) << 18;
 
 int resolve_threads(int t);
+int auto_threads();  // the thread count threads = 0 resolves to now
 // The checks of select's input, but k <= n (engine.cpp).
 void validate(const MatrixView& G, const Options& opt);
 
