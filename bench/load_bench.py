@@ -3,6 +3,7 @@ OpenMP wait policies, each in a fresh process (libgomp reads its environment onc
 
     python bench/load_bench.py --busy 0            # quiet (as quiet as the machine is)
     python bench/load_bench.py --busy 3            # three busy-loop processes of our own
+    python bench/load_bench.py --busy 3 --busy-after 1   # the load arrives one second in
     python bench/load_bench.py --quick             # seconds; checks the script still runs
 
 Each row is the best of --repeat runs; every setting's picks must equal threads=1's bit for bit.
@@ -58,6 +59,12 @@ def main() -> None:
     ap.add_argument("--d", type=int, default=512)
     ap.add_argument("--k", type=int, default=2000)
     ap.add_argument("--busy", type=int, default=0)
+    ap.add_argument(
+        "--busy-after",
+        type=float,
+        default=0.0,
+        help="start the busy processes this many seconds into each run (load arriving mid-run)",
+    )
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--settings", default=";".join(SETTINGS))
     ap.add_argument("--quick", action="store_true")
@@ -74,7 +81,8 @@ def main() -> None:
         path = os.path.join(tmp, "G.npy")
         rng = np.random.default_rng(0)
         np.save(path, rng.standard_normal((a.n, a.d), dtype=np.float32))
-        procs = [busy_loop() for _ in range(a.busy)]
+        late = a.busy_after > 0
+        procs = [] if late else [busy_loop() for _ in range(a.busy)]
         try:
             time.sleep(0.5 if procs else 0.0)
             load0 = open("/proc/loadavg").read().split()[:4]
@@ -82,13 +90,19 @@ def main() -> None:
             for name in names:
                 env_extra, th = SETTINGS[name]
                 env = {**os.environ, **env_extra}
-                out = subprocess.run(
-                    [sys.executable, __file__, "--child", path, str(a.k), str(th), str(a.repeat)],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stdout
+                cmd = [sys.executable, __file__, "--child", path, str(a.k), str(th), str(a.repeat)]
+                child_p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+                if late:  # the child's start-up (imports, np.load) is well under a second
+                    time.sleep(a.busy_after)
+                    procs += [busy_loop() for _ in range(a.busy)]
+                out, _ = child_p.communicate()
+                if child_p.returncode:
+                    raise SystemExit(f"{name}: child failed")
+                if late:
+                    for p in procs:
+                        p.kill()
+                        p.wait()
+                    procs = []
                 rows.append((name, json.loads(out.strip().splitlines()[-1])))
             load1 = open("/proc/loadavg").read().split()[:4]
         finally:
@@ -96,8 +110,12 @@ def main() -> None:
                 p.kill()
                 p.wait()
     base = dict(rows).get("threads=1")
-    print(f"n={a.n} d={a.d} k={a.k} busy={a.busy} cpus={os.cpu_count()} loadavg {load0} -> {load1}")
-    print("| setting | s | vs threads=1 | threads used | picks |")
+    when = f" (from {a.busy_after:g} s into each run)" if late else ""
+    print(
+        f"n={a.n} d={a.d} k={a.k} busy={a.busy}{when} cpus={os.cpu_count()} "
+        f"loadavg {load0} -> {load1}"
+    )
+    print("| setting | s | vs threads=1 | threads at start | picks |")
     print("|---|---:|---:|---:|---|")
     for name, r in rows:
         ratio = r["s"] / base["s"] if base else float("nan")

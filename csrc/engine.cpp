@@ -209,12 +209,25 @@ void Engine::add_pick(int64_t j) {
 // this step: the new w row and the conflict sum. Stepping shards apply other shards' picks
 // through here too (step_apply), so all of them compute the same numbers.
 void Engine::take_pick(const char* row_j, double q) {
+  retune_threads();
   std::vector<double> g(d_);
   kern::widen_row(G_.dtype, row_j, d_, g.data());
   if (opt_.objective == Objective::LogDet)
     inv_.append(row_j, g.data(), std::sqrt(opt_.alpha / (1.0 + opt_.alpha * q)));
   conf_.add(g.data());
   ++t_;
+}
+
+// Load that arrives (or leaves) after the start moves the default thread count as well: a
+// region's barrier waits for its slowest thread, so a run that keeps two threads while busy
+// processes take the cores slows several-fold (bench/RESULTS.md, "Selection under load").
+void Engine::retune_threads() {
+  if (opt_.threads > 0) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (std::chrono::duration<double>(now - last_tune_).count() < kTuneEvery) return;
+  last_tune_ = now;
+  nt_ = auto_threads();
+  inv_.set_threads(nt_);
 }
 
 // Progress hook, rate limited; false = cancelled.
@@ -352,7 +365,7 @@ void Engine::safeguard_single() {
 }
 
 Result Engine::run() {
-  t0_ = last_hook_ = std::chrono::steady_clock::now();
+  t0_ = last_hook_ = last_tune_ = std::chrono::steady_clock::now();
   init_norms();
   res_.stop = StopReason::Budget;
   if (res_.bad_row >= 0) return std::move(res_);
