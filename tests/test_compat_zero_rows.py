@@ -17,7 +17,9 @@ def test_a_zero_row_beats_a_row_whose_penalty_exceeds_its_gain():
     G = np.array([[1.2, 0.0], [0.0, 0.0], [-1.0, 0.1]])
     sel = spice.select(G, 3, conflict_penalty=1.0, objective="diag-compat")
     assert sel.indices.tolist() == [0, 1, 2]
-    np.testing.assert_allclose(sel.gains, [np.log(2.44), 0.0, np.log(1.01 + 1 / (1 + 1.2**4))], rtol=1e-12)
+    np.testing.assert_allclose(
+        sel.gains, [np.log(2.44), 0.0, np.log(1.01 + 1 / (1 + 1.2**4))], rtol=1e-12
+    )
     assert sel.scores[1] == 0.0 and sel.conflict[1] == 0.0
     assert sel.stop_reason == "budget"
 

@@ -49,3 +49,17 @@ def test_busy_processes_on_every_cpu_leave_one_thread():
             p.kill()
             p.wait()
     assert out.stdout.strip() == "1", out.stderr
+
+
+def test_load_bench_quick_runs():
+    import pathlib
+
+    script = pathlib.Path(__file__).resolve().parents[1] / "bench" / "load_bench.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--quick", "--busy", "1", "--settings", "threads=1;default"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "| default |" in out.stdout and "busy=1" in out.stdout

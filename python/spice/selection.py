@@ -345,7 +345,10 @@ def select(
     seed : int
         Seed of the stochastic method (results repeat exactly for a given seed).
     threads : int or None
-        OpenMP threads (None: all cores). Results do not depend on it.
+        OpenMP threads. None: the usable CPUs less those other processes keep busy, at least 1
+        (``OMP_NUM_THREADS`` when set), looked at again every 0.25 s during the run: more
+        threads than free cores wait at every parallel region for a descheduled one. Results do
+        not depend on it.
     objective : {"logdet", "diag-compat", "topk-compat"}
         ``logdet`` is the paper's objective. The other two reproduce the authors' released code and
         are NOT the paper's mathematics: ``diag-compat`` is a diagonal surrogate greedy
@@ -380,7 +383,7 @@ def select(
         modified greedy: (1 − 1/e)/2 of the optimum at λ = 0). SPICE+'s early stop then compares
         gains per unit cost. Lazy and naive greedy stay identical. ``sel.tokens`` is the cost
         spent. CPU backend, log-det objective only.
-    groups, quotas : array of n ints, dict or array
+    groups, quotas : array of n labels (any integer dtype, or strings), dict or array
         Source quotas: ``groups`` labels each row (e.g. its source data set), ``quotas`` caps the
         picks per label: a dict ``{label: cap}`` (labels not in it: no cap) or an array indexed by
         label. A cap is an int count, or a float share in (0, 1] of k (at most floor(share·k)
