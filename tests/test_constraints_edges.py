@@ -58,6 +58,12 @@ def test_uint64_labels_with_an_array_of_quotas_and_wrong_key_kinds():
         spice.select(G, 6, groups=labels + np.uint64(TWO63), quotas=[1, 2])
     with pytest.raises(TypeError, match="strings here"):
         spice.select(G, 6, groups=np.array(["a", "b"] * 7), quotas={0: 1})
+    with pytest.raises(TypeError, match="bytes here"):
+        spice.select(G, 6, groups=np.array([b"a", b"b"] * 7), quotas={"a": 1})
+    assert (
+        spice.select(G, 6, groups=np.array([b"a", b"b"] * 7), quotas={b"a": 1}).group_counts[b"a"]
+        == 1
+    )
     with pytest.raises(TypeError, match="needs integer group labels"):
         spice.select(G, 6, groups=np.array(["a", "b"] * 7), quotas=[1, 2])
     with pytest.raises(TypeError, match="all integers or all strings"):

@@ -135,18 +135,22 @@ def _dense_groups(groups: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _quota_dict(quotas: dict, labels: np.ndarray) -> dict:
-    """A quota dict keyed by Python values (numpy scalars unwrapped), its keys checked against
-    the kind of the labels (an int key never matches a string label, or the other way)."""
-    strings = labels.dtype.kind in "US" or (labels.size and isinstance(labels.tolist()[0], str))
+    """A quota dict keyed by Python values (numpy scalars unwrapped), each key checked against the
+    kind of the labels: a key of another kind (an int for string labels, a str for bytes labels)
+    could never match, and its quota would silently not apply."""
+    first = labels.tolist()[0] if labels.size else 0
+    kind, ok = (
+        ("bytes", lambda x: isinstance(x, bytes))
+        if isinstance(first, bytes)
+        else ("strings", lambda x: isinstance(x, str))
+        if isinstance(first, str)
+        else ("ints", _is_int)
+    )
     want = {}
     for key, v in quotas.items():
         key = _item(key)
-        if isinstance(key, bytes) and labels.dtype.kind == "S":
-            pass
-        elif strings and not isinstance(key, str):
-            raise TypeError(f"quota keys are group labels (strings here), got {key!r}")
-        elif not strings and not _is_int(key):
-            raise TypeError(f"quota keys are group labels (ints), got {key!r}")
+        if not ok(key):
+            raise TypeError(f"quota keys are group labels ({kind} here), got {key!r}")
         want[key] = v
     return want
 
