@@ -2,9 +2,11 @@
 // the run itself; and the core's public entry points (see spice/core.hpp).
 #include "engine.hpp"
 
+#if defined(__linux__)  // the load is read from /proc (auto_threads)
 #include <dirent.h>
 #include <sched.h>
 #include <unistd.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -21,6 +23,7 @@
 namespace spice {
 namespace detail {
 
+#if defined(_OPENMP) && defined(__linux__)
 namespace {
 
 // Runnable tasks system-wide right now (the 4th field of /proc/loadavg, "running/total"); -1 if
@@ -76,6 +79,7 @@ int usable_cpus() {
 }
 
 }  // namespace
+#endif
 
 // threads = 0: OMP_NUM_THREADS when the user set it; else the usable CPUs less those that other
 // processes' runnable tasks occupy now, at least 1. Every parallel region ends at a barrier, so
@@ -84,7 +88,9 @@ int usable_cpus() {
 // many times longer than one (bench/RESULTS.md, "Selection under load"). Results do not depend
 // on the thread count, only the time does.
 int auto_threads() {
-#ifdef _OPENMP
+#if defined(_OPENMP) && !defined(__linux__)
+  return omp_get_max_threads();  // no /proc to read the load from
+#elif defined(_OPENMP)
   const int nmax = omp_get_max_threads();
   const char* env = std::getenv("OMP_NUM_THREADS");
   if (nmax <= 1 || (env && *env)) return std::max(nmax, 1);
