@@ -12,6 +12,10 @@
 #include "bindings_common.hpp"
 #include "spice/core.hpp"
 
+namespace spice::detail {
+int auto_threads();  // engine.cpp
+}
+
 namespace py = pybind11;
 using spice_py::to_array;
 using spice_py::view_of;
@@ -211,6 +215,9 @@ PYBIND11_MODULE(_core, m) {
         py::arg("groups") = py::none(), py::arg("quotas") = py::none());
   m.def("row_norms2", &py_row_norms2, py::arg("G"), py::arg("dtype_code"), py::arg("threads") = 0);
   m.def("kernel_isa", &spice::kernel_isa);
+  m.def("auto_threads", &spice::detail::auto_threads,
+        "The thread count threads = 0 (the default) resolves to now: the usable CPUs less those "
+        "other processes keep busy, at least 1 (OMP_NUM_THREADS when set).");
   spice_py::bind_stepper(m);  // bindings_stepper.cpp: a shard of the distributed greedy
 #ifdef _OPENMP
   m.attr("openmp") = true;

@@ -9,11 +9,17 @@ namespace spice {
 namespace detail {
 
 // The authors' released "diag Fisher" greedy (docs/algorithm.md §8): not the log-det objective.
+// Their loop takes min(k, n) rows whatever the scores, so a zero row (gain log 1 = 0, cosine 0,
+// so score 0) is a candidate like any other: it is picked when every other row scores below 0
+// (a penalty above its gain) or none is left. init_norms marked zero rows dead for log-det;
+// here every row is revived.
 void Engine::run_diag_compat() {
   std::vector<double> den(d_, 1.0), inv(d_, 1.0), g(d_);
   std::vector<int64_t> alive;
-  for (int64_t i = 0; i < n_; ++i)
-    if (rs_[i].state == kAlive) alive.push_back(i);
+  for (int64_t i = 0; i < n_; ++i) {
+    rs_[i].state = kAlive;
+    alive.push_back(i);
+  }
   const double alpha = opt_.alpha, lambda = opt_.lambda;
   while (t_ < opt_.k) {
     const int64_t m = static_cast<int64_t>(alive.size());
@@ -32,7 +38,7 @@ void Engine::run_diag_compat() {
         K_.dots(G_.dtype, &ri, 1, &sv, 1, d_, &a);
       }
       conflict_of(i, a);
-      rs_[i].score = dl > 0.0 ? dl - lambda * conf(i) : kNegInf;
+      rs_[i].score = dl - lambda * conf(i);
     }
     res_.evaluations += m;
     const Best b = argmax(alive.data(), m);

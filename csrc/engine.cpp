@@ -2,8 +2,17 @@
 // the run itself; and the core's public entry points (see spice/core.hpp).
 #include "engine.hpp"
 
+#if defined(__linux__)  // the load is read from /proc (auto_threads)
+#include <dirent.h>
+#include <sched.h>
+#include <unistd.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <stdexcept>
 
@@ -14,9 +23,94 @@
 namespace spice {
 namespace detail {
 
+#if defined(_OPENMP) && defined(__linux__)
+namespace {
+
+// Runnable tasks system-wide right now (the 4th field of /proc/loadavg, "running/total"); -1 if
+// unknown.
+long runnable_tasks() {
+  std::FILE* f = std::fopen("/proc/loadavg", "r");
+  if (!f) return -1;
+  double l1, l5, l15;
+  long running = -1, total;
+  if (std::fscanf(f, "%lf %lf %lf %ld/%ld", &l1, &l5, &l15, &running, &total) != 5) running = -1;
+  std::fclose(f);
+  return running;
+}
+
+// This process's own runnable threads (the caller, and OpenMP workers still spinning after the
+// last parallel region): they are not load from others.
+long own_runnable_threads() {
+  long n = 0;
+  DIR* d = opendir("/proc/self/task");
+  if (!d) return 1;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    char path[64], buf[512];
+    std::snprintf(path, sizeof path, "/proc/self/task/%s/stat", e->d_name);
+    std::FILE* f = std::fopen(path, "r");
+    if (!f) continue;
+    const size_t got = std::fread(buf, 1, sizeof buf - 1, f);
+    std::fclose(f);
+    buf[got] = 0;
+    const char* close = std::strrchr(buf, ')');  // the name may hold spaces and parentheses
+    if (close && close[1] == ' ' && close[2] == 'R') ++n;
+  }
+  closedir(d);
+  return std::max<long>(n, 1);
+}
+
+// CPUs this process may use: its affinity mask, and a cgroup v2 quota if one is set.
+int usable_cpus() {
+  int cpus = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) cpus = CPU_COUNT(&set);
+  if (std::FILE* f = std::fopen("/sys/fs/cgroup/cpu.max", "r")) {
+    char quota[32] = {0};
+    long period = 0;
+    if (std::fscanf(f, "%31s %ld", quota, &period) == 2 && std::strcmp(quota, "max") != 0 &&
+        period > 0) {
+      const long q = std::atol(quota);
+      if (q > 0) cpus = std::min<int>(cpus, static_cast<int>((q + period - 1) / period));
+    }
+    std::fclose(f);
+  }
+  return std::max(cpus, 1);
+}
+
+}  // namespace
+#endif
+
+// threads = 0: OMP_NUM_THREADS when the user set it; else the usable CPUs less those that other
+// processes' runnable tasks occupy now, at least 1. Every parallel region ends at a barrier, so
+// a run on more threads than free cores waits, region after region, for a thread the scheduler
+// has parked behind someone else's process: with busy processes on all cores two threads took
+// many times longer than one (bench/RESULTS.md, "Selection under load"). Results do not depend
+// on the thread count, only the time does.
+int auto_threads() {
+#if defined(_OPENMP) && !defined(__linux__)
+  return omp_get_max_threads();  // no /proc to read the load from
+#elif defined(_OPENMP)
+  const int nmax = omp_get_max_threads();
+  const char* env = std::getenv("OMP_NUM_THREADS");
+  if (nmax <= 1 || (env && *env)) return std::max(nmax, 1);
+  const long running = runnable_tasks();
+  if (running < 0) return nmax;
+  const int usable = usable_cpus();
+  const int host = std::max(1, static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN)));
+  // Others' runnable tasks, spread evenly over the host's CPUs; the share on ours is load.
+  const double others =
+      static_cast<double>(std::max<long>(0, running - own_runnable_threads())) * usable / host;
+  const int free_cpus = static_cast<int>(std::floor(usable - others + 1e-9));
+  return std::max(1, std::min(nmax, free_cpus));
+#else
+  return 1;
+#endif
+}
+
 int resolve_threads(int t) {
 #ifdef _OPENMP
-  return t > 0 ? t : omp_get_max_threads();
+  return t > 0 ? t : auto_threads();
 #else
   (void)t;
   return 1;
@@ -121,12 +215,25 @@ void Engine::add_pick(int64_t j) {
 // this step: the new w row and the conflict sum. Stepping shards apply other shards' picks
 // through here too (step_apply), so all of them compute the same numbers.
 void Engine::take_pick(const char* row_j, double q) {
+  retune_threads();
   std::vector<double> g(d_);
   kern::widen_row(G_.dtype, row_j, d_, g.data());
   if (opt_.objective == Objective::LogDet)
     inv_.append(row_j, g.data(), std::sqrt(opt_.alpha / (1.0 + opt_.alpha * q)));
   conf_.add(g.data());
   ++t_;
+}
+
+// Load that arrives (or leaves) after the start moves the default thread count as well: a
+// region's barrier waits for its slowest thread, so a run that keeps two threads while busy
+// processes take the cores slows several-fold (bench/RESULTS.md, "Selection under load").
+void Engine::retune_threads() {
+  if (opt_.threads > 0) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (std::chrono::duration<double>(now - last_tune_).count() < kTuneEvery) return;
+  last_tune_ = now;
+  nt_ = auto_threads();
+  inv_.set_threads(nt_);
 }
 
 // Progress hook, rate limited; false = cancelled.
@@ -264,7 +371,7 @@ void Engine::safeguard_single() {
 }
 
 Result Engine::run() {
-  t0_ = last_hook_ = std::chrono::steady_clock::now();
+  t0_ = last_hook_ = last_tune_ = std::chrono::steady_clock::now();
   init_norms();
   res_.stop = StopReason::Budget;
   if (res_.bad_row >= 0) return std::move(res_);

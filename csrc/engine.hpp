@@ -29,6 +29,7 @@ namespace detail {
 constexpr int64_t kParallelWork = int64_t(1) << 18;
 
 int resolve_threads(int t);
+int auto_threads();  // the thread count threads = 0 resolves to now
 // The checks of select's input, but k <= n (engine.cpp).
 void validate(const MatrixView& G, const Options& opt);
 
@@ -91,7 +92,11 @@ class Engine {
   std::vector<int64_t> remaining_;  // stepping, sampled: rows not known picked or dead
   int64_t sampled_ = -1;            // its first sampled_ rows were the last draw (-1: none yet)
   Candidate best_;
-  std::chrono::steady_clock::time_point t0_, last_hook_;
+  std::chrono::steady_clock::time_point t0_, last_hook_, last_tune_;
+  // threads = 0: the thread count follows the load during the run too, looked at every
+  // kTuneEvery seconds at a pick (the picks do not depend on it).
+  static constexpr double kTuneEvery = 0.25;
+  void retune_threads();
 
   // refresh's scratch: the tile plan, the candidates' steps in their order, and
   // refresh_shared's buffer offsets, work items, (chunk, tile) pairs and products

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -167,3 +168,41 @@ def test_store_module_does_not_import_torch():
     code = "import sys, spice.store; assert 'torch' not in sys.modules; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_select_from_python_refuses_a_flipped_byte_naming_the_chunk(tmp_path, monkeypatch):
+    """spice.select(store) checks the rows against the manifest's checksums first, with the
+    CLI's message; verify=False skips it; a store checked once is not hashed again."""
+    import spice
+
+    write(tmp_path / "s").finalize()
+    good = FeatureStore.open(tmp_path / "s")
+    want = spice.select(good, 5, verify=False).indices
+    path = tmp_path / "s" / "features.npy"
+    raw = bytearray(path.read_bytes())
+    raw[-2 * 2 * D - 1] ^= 0x04  # one bit of row N - 2, in chunk 4 (rows 20 to 22)
+    path.write_bytes(bytes(raw))
+    bad = FeatureStore.open(tmp_path / "s")
+    msg = "is damaged: chunk 4 (rows 20 to 22) does not match its checksum"
+    with pytest.raises(StoreError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        spice.select(bad, 5)
+    assert len(spice.select(bad, 5, verify=False)) == 5  # the caller's choice
+
+    raw[-2 * 2 * D - 1] ^= 0x04  # repaired
+    path.write_bytes(bytes(raw))
+    store = FeatureStore.open(tmp_path / "s")
+    calls = []
+    real = FeatureStore.verify
+
+    def counted(self, threads=None):
+        calls.append(1)
+        real(self, threads)
+
+    monkeypatch.setattr(FeatureStore, "verify", counted)
+    np.testing.assert_array_equal(spice.select(store, 5).indices, want)
+    spice.select(store, 3)
+    assert calls == [1]  # hashed once for this opened store
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the file changed since
+    spice.select(store, 3)
+    assert calls == [1, 1]

@@ -24,6 +24,7 @@ class InverseFactor {
     W_.open(cap_rows * static_cast<size_t>(d_), spill_dir);
   }
   int64_t rows() const { return t_; }
+  void set_threads(int threads) { nt_ = threads; }
   const double* w(int64_t s) const { return W_.data() + s * d_; }
   bool has_inverse() const { return !minv_.empty(); }
   // Append w_t = scale * M_t^{-1} g for a pick: row_j is its row of G, g the same row widened

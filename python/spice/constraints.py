@@ -24,8 +24,11 @@ MATROID_FACTOR = 0.5
 class Constraints:
     """Checked constraints, as the core takes them (all None when there are none).
 
-    cost: float64 (n,), budget: float; groups: int32 (n,) dense group numbers, caps: int64
-    (number of groups,) the most picks per group, labels: the user's label of each dense group.
+    cost: float64 (n,) and budget: float, both in the core's units: the user's divided by
+    ``cost_scale``, a power of two (exact) that brings the largest cost into [0.5, 1), so that
+    score / cost and score * cost stay normal floats; ``budget_given``: the user's budget.
+    groups: int32 (n,) dense group numbers, caps: int64 (number of groups,) the most picks per
+    group (at most k), labels: the user's label of each dense group (their dtype, sorted).
     """
 
     cost: np.ndarray | None = None
@@ -33,6 +36,8 @@ class Constraints:
     groups: np.ndarray | None = None
     caps: np.ndarray | None = None
     labels: np.ndarray | None = None
+    cost_scale: float = 1.0
+    budget_given: float | None = None
 
     @property
     def active(self) -> bool:
@@ -48,27 +53,106 @@ def _is_float(v: Any) -> bool:
 
 
 def _cap(label: Any, v: Any, k: int, k_given: bool) -> int:
-    """A quota value: an int count >= 0, or a float share in (0, 1] of k (at most floor(share k)
-    rows)."""
+    """A quota value: an int count >= 0 (of any size: a quota above k is k), or a float share in
+    (0, 1] of k (at most floor(share k) rows)."""
     if _is_int(v):
         if int(v) < 0:
-            raise ValueError(f"quota of group {label} is {int(v)}; need a count >= 0")
-        return int(v)
+            raise ValueError(f"quota of group {label!r} is {int(v)}; need a count >= 0")
+        return min(int(v), k)
     if _is_float(v):
         s = float(v)
         if not (0.0 < s <= 1.0):
             raise ValueError(
-                f"quota of group {label} is {s}; a float quota is a share of k, in (0, 1]"
+                f"quota of group {label!r} is {s}; a float quota is a share of k, in (0, 1]"
             )
         if not k_given:
             raise ValueError(
-                f"quota of group {label} is a share ({s}); a share of k needs k (pass k, or give "
+                f"quota of group {label!r} is a share ({s}); a share of k needs k (pass k, or give "
                 "quotas as row counts)"
             )
         return int(math.floor(s * k + 1e-9))
     raise TypeError(
-        f"quota of group {label} must be an int count or a float share, got {type(v).__name__}"
+        f"quota of group {label!r} must be an int count or a float share, got {type(v).__name__}"
     )
+
+
+def _item(v: Any) -> Any:
+    """A numpy scalar as the Python number it holds (an int stays exact at any size)."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
+# Costs are brought to the largest in [0.5, 1); the smallest may then be down to 2**-MIN_COST_EXP.
+# Scores are at most about 28 (log(1 + 1e12)) in size, so score / cost and score * cost stay far
+# from overflow and from subnormals, and the cost-benefit ranking keeps every bit.
+MIN_COST_EXP = 500
+
+
+def _rescale_costs(c: np.ndarray, b: float) -> tuple[np.ndarray, float, float]:
+    """Costs and budget divided by one power of two (exact: only the exponent changes), chosen so
+    that the largest cost lies in [0.5, 1). Without it, subnormal costs overflow score / cost to
+    inf and every row ties. Returns (costs, budget, scale) with user units = core units * scale.
+
+    A budget above twice the summed costs cannot bind (any partial sum, rounded in any order,
+    stays below it), so it is lowered to that before scaling, which keeps it finite.
+    """
+    e = math.frexp(float(c.max()))[1]
+    tiny = int(np.argmin(c))
+    if math.frexp(float(c[tiny]))[1] < e - MIN_COST_EXP:
+        raise ValueError(
+            f"cost of row {tiny} is {c[tiny]:.6g} but the largest cost is {c.max():.6g}: costs "
+            f"more than 2**{MIN_COST_EXP} (about 1e150) apart cannot be ranked per unit cost in "
+            "float64; give costs in one unit (e.g. tokens)"
+        )
+    total = float(np.sum(c))
+    if b > 2.0 * total:
+        b = 2.0 * total
+    return np.ldexp(c, -e), math.ldexp(b, -e), math.ldexp(1.0, e)
+
+
+def _dense_groups(groups: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct labels, dense code of each row) for labels of any integer dtype, Python
+    ints of any size, or strings: np.unique on the labels as given, so no label wraps or merges
+    with another (a cast to int64 would turn 2**63 into -2**63)."""
+    arr = np.asarray(groups)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ValueError(
+            f"groups must be {n} labels, one per row (got shape {arr.shape}, dtype {arr.dtype})"
+        )
+    if arr.dtype.kind == "O":
+        vals = arr.tolist()
+        if not (all(_is_int(v) for v in vals) or all(isinstance(v, str) for v in vals)):
+            kinds = sorted({type(v).__name__ for v in vals})
+            raise TypeError(
+                f"group labels must be all integers or all strings, got {', '.join(kinds)}"
+            )
+        arr = np.array([_item(v) for v in vals], dtype=object)
+    elif arr.dtype.kind not in "iuUS":
+        raise ValueError(
+            f"groups must be {n} integer labels (or strings), one per row (got dtype {arr.dtype})"
+        )
+    labels, inv = np.unique(arr, return_inverse=True)
+    return labels, inv.reshape(-1)
+
+
+def _quota_dict(quotas: dict, labels: np.ndarray) -> dict:
+    """A quota dict keyed by Python values (numpy scalars unwrapped), each key checked against the
+    kind of the labels: a key of another kind (an int for string labels, a str for bytes labels)
+    could never match, and its quota would silently not apply."""
+    first = labels.tolist()[0] if labels.size else 0
+    kind, ok = (
+        ("bytes", lambda x: isinstance(x, bytes))
+        if isinstance(first, bytes)
+        else ("strings", lambda x: isinstance(x, str))
+        if isinstance(first, str)
+        else ("ints", _is_int)
+    )
+    want = {}
+    for key, v in quotas.items():
+        key = _item(key)
+        if not ok(key):
+            raise TypeError(f"quota keys are group labels ({kind} here), got {key!r}")
+        want[key] = v
+    return want
 
 
 def check_constraints(
@@ -78,6 +162,7 @@ def check_constraints(
     (``k_given``: the user passed k; else k = n). Raises ValueError/TypeError naming the setting.
     """
     c = b = g = caps = labels = None
+    scale = 1.0
     if (budget is None) != (cost is None):
         raise ValueError("budget and cost go together: pass both (cost: one number per row)")
     if budget is not None:
@@ -99,43 +184,48 @@ def check_constraints(
             raise ValueError(
                 f"cost of row {int(bad[0])} is {c[bad[0]]}; every cost must be a finite number > 0"
             )
+        c, b, scale = _rescale_costs(c, b)
     if (groups is None) != (quotas is None):
         raise ValueError("groups and quotas go together: pass both")
     if groups is not None:
-        arr = np.asarray(groups)
-        if arr.dtype.kind not in "iu" or arr.ndim != 1 or arr.shape[0] != n:
-            raise ValueError(
-                f"groups must be {n} integer labels, one per row (got shape {arr.shape}, "
-                f"dtype {arr.dtype})"
-            )
-        labels, inv = np.unique(arr.astype(np.int64), return_inverse=True)
-        g = np.ascontiguousarray(inv.reshape(-1), dtype=np.int32)
+        labels, inv = _dense_groups(groups, n)
+        g = np.ascontiguousarray(inv, dtype=np.int32)
         if isinstance(quotas, dict):
-            for key in quotas:
-                if not _is_int(key):
-                    raise TypeError(f"quota keys are group labels (ints), got {key!r}")
-            want = {int(key): v for key, v in quotas.items()}
+            want = _quota_dict(quotas, labels)
             caps = np.array(
-                [
-                    _cap(int(lab), want[int(lab)], k, k_given) if int(lab) in want else k
-                    for lab in labels
-                ],
+                [_cap(lab, want[lab], k, k_given) if lab in want else k for lab in labels.tolist()],
                 dtype=np.int64,
             )
         else:
             q = np.asarray(quotas)
-            if q.ndim != 1 or q.dtype.kind not in "iuf":
+            if q.ndim != 1 or q.dtype.kind not in "iufO":
                 raise TypeError(
                     "quotas must be a dict {label: quota} or a 1-D array indexed by label"
                 )
-            if labels[0] < 0 or labels[-1] >= q.shape[0]:
+            if labels.dtype.kind not in "iu" and not all(_is_int(v) for v in labels.tolist()):
+                raise TypeError(
+                    "quotas as an array is indexed by label, so it needs integer group labels; "
+                    "with other labels pass a dict {label: quota}"
+                )
+            lo, hi = labels.tolist()[0], labels.tolist()[-1]  # Python ints: no wrap, any size
+            if lo < 0 or hi >= q.shape[0]:
                 raise ValueError(
                     f"quotas has {q.shape[0]} entries (labels 0..{q.shape[0] - 1}) but groups "
-                    f"holds the label {int(labels[0] if labels[0] < 0 else labels[-1])}"
+                    f"holds the label {lo if lo < 0 else hi}"
                 )
-            caps = np.array([_cap(int(lab), q[int(lab)], k, k_given) for lab in labels], np.int64)
+            caps = np.array(
+                [_cap(lab, _item(q[lab]), k, k_given) for lab in labels.tolist()], np.int64
+            )
         caps = np.ascontiguousarray(np.minimum(caps, k), dtype=np.int64)
-    return Constraints(cost=c, budget=b, groups=g, caps=caps, labels=labels)
+    return Constraints(
+        cost=c,
+        budget=b,
+        groups=g,
+        caps=caps,
+        labels=labels,
+        cost_scale=scale,
+        budget_given=None if budget is None else float(budget),
+    )
 
 
 def guarantee(

@@ -445,6 +445,7 @@ def select_to_dir(
         seed=seed,
         base_out=base,
         spill_dir=spill_dir,
+        verify=False,  # done above, or --no-verify
         **costs,
     )
     source = resolve_source(data, split)

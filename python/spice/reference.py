@@ -250,7 +250,9 @@ def greedy_numpy(
 
 def diag_compat_reference(G: Any, k: int, alpha: float = 1.0, lam: float = 0.0) -> dict[str, Any]:
     """The authors' released diagonal-Fisher greedy with the hinge-cosine penalty
-    (docs/algorithm.md §8)."""
+    (docs/algorithm.md §8). Like their loop it takes min(k, n) rows whatever the scores: a zero
+    row (gain 0, cosine 0, score 0) is picked once every other row scores below it. Ties go to
+    the lowest index."""
     G = np.asarray(G, dtype=np.float64)
     n, d = G.shape
     norms = np.linalg.norm(G, axis=1)
@@ -263,8 +265,7 @@ def diag_compat_reference(G: Any, k: int, alpha: float = 1.0, lam: float = 0.0) 
         _, conflict = _conflict(G, S, norms)
         score = delta - lam * conflict
         score[S] = -np.inf
-        score[delta <= 0] = -np.inf
-        if not np.isfinite(score).any():
+        if len(S) == n:
             break
         j = int(np.argmax(score))
         S.append(j)

@@ -15,6 +15,7 @@ from . import _core
 from ._inputs import as_features, describe_bad_row, progress_says_continue
 from .constraints import Constraints, check_constraints, guarantee
 from .report import _norm_percentiles, high_norm_warning
+from .store import FeatureStore
 
 METHODS = ("naive", "lazy", "stochastic")
 OBJECTIVES = ("logdet", "diag-compat", "topk-compat")
@@ -321,6 +322,7 @@ def select(
     cost: Any = None,
     groups: Any = None,
     quotas: Any = None,
+    verify: bool = True,
 ) -> Selection:
     """Greedily pick rows of ``G`` maximising the SPICE score.
 
@@ -355,7 +357,10 @@ def select(
     seed : int
         Seed of the stochastic method (results repeat exactly for a given seed).
     threads : int or None
-        OpenMP threads (None: all cores). Results do not depend on it.
+        OpenMP threads. None: the usable CPUs less those other processes keep busy, at least 1
+        (``OMP_NUM_THREADS`` when set), looked at again every 0.25 s during the run: more
+        threads than free cores wait at every parallel region for a descheduled one. Results do
+        not depend on it.
     objective : {"logdet", "diag-compat", "topk-compat"}
         ``logdet`` is the paper's objective. The other two reproduce the authors' released code and
         are NOT the paper's mathematics: ``diag-compat`` is a diagonal surrogate greedy
@@ -390,12 +395,17 @@ def select(
         modified greedy: (1 − 1/e)/2 of the optimum at λ = 0). SPICE+'s early stop then compares
         gains per unit cost. Lazy and naive greedy stay identical. ``sel.tokens`` is the cost
         spent. CPU backend, log-det objective only.
-    groups, quotas : array of n ints, dict or array
+    groups, quotas : array of n labels (any integer dtype, or strings), dict or array
         Source quotas: ``groups`` labels each row (e.g. its source data set), ``quotas`` caps the
         picks per label: a dict ``{label: cap}`` (labels not in it: no cap) or an array indexed by
         label. A cap is an int count, or a float share in (0, 1] of k (at most floor(share·k)
         rows; needs k). Greedy over the partition matroid (a full group's rows are skipped):
         1/2 of the optimum at λ = 0. Combines with ``budget``. CPU backend, log-det only.
+    verify : bool
+        When ``G`` is a :class:`~spice.store.FeatureStore`, first re-hash its rows against the
+        manifest's checksums (streamed, bounded memory; once per opened store while its file is
+        unchanged) and raise ``StoreError`` naming a damaged chunk, as ``spice select`` does.
+        ``verify=False`` skips it. Other inputs have no checksums and are not checked.
 
     Returns
     -------
@@ -405,6 +415,8 @@ def select(
 
     if device not in (None, "cpu", "cuda"):
         raise ValueError(f"device must be None, 'cpu' or 'cuda', got {device!r}")
+    if verify and isinstance(G, FeatureStore):
+        G.verify_for_selection()
     on_gpu = device == "cuda" or (device is None and _gpu.is_cuda_array(G))
     if on_gpu:
         arr, code = _gpu.as_device_features(G, bf16=bf16)  # CuPy/torch CUDA: shared, no copy
@@ -545,8 +557,8 @@ def select(
         dot_products=int(raw.get("dot_products", 0)),
         guarantee=factor,
         guarantee_note=note,
-        tokens=float(raw["spent"]) if cons.cost is not None else None,
-        budget=cons.budget,
+        tokens=float(raw["spent"]) * cons.cost_scale if cons.cost is not None else None,
+        budget=cons.budget_given,
         group_counts=_group_counts(cons, idx),
         safeguard=bool(raw.get("safeguard", False)),
         # one more pass over the raw rows: the core's norms are of the rows it was given
@@ -558,4 +570,4 @@ def _group_counts(cons: Constraints, idx: np.ndarray) -> dict | None:
     if cons.groups is None or cons.labels is None:
         return None
     counts = np.bincount(cons.groups[idx], minlength=cons.labels.size)
-    return {int(lab): int(c) for lab, c in zip(cons.labels, counts)}
+    return {lab: int(c) for lab, c in zip(cons.labels.tolist(), counts)}

@@ -221,6 +221,7 @@ class FeatureStore:
         self.manifest = manifest
         self.features = features
         self._index: StoreIndex | None = None
+        self._verified: tuple | None = None  # _file_key() when verify() last passed
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -380,6 +381,24 @@ class FeatureStore:
                         f"to {a + m - 1}) does not match its checksum. Extract the features again "
                         "(into a new directory) rather than select from them."
                     )
+        self._verified = self._file_key()
+
+    def _file_key(self) -> tuple | None:
+        """(inode, size, mtime) of the rows' file; None for rows held in memory."""
+        name = getattr(self.features, "filename", None)
+        if name is None:
+            return None
+        st = os.stat(name)
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def verify_for_selection(self) -> None:
+        """What ``spice.select(store)`` runs first (unless ``verify=False``): :meth:`verify`,
+        the check ``spice select`` makes, skipped when it already passed on this object and the
+        file is unchanged (same inode, size and modification time), so that selecting twice from
+        one opened store hashes it once."""
+        key = self._file_key()
+        if key is None or key != self._verified:
+            self.verify()
 
 
 # ----------------------------------------------------------------------------------------------
