@@ -451,5 +451,6 @@ def curvature(G: Any, alpha: float = 1.0, *, bf16: bool = False) -> Curvature:
     # the worst case, still a true statement), so the guarantee is never overstated.
     lo = np.where(np.isfinite(lo), np.maximum(lo, 0.0), np.where(live, 0.0, math.inf))
     c = min(1.0, max(0.0, 1.0 - float(np.min(lo))))
-    factor = 1.0 if c == 0.0 else -math.expm1(-c) / c
+    # (1 - e^-c) / c, decreasing in c, rounded down by a few ulps of its own evaluation
+    factor = 1.0 if c == 0.0 else -math.expm1(-c) / c * (1.0 - 4.0 * _EPS)
     return Curvature(c=c, factor=factor, argmin=int(keep[j]))
