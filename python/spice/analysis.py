@@ -260,6 +260,16 @@ class Curvature:
     argmin: int
 
 
+def _solve(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """A⁻¹ B, or NaN where A is exactly singular in float64 (a factor of rows that float64
+    cannot tell apart): the caller turns NaN into a refusal or a rounded-up c, never a crash."""
+    try:
+        with np.errstate(all="ignore"):
+            return np.linalg.solve(A, B)
+    except np.linalg.LinAlgError:
+        return np.full(np.broadcast_shapes(A.shape[:-1] + (1,), B.shape), np.nan)
+
+
 def _stack_qr(parts: list[np.ndarray]) -> np.ndarray:
     """R of the QR of the rows of ``parts`` stacked, each part's rows sorted by decreasing norm
     (row-wise small backward error for graded rows)."""
@@ -270,7 +280,7 @@ def _stack_qr(parts: list[np.ndarray]) -> np.ndarray:
 
 def _whiten(R: np.ndarray, V: np.ndarray) -> np.ndarray:
     """Rows of V R⁻¹ (R square upper triangular), i.e. the solutions of Rᵀ x = v."""
-    return np.linalg.solve(R.T, V.T).T
+    return _solve(R.T, V.T).T
 
 
 def _log_sq(x: np.ndarray) -> np.ndarray:
@@ -315,8 +325,9 @@ def _cond(R: np.ndarray) -> float:
     norm: triangular solves are blind to that scaling (graded factors solve accurately), and
     what remains bounds their relative error over eps."""
     Rs = R / np.linalg.norm(R, axis=1)[:, None]
-    Ri = np.linalg.solve(Rs, np.eye(R.shape[0]))
-    return float(np.linalg.norm(Rs) * np.linalg.norm(Ri))
+    Ri = _solve(Rs, np.eye(R.shape[0]))
+    c = float(np.linalg.norm(Rs) * np.linalg.norm(Ri))
+    return c if math.isfinite(c) else math.inf
 
 
 def _sensitivity(R: np.ndarray, V: np.ndarray, Bp: np.ndarray) -> np.ndarray:
@@ -326,7 +337,7 @@ def _sensitivity(R: np.ndarray, V: np.ndarray, Bp: np.ndarray) -> np.ndarray:
     up to _SENS_ROWS rows, beyond through Cauchy-Schwarz, sum_i ... <= ||w|| ||Bp||_F)."""
     W = _whiten(R, V)
     W = W / np.max(np.abs(W), axis=1)[:, None]  # t is homogeneous: rescale to unit size
-    X = np.linalg.solve(R, W.T).T
+    X = _solve(R, W.T).T
     w2 = np.einsum("ij,ij->i", W, W)
     if Bp.shape[0] <= _SENS_ROWS:
         Wb = _whiten(R, Bp)
@@ -404,12 +415,12 @@ def curvature(G: Any, alpha: float = 1.0, *, bf16: bool = False) -> Curvature:
         lc = np.clip(-_log_y2(alpha, s), -1380.0, 1380.0)  # log c_x
         Z = np.vstack([V.T, np.diag(np.exp(0.5 * lc))])
         RZ = np.linalg.qr(Z, mode="r")
-        qz, ez = _sq_scaled(np.linalg.solve(RZ, np.eye(m))[L])
+        qz, ez = _sq_scaled(_solve(RZ, np.eye(m))[L])
         log_pi = lc[L] + np.log(qz) + (2.0 * _LN2) * ez
         log_loo[L] = np.log(-np.minimum(log_pi, -1e-300))
         # Rows perturbed by eps of themselves move pi_x = [K⁻¹]_xx (K = I + α G Gᵀ) by at most
         # 2 eps (sum_i |P_xi| ||v_i||) ||Vᵀ P e_x|| / P_xx of itself, P = (Zᵀ Z)⁻¹.
-        Zi = np.linalg.solve(RZ, np.eye(m))
+        Zi = _solve(RZ, np.eye(m))
         P = Zi[L] @ Zi.T
         pm = np.max(np.abs(P), axis=1)
         P = P / pm[:, None]  # the bound is of degree 1 in row x of P: scale back by pm below
