@@ -58,8 +58,12 @@ class Engine {
   void step_apply(const char* row, double q, int64_t local);
   Candidate step_sample(int64_t m, uint64_t seed);
   int64_t step_remaining();
-  // The m largest log1p(alpha q_x) over the rows not picked, descending (Minoux's terms).
+  // The m largest gain bounds gain_upper(x) over the rows not picked, descending (Minoux's
+  // terms, each with its round-off margin).
   std::vector<double> top_gains(int64_t m) const;
+  // log1p(alpha q_i) plus the most round-off can have taken from it (§7): an upper bound of
+  // row i's exact gain at the step its q_i was last computed.
+  double gain_upper(int64_t i) const;
   int64_t bad_row() const { return res_.bad_row; }
   int64_t picks() const { return t_; }
   double base(int64_t i) const { return base_[i]; }
@@ -138,6 +142,7 @@ class Engine {
   void take_pick(const char* row_j, double q);
   bool tick();
   void finish_bound();
+  double picks_upper() const;
   void finish_bound_constrained();
   void safeguard_single();
   // refresh.cpp
