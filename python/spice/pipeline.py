@@ -266,6 +266,7 @@ def select_to_dir(
     split: str | None = None,
     columns: Mapping[str, str] | None = None,
     budget_tokens: int | None = None,
+    normalize: str = "none",
 ) -> Selection:
     """Select from ``store`` (a :class:`spice.FeatureStore`, or what :func:`spice.stores.open`
     returns) and write the run directory ``out``:
@@ -309,6 +310,7 @@ def select_to_dir(
         seed=seed,
         base_out=base,
         spill_dir=spill_dir,
+        normalize=normalize,
         **costs,
     )
     source = resolve_source(data, split)
