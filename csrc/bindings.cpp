@@ -67,7 +67,7 @@ spice::Objective objective_of(const std::string& s) {
 spice::Options make_options(int64_t k, double alpha, double lam, double omega,
                             const std::string& method, const std::string& objective, uint64_t seed,
                             double stochastic_eps, int threads, int64_t batch, int64_t chunk,
-                            const std::string& spill_dir, double budget) {
+                            const std::string& spill_dir, double budget, bool unit_rows) {
   spice::Options o;
   o.k = k;
   o.alpha = alpha;
@@ -82,6 +82,7 @@ spice::Options make_options(int64_t k, double alpha, double lam, double omega,
   o.chunk = chunk;
   o.spill_dir = spill_dir;
   o.budget = budget;
+  o.unit_rows = unit_rows;
   return o;
 }
 
@@ -184,7 +185,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("lam") = 0.0, py::arg("omega") = 0.0, py::arg("method") = "lazy",
            py::arg("objective") = "logdet", py::arg("seed") = 0, py::arg("stochastic_eps") = 0.01,
            py::arg("threads") = 0, py::arg("batch") = 0, py::arg("chunk") = 0,
-           py::arg("spill_dir") = std::string(), py::arg("budget") = 0.0)
+           py::arg("spill_dir") = std::string(), py::arg("budget") = 0.0,
+           py::arg("unit_rows") = false)
       .def_readwrite("k", &spice::Options::k)
       .def_readwrite("alpha", &spice::Options::alpha)
       .def_readwrite("lam", &spice::Options::lambda)
@@ -203,6 +205,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("chunk", &spice::Options::chunk)
       .def_readwrite("spill_dir", &spice::Options::spill_dir)
       .def_readwrite("budget", &spice::Options::budget)
+      .def_readwrite("unit_rows", &spice::Options::unit_rows)
       .def("__repr__", [](const spice::Options& o) {
         return "Options(k=" + std::to_string(o.k) + ", alpha=" + std::to_string(o.alpha) +
                ", lam=" + std::to_string(o.lambda) + ", omega=" + std::to_string(o.omega) +

@@ -127,6 +127,25 @@ void Engine::init_norms() {
   row_norms2(G_, norm2.data(), nt_);
   base_.resize(n_);
   rs_.assign(n_, RowState{});
+  if (opt_.unit_rows) {
+    // Unit rows: ||g_i / ||g_i|| ||^2 is 1 exactly (not its round-off, which would decide the
+    // first pick among equal gains). A row whose squared norm underflows float64 but has a
+    // nonzero entry cannot be scaled exactly: refused, as an overflowing one is below.
+    scale_.assign(n_, 0.0);
+    sc_ = scale_.data();
+    for (int64_t i = 0; i < n_; ++i) {
+      if (!std::isfinite(norm2[i])) continue;  // refused below
+      if (norm2[i] > 0.0) {
+        scale_[i] = 1.0 / std::sqrt(norm2[i]);
+        norm2[i] = 1.0;
+      } else if (res_.bad_row < 0) {
+        std::vector<double> g(d_);
+        kern::widen_row(G_.dtype, row(i), d_, g.data());
+        for (double x : g)
+          if (x != 0.0) res_.bad_row = i;
+      }
+    }
+  }
   for (int64_t i = 0; i < n_; ++i) {
     rs_[i].norm2 = rs_[i].q = norm2[i];
     rs_[i].state = kAlive;
@@ -195,6 +214,7 @@ void Engine::add_pick(int64_t j) {
     const char* rj = row(j);
     const double* sv = conf_.sum();
     K_.dots(G_.dtype, &rj, 1, &sv, 1, d_, &a);
+    if (sc_) a *= sc_[j];
     conflict_of(j, a);
   }
   res_.indices.push_back(j);
@@ -209,18 +229,21 @@ void Engine::add_pick(int64_t j) {
     cons_.take(j);
     res_.spent = cons_.spent();
   }
-  take_pick(row(j), rs_[j].q);
+  take_pick(row(j), rs_[j].q, sc_ ? sc_[j] : 1.0);
 }
 
 // The state every pick changes, from the picked row alone (G's dtype) and its residual q at
 // this step: the new w row and the conflict sum. Stepping shards apply other shards' picks
-// through here too (step_apply), so all of them compute the same numbers.
-void Engine::take_pick(const char* row_j, double q) {
+// through here too (step_apply), so all of them compute the same numbers. sj: the row's unit
+// scale 1 / ||g_j|| (1 on the plain path, where it multiplies nothing).
+void Engine::take_pick(const char* row_j, double q, double sj) {
   retune_threads();
   std::vector<double> g(d_);
   kern::widen_row(G_.dtype, row_j, d_, g.data());
+  if (sc_)
+    for (double& x : g) x *= sj;
   if (opt_.objective == Objective::LogDet)
-    inv_.append(row_j, g.data(), std::sqrt(opt_.alpha / (1.0 + opt_.alpha * q)));
+    inv_.append(row_j, g.data(), std::sqrt(opt_.alpha / (1.0 + opt_.alpha * q)), sj);
   conf_.add(g.data());
   ++t_;
 }
@@ -464,6 +487,8 @@ void validate(const MatrixView& G, const Options& opt) {
     throw std::invalid_argument("early_stop must be in (0, 1)");
   if (!(opt.stochastic_eps > 0.0 && opt.stochastic_eps < 1.0))
     throw std::invalid_argument("stochastic_eps must be in (0, 1)");
+  if (opt.unit_rows && opt.objective != Objective::LogDet)
+    throw std::invalid_argument("unit rows need the log-det objective");
   if ((opt.cost || opt.group) && opt.objective != Objective::LogDet)
     throw std::invalid_argument("budget and quotas need the log-det objective");
   if (opt.cost) {

@@ -80,6 +80,8 @@ class Engine {
   int nt_;
   std::vector<RowState> rs_;
   std::vector<double> base_;  // log1p(alpha ||g_i||^2): every candidate's first gain
+  std::vector<double> scale_;    // unit rows: 1 / ||g_i|| (0 for zero rows), else empty
+  const double* sc_ = nullptr;   // scale_.data() when unit rows, else null (the plain path)
   InverseFactor inv_;
   ConflictStat conf_;
   Constraints cons_;    // budget and quotas; inactive (never consulted) in plain runs
@@ -112,6 +114,12 @@ class Engine {
   std::vector<std::pair<int64_t, int64_t>> sort_tmp_;  // sort_by_step's scratch
 
   const char* row(int64_t i) const { return G_.row(i); }
+  // Unit rows: the products y[r * nv + v] = <g_i, v-th vector> of a tile's rows cand[0..rc)
+  // become products of g_i / ||g_i||. Called only when sc_ is set.
+  void scale_products(double* y, const int64_t* cand, int rc, int nv) const {
+    for (int r = 0; r < rc; ++r)
+      for (int v = 0; v < nv; ++v) y[r * nv + v] *= sc_[cand[r]];
+  }
   // The key a candidate is ranked by: its score, or with costs its cost-benefit key (§11).
   double rank(double score, int64_t i) const {
     return cons_.has_cost() ? cons_.key(score, i) : score;
@@ -129,7 +137,7 @@ class Engine {
     spice::sort_by_step(cand, rs_.data(), t_, sort_tmp_);
   }
   void bound_from_inverse(const std::vector<int64_t>& cand, std::vector<double>& qub) {
-    dots_ += inv_.bound(cand, rs_.data(), qub);
+    dots_ += inv_.bound(cand, rs_.data(), qub, sc_);
     res_.evaluations += static_cast<int64_t>(cand.size());
   }
 
@@ -139,7 +147,7 @@ class Engine {
   Candidate candidate_of(const Best& b);
   bool check_stop_before_pick(const Best& b);
   void add_pick(int64_t j);
-  void take_pick(const char* row_j, double q);
+  void take_pick(const char* row_j, double q, double sj = 1.0);
   bool tick();
   void finish_bound();
   double picks_upper() const;

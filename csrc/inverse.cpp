@@ -14,17 +14,17 @@ namespace {
 constexpr int64_t kParallelWork = int64_t(1) << 18;
 }  // namespace
 
-void InverseFactor::append(const char* row_j, const double* g, double scale) {
+void InverseFactor::append(const char* row_j, const double* g, double scale, double sj) {
   const int64_t d = d_, t = t_;
   W_.grow(static_cast<size_t>(t + 1) * d);
   double* w = W_.data() + t * d;
-  if (t >= d) append_from_inverse(row_j, g, scale, w);
-  else append_from_rows(row_j, g, scale, w);
+  if (t >= d) append_from_inverse(row_j, g, scale, sj, w);
+  else append_from_rows(row_j, g, scale, sj, w);
   ++t_;
 }
 
 void InverseFactor::append_from_inverse(const char* row_j, const double* g, double scale,
-                                        double* w) {
+                                        double sj, double* w) {
   const int64_t d = d_, t = t_;
   // t >= d: u = M^{-1} g from an explicit d x d inverse, O(d^2) a step instead of O(t d).
   // minv_ holds I - sum_{s < minv_t_} w_s w_s^T; the newer w rows (fewer than kMinvLag) are
@@ -44,6 +44,8 @@ void InverseFactor::append_from_inverse(const char* row_j, const double* g, doub
     const double* vecs[kMinvLag];
     for (int64_t v = 0; v < np; ++v) vecs[v] = W_.data() + (minv_t_ + v) * d;
     if (np > 0) K_.dots(G_.dtype, &rj, 1, vecs, static_cast<int>(np), d, c);
+    if (sj != 1.0)
+      for (int64_t v = 0; v < np; ++v) c[v] *= sj;
   }
   const kern::Table& K = K_;
   const double* gv = g;
@@ -103,7 +105,8 @@ void InverseFactor::append_from_inverse(const char* row_j, const double* g, doub
   }
 }
 
-void InverseFactor::append_from_rows(const char* row_j, const double* g, double scale, double* w) {
+void InverseFactor::append_from_rows(const char* row_j, const double* g, double scale, double sj,
+                                     double* w) {
   const int64_t d = d_, t = t_;
   // c_s = <g_j, w_s>, u = g_j - sum_s c_s w_s, w_t = u * sqrt(alpha / (1 + alpha q_j)), in
   // one sweep over W: a chunk of rows gets its dots, then its updates of u while it is still
@@ -126,6 +129,8 @@ void InverseFactor::append_from_rows(const char* row_j, const double* g, double 
       const double* vecs[4];
       for (int v = 0; v < nv; ++v) vecs[v] = W_.data() + (s0 + v0 + v) * d;
       K_.dots(G_.dtype, &rj, 1, vecs, nv, d, c.data() + s0 + v0);
+      if (sj != 1.0)
+        for (int v = 0; v < nv; ++v) c[s0 + v0 + v] *= sj;
     }
 #pragma omp for schedule(static)
     for (int64_t cb = 0; cb < ncb; ++cb) {
@@ -179,7 +184,7 @@ void InverseFactor::flush() {
 // Each block's share is kept per candidate and the shares are added in block order, so the result
 // does not depend on how threads split the blocks.
 int64_t InverseFactor::bound(const std::vector<int64_t>& cand, const RowState* rs,
-                             std::vector<double>& qub) {
+                             std::vector<double>& qub, const double* row_scale) {
   const int64_t m = static_cast<int64_t>(cand.size()), d = d_;
   qub.assign(m, 0.0);
   constexpr int RM = kern::kMaxTileRows, VB = static_cast<int>(kBoundBlock), GT = 16;
@@ -241,12 +246,16 @@ int64_t InverseFactor::bound(const std::vector<int64_t>& cand, const RowState* r
     for (int64_t c = 0; c < nb; ++c) {
       double qt = 0.0;
       for (int64_t ac = 0; ac < nach; ++ac) qt += part[c * nach + ac];
+      const double si = row_scale ? row_scale[cand[b0 + c]] : 1.0;
+      if (row_scale) qt *= si * si;
       if (np > 0) {
         const char* rw = rows[c / R][c % R];
         double cp[kMinvLag];
         const double* pv[kMinvLag];
         for (int64_t v = 0; v < np; ++v) pv[v] = W_.data() + (minv_t_ + v) * d;
         K_.dots(G_.dtype, &rw, 1, pv, static_cast<int>(np), d, cp);
+        if (row_scale)
+          for (int64_t v = 0; v < np; ++v) cp[v] *= si;
         for (int64_t v = 0; v < np; ++v) qt -= cp[v] * cp[v];
       }
       const int64_t i = cand[b0 + c];

@@ -106,6 +106,7 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
         for (int x = 0; x < nt; ++x) {
           K_.dots_pf(G_.dtype, rows[x], rcount[x], vecs, 2, d, buf,
                      x + 1 < nt ? rows[x + 1] : nullptr, x + 1 < nt ? rcount[x + 1] : 0, false);
+          if (sc_) scale_products(buf, cand + plan_.start[t0 + x], rcount[x], 2);
           for (int r = 0; r < rcount[x]; ++r) {
             const int64_t i = cand[plan_.start[t0 + x] + r];
             const double v = buf[r * 2];
@@ -133,6 +134,7 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
             K_.dots_pf(G_.dtype, rows[x], rcount[x], vecs + v0, nv, d, buf, pf ? rows[xn] : nullptr,
                        pf ? rcount[xn] : 0, cold);
             cold = false;
+            if (sc_) scale_products(buf, cand + plan_.start[t0 + x], rcount[x], nv);
             for (int r = 0; r < rcount[x]; ++r) {
               const int64_t i = cand[plan_.start[t0 + x] + r];
               rs_[i].q = take_products(rs_[i].q, buf + r * nv, s0 + v0, nv, rs_[i].tq);
@@ -141,7 +143,10 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
         }
         if (conflict) {
           for (int x = 0; x < nt; ++x)
-            if (hi[x] == t_) K_.dots(G_.dtype, rows[x], rcount[x], &sv, 1, d, a[x]);
+            if (hi[x] == t_) {
+              K_.dots(G_.dtype, rows[x], rcount[x], &sv, 1, d, a[x]);
+              if (sc_) scale_products(a[x], cand + plan_.start[t0 + x], rcount[x], 1);
+            }
         }
       }
       for (int x = 0; x < nt; ++x) {
@@ -292,9 +297,10 @@ bool Engine::refresh_shared(const int64_t* cand, bool conflict, int VB, Best& be
           nrc = static_cast<int>(plan_.start[xn + 1] - bn);
           for (int r = 0; r < nrc; ++r) nrows[r] = row(cand[bn + r]);
         }
-        K_.dots_pf(G_.dtype, rows, rc, vecs + v0, v1 - v0, d,
-                   yb + yoff_[x] + rc * (s0 + v0 - plan_.lo[x]), nrc ? nrows : nullptr, nrc,
+        double* y = yb + yoff_[x] + rc * (s0 + v0 - plan_.lo[x]);
+        K_.dots_pf(G_.dtype, rows, rc, vecs + v0, v1 - v0, d, y, nrc ? nrows : nullptr, nrc,
                    k == ibeg_[it]);
+        if (sc_) scale_products(y, cand + b, rc, v1 - v0);
       }
     }
     // Each candidate's q takes its products in ascending s (blocks of the buffer, chunk by
@@ -307,6 +313,7 @@ bool Engine::refresh_shared(const int64_t* cand, bool conflict, int VB, Best& be
       if (conflict && hi == t_) {
         for (int r = 0; r < rc; ++r) rows[r] = row(cand[b + r]);
         K_.dots(G_.dtype, rows, rc, &sv, 1, d, a);
+        if (sc_) scale_products(a, cand + b, rc, 1);
       }
       for (int r = 0; r < rc; ++r) {
         const int64_t i = cand[b + r], tq = ctq_[b + r];

@@ -145,6 +145,8 @@ Stepper::Stepper(const MatrixView& G, const Options& opt) {
     throw std::invalid_argument("a shard runs the log-det objective only");
   if (opt.cost || opt.group)
     throw std::invalid_argument("a shard runs without a cost budget or quotas");
+  if (opt.unit_rows)
+    throw std::invalid_argument("a shard runs on the rows as given (no unit rows)");
   Options o = opt;
   o.method = Method::Lazy;
   o.base_out = nullptr;

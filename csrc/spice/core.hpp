@@ -49,6 +49,9 @@ struct Options {
                                  // filled from the norms the run computes anyway
   std::string spill_dir;         // non-empty: keep the w rows (k x d float64) in a temporary
                                  // file there (mapped; the OS may page it out), not in RAM
+  bool unit_rows = false;        // select on g_i / ||g_i|| (zero rows stay zero): G is read as
+                                 // is, each dot product scaled in float64 (docs/algorithm.md §13);
+                                 // log-det objective only
   // Side constraints (log-det objective only; docs/algorithm.md §11). The arrays are the
   // caller's and must outlive the run; null = no such constraint. k stays a cap on the rows.
   const double* cost = nullptr;    // n positive finite per-row costs (e.g. tokens): cost-benefit

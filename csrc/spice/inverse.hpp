@@ -28,11 +28,14 @@ class InverseFactor {
   const double* w(int64_t s) const { return W_.data() + s * d_; }
   bool has_inverse() const { return !minv_.empty(); }
   // Append w_t = scale * M_t^{-1} g for a pick: row_j is its row of G, g the same row widened
-  // to float64, scale = sqrt(alpha / (1 + alpha q_j)).
-  void append(const char* row_j, const double* g, double scale);
+  // to float64, scale = sqrt(alpha / (1 + alpha q_j)). Unit rows: g is already times sj =
+  // 1 / ||g_j||, and the products of row_j are scaled by sj (1: the plain path).
+  void append(const char* row_j, const double* g, double scale, double sj = 1.0);
   // For far-behind candidates once M^{-1} is kept: qub[c] bounds q_i(t) of i = cand[c] from
-  // above (at most rs[i].q). Returns the dot products it cost (in units of d).
-  int64_t bound(const std::vector<int64_t>& cand, const RowState* rs, std::vector<double>& qub);
+  // above (at most rs[i].q). Unit rows: row_scale[i] = 1 / ||g_i|| (null: plain rows). Returns
+  // the dot products it cost (in units of d).
+  int64_t bound(const std::vector<int64_t>& cand, const RowState* rs, std::vector<double>& qub,
+                const double* row_scale = nullptr);
 
  private:
   const MatrixView& G_;
@@ -53,8 +56,8 @@ class InverseFactor {
   static constexpr int64_t kUBlock = 48, kBoundBlock = 32, kTriMinD = 512, kFoldAlign = 96;
   static_assert(kFoldAlign % kUBlock == 0 && kFoldAlign % kBoundBlock == 0, "fold alignment");
   bool upper_only() const { return d_ >= kTriMinD; }  // M^{-1} read (and folded) as a triangle
-  void append_from_inverse(const char* row_j, const double* g, double scale, double* w);
-  void append_from_rows(const char* row_j, const double* g, double scale, double* w);
+  void append_from_inverse(const char* row_j, const double* g, double scale, double sj, double* w);
+  void append_from_rows(const char* row_j, const double* g, double scale, double sj, double* w);
   void flush();
 };
 

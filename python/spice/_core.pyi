@@ -12,7 +12,9 @@ class Options:
 
     method: "naive" | "lazy" | "stochastic"; objective: "logdet" | "diag-compat" |
     "topk-compat". batch/chunk 0: the lazy driver's own sizing. spill_dir "": w rows in RAM.
-    budget: the cost budget, used when select() gets a cost array.
+    budget: the cost budget, used when select() gets a cost array. unit_rows: select on
+    g_i / ||g_i|| (zero rows stay zero and are never picked), G read in place, each dot product
+    scaled in float64; log-det objective only, refused by Stepper.
     """
 
     k: int
@@ -28,6 +30,7 @@ class Options:
     chunk: int
     spill_dir: str
     budget: float
+    unit_rows: bool
     def __init__(
         self,
         *,
@@ -44,6 +47,7 @@ class Options:
         chunk: int = 0,
         spill_dir: str = "",
         budget: float = 0.0,
+        unit_rows: bool = False,
     ) -> None: ...
 
 def select(

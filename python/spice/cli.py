@@ -193,6 +193,7 @@ def _select_into(args: argparse.Namespace, store: Any, out: Path, extra: dict) -
         split=args.split,
         columns=args.columns,
         budget_tokens=args.budget_tokens,
+        normalize=args.normalize,
     )
     print(sel.summary())
     print(
@@ -512,6 +513,13 @@ def _add_select_opts(p: argparse.ArgumentParser) -> None:
         default="logdet",
         choices=["logdet", "diag-compat", "topk-compat"],
         help="logdet: the paper's; the others reproduce the authors' released code",
+    )
+    p.add_argument(
+        "--normalize",
+        default="none",
+        choices=["none", "unit"],
+        help="unit: select on rows scaled to norm 1 (directions only; large-norm noise no longer "
+        "wins); logdet only",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing result")
     p.add_argument(

@@ -1025,8 +1025,14 @@ def select_gpu(
     progress: ProgressFn | None = None,
     bf16: bool = False,
     code: int | None = None,
+    normalize: str = "none",
 ) -> dict[str, Any]:
     """Run the selection on ``G``'s CUDA device; returns the keys of ``spice._core.select``.
+
+    ``normalize="unit"`` selects on a float64 copy of the rows scaled to norm 1, made on the
+    device (n × d × 8 bytes more GPU memory; the CPU core scales its products instead and makes
+    no copy). Equal gains (every unit row's first gain is log(1 + α)) may then be ordered by the
+    copy's round-off, so the GPU's first pick can differ from the CPU's.
 
     ``k`` is a count in [0, n] or a fraction, ``lam`` >= 0, ``omega`` in (0, 1) or 0 (off); they
     are checked by the CPU path's own validation (same messages). ``code`` is the dtype code when
@@ -1040,7 +1046,7 @@ def select_gpu(
     ValueError
         A compatibility objective (CPU only), an unknown method, or a row with NaN/Inf.
     """
-    from .selection import check_options, resolve_k
+    from .selection import check_normalize, check_options, resolve_k
 
     # Every setting but k (whose range needs n) is checked before CuPy is looked for.
     _, alpha, lam, omega, stochastic_eps, seed = check_options(
@@ -1060,12 +1066,16 @@ def select_gpu(
             "paper's objective (objective='logdet'). Pass a host array to use the compatibility "
             "modes."
         )
+    unit = check_normalize(normalize, objective, alpha)
     cp = _import_cupy()
     ok, why = available()
     if not ok:
         raise RuntimeError(f"spice's GPU selection cannot run: {why}")
     if code is None or not isinstance(G, cp.ndarray):
         G, code = as_device_features(G, bf16=bf16)
+    if unit:
+        with cp.cuda.Device(G.device.id):
+            G, code = unit_rows_copy(cp, G, code, float(alpha))
     k = resolve_k(k, int(G.shape[0]))
     with cp.cuda.Device(G.device.id):
         ops = _CupyOps(cp, G, code)
@@ -1085,6 +1095,33 @@ def select_gpu(
     raw["backend"] = BACKEND
     raw["device"] = ops.device_name
     return raw
+
+
+def unit_rows_copy(xp: Any, G: Any, code: int, alpha: float) -> tuple[Any, int]:
+    """``(G_unit, F64)``: a float64 copy of ``G`` (dtype code ``code``; bfloat16 as uint16
+    bits) with each row times 1/‖g‖ (zero rows stay zero), made with ``xp`` (CuPy on the device,
+    or numpy). The GPU path of ``normalize="unit"``.
+
+    Raises ValueError for a row whose squared norm is not finite (as the selection would) or
+    underflows float64 while the row is nonzero (it cannot be scaled exactly).
+    """
+    if code == BF16:
+        x = (G.astype(xp.uint32) << 16).view(xp.float32).astype(xp.float64)
+    else:
+        x = G.astype(xp.float64)
+    n2 = xp.sum(x * x, axis=1)
+    bad = ~xp.isfinite(n2) | ((n2 == 0) & xp.any(x != 0, axis=1))
+    if bool(bad.any()):
+        row = int(xp.flatnonzero(bad)[0])
+        if not bool(xp.isfinite(n2[row])):
+            raise ValueError(_describe_bad_row(G, code, row, alpha))
+        raise ValueError(
+            f"row {row} of G is too small to normalise (normalize='unit'): ||g||^2 underflows "
+            "float64; rescale the features (e.g. divide by their largest absolute value)"
+        )
+    pos = n2 > 0
+    x *= xp.where(pos, 1.0 / xp.sqrt(xp.where(pos, n2, 1.0)), 0.0)[:, None]
+    return x, F64
 
 
 def emulate(

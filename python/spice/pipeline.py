@@ -402,6 +402,7 @@ def select_to_dir(
     split: str | None = None,
     columns: Mapping[str, str] | None = None,
     budget_tokens: int | None = None,
+    normalize: str = "none",
 ) -> Selection:
     """Select from ``store`` (a :class:`spice.FeatureStore`, or what :func:`spice.stores.open`
     returns) and write the run directory ``out``:
@@ -446,6 +447,7 @@ def select_to_dir(
         base_out=base,
         spill_dir=spill_dir,
         verify=False,  # done above, or --no-verify
+        normalize=normalize,
         **costs,
     )
     source = resolve_source(data, split)

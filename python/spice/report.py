@@ -80,14 +80,20 @@ def _norm_percentiles(arr: Any, code: int, picks: np.ndarray, chunk_rows: int) -
     pq = np.square(row_as_float64(arr, code, picks)).sum(axis=1)
     order = np.argsort(pq, kind="stable")
     ps = pq[order]
-    # the pool's squared norms (n float64, no copy of G): rows are read ~1 MB of float64 at a
-    # time, then one sorted search counts the rows below and at or below each pick
-    q = np.empty(n)
-    step = chunk_rows if chunk_rows > 0 else max(1, (1 << 17) // max(d, 1))
-    for s in range(0, n, step):
-        q[s : s + step] = np.square(row_as_float64(arr, code, slice(s, s + step))).sum(axis=1)
-    le = np.bincount(np.searchsorted(ps, q, side="left"), minlength=picks.size + 1)
-    lt = np.bincount(np.searchsorted(ps, q, side="right"), minlength=picks.size + 1)
+    # the pool's squared norms, read ~256 KB of float64 at a time (selection promises no copy of
+    # G), counted against the sorted picks in blocks of 2^16 rows (each count costs O(k))
+    le = np.zeros(picks.size + 1, dtype=np.int64)  # bin j: rows with ps[j-1] < norm <= ps[j]
+    lt = np.zeros(picks.size + 1, dtype=np.int64)  # bin j: rows with ps[j-1] <= norm < ps[j]
+    block = 1 << 16
+    step = chunk_rows if chunk_rows > 0 else max(1, (1 << 15) // max(d, 1))
+    for b0 in range(0, n, block):
+        b1 = min(n, b0 + block)
+        q = np.empty(b1 - b0)
+        for s in range(b0, b1, step):
+            e = min(b1, s + step)
+            q[s - b0 : e - b0] = np.square(row_as_float64(arr, code, slice(s, e))).sum(axis=1)
+        le += np.bincount(np.searchsorted(ps, q, side="left"), minlength=picks.size + 1)
+        lt += np.bincount(np.searchsorted(ps, q, side="right"), minlength=picks.size + 1)
     n_le = np.cumsum(le)[: picks.size]
     n_lt = np.cumsum(lt)[: picks.size]
     out = np.empty(picks.size)
@@ -106,7 +112,7 @@ def norm_percentiles(G: Any, picks: Any, *, bf16: bool = False, chunk_rows: int 
     Args:
         G: (n, d) features as :func:`spice.select` takes them (numpy arrays and memmaps of
             float16/32/64 or bfloat16, stores); read once, in chunks of ``chunk_rows`` rows
-            (0: about 1 MB of float64 each), never copied whole. Norms are those of these raw
+            (0: about 256 KB of float64 each), never copied whole. Norms are those of these raw
             rows, in float64.
         picks: (m,) row indices into G.
         bf16: ``uint16`` G holds raw bfloat16 bit patterns.

@@ -12,13 +12,15 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from . import _core
-from ._inputs import as_features, describe_bad_row, progress_says_continue
+from ._inputs import as_features, describe_bad_row, progress_says_continue, row_as_float64
+from ._numerics import MAX_ALPHA_NORM2
 from .constraints import Constraints, check_constraints, guarantee
 from .report import _norm_percentiles, high_norm_warning
 from .store import FeatureStore
 
 METHODS = ("naive", "lazy", "stochastic")
 OBJECTIVES = ("logdet", "diag-compat", "topk-compat")
+NORMALIZE = ("none", "unit")
 
 ProgressFn = Callable[[int, int, int, float], Optional[bool]]
 
@@ -171,6 +173,7 @@ class Selection:
         conf = self.conflict[1:] if m > 1 else self.conflict
         cap = f"at most {self.k} rows" if self.budget is not None else f"budget {self.k}"
         lines = [f"selected {m} of {self.n} rows ({cap}, stop: {self.stop_reason})"]
+        lines[0] += f", rows: {'unit' if self.params.get('normalize') == 'unit' else 'raw'}"
         if self.budget is not None:
             lines.append(
                 f"tokens: {self.tokens:.10g} of a budget of {self.budget:.10g}"
@@ -277,6 +280,44 @@ def check_options(
     return kk, a, lam, omega, seps, int(seed) & 0xFFFFFFFFFFFFFFFF
 
 
+def check_normalize(normalize: Any, objective: str, alpha: float) -> bool:
+    """Validate ``normalize``; True for unit rows. Unit rows need the log-det objective (the
+    compatibility objectives' gains are functions of the norms alone: all equal on unit rows) and
+    α <= MAX_ALPHA_NORM2 (α‖g‖² of a unit row is α)."""
+    if not isinstance(normalize, str) or normalize not in NORMALIZE:
+        raise ValueError(f"normalize must be one of {list(NORMALIZE)}, got {normalize!r}")
+    if normalize == "none":
+        return False
+    if objective != "logdet":
+        raise ValueError(
+            f"normalize='unit' needs objective='logdet' (here: {objective!r}, whose gains on unit "
+            "rows are all equal)"
+        )
+    if alpha > MAX_ALPHA_NORM2:
+        raise ValueError(
+            f"alpha = {alpha} with normalize='unit' must be <= {MAX_ALPHA_NORM2:.0e} (a unit "
+            "row's alpha * ||g||^2 is alpha; beyond it float64 round-off makes gains noise)"
+        )
+    return True
+
+
+def _bad_row_message(arr: np.ndarray, code: int, row: int, alpha: float, unit: bool) -> str:
+    """The refusal of a row, including the one unit rows add: a nonzero row whose squared
+    norm underflows float64 (float64 entries below about 1e-162), which cannot be scaled
+    exactly."""
+    if unit:
+        vals = row_as_float64(arr, code, row)
+        with np.errstate(over="ignore"):  # an overflowing row is described below
+            n2 = float(np.sum(vals * vals))
+        if np.all(np.isfinite(vals)) and n2 == 0.0:
+            return (
+                f"row {row} of G is too small to normalise (normalize='unit'): ||g||^2 underflows "
+                f"float64 (largest |entry| {float(np.max(np.abs(vals))):.3g}); rescale the "
+                "features (e.g. divide by their largest absolute value)"
+            )
+    return describe_bad_row(arr, code, row, alpha)
+
+
 class _Bar:
     """Minimal progress line on stderr (picks, picks/s, ETA); used when progress=True."""
 
@@ -323,6 +364,7 @@ def select(
     groups: Any = None,
     quotas: Any = None,
     verify: bool = True,
+    normalize: str = "none",
 ) -> Selection:
     """Greedily pick rows of ``G`` maximising the SPICE score.
 
@@ -342,10 +384,12 @@ def select(
         With ``budget`` it is optional and caps the number of rows (None: no cap). Every parameter
         after ``k`` is keyword-only.
     alpha : float
-        Fisher scale α > 0, finite. The log-det objective refuses (ValueError naming the row)
-        a row with α‖g‖² > 1e12, or whose ‖g‖² overflows float64: beyond that float64 round-off
-        in the residual q turns the gain of a row near span(S) into noise. Up to it a gain's
-        round-off is about α‖g‖²·1e-16.
+        Fisher scale α > 0, finite; default 1.0 (with or without ``normalize``). The log-det
+        objective refuses (ValueError naming the row) a row with α‖g‖² > 1e12, or whose ‖g‖²
+        overflows float64: beyond that float64 round-off in the residual q turns the gain of a row
+        near span(S) into noise. Up to it a gain's round-off is about α‖g‖²·1e-16. With
+        ``normalize="unit"`` every nonzero row has ‖g‖ = 1: α sets the first gain log(1 + α)
+        and must be <= 1e12.
     conflict_penalty : float
         λ >= 0; 0 gives plain Fisher (log-det) greedy.
     early_stop : float or None
@@ -406,6 +450,15 @@ def select(
         manifest's checksums (streamed, bounded memory; once per opened store while its file is
         unchanged) and raise ``StoreError`` naming a damaged chunk, as ``spice select`` does.
         ``verify=False`` skips it. Other inputs have no checksums and are not checked.
+    normalize : {"none", "unit"}
+        ``"unit"`` selects on the rows scaled to norm 1, g_i / ‖g_i‖ (zero rows stay zero and are
+        never picked): raw log det prefers the largest rows (often the proxy's noise: wrong
+        answers, junk), whatever α; on unit rows only the directions count (docs/algorithm.md
+        §13). Exact and without a copy of ``G`` on the CPU: each dot product is scaled in float64,
+        and the picks are those of selection on a float64 normalised copy (``gains``, ``base``,
+        ``logdet`` are those of the unit rows). The GPU backend selects on a normalised float64
+        copy on the device. Log-det objective only; every method, budgets and quotas.
+        ``spice.distributed`` does not take it.
 
     Returns
     -------
@@ -436,6 +489,7 @@ def select(
         stochastic_eps=stochastic_eps,
         seed=seed,
     )
+    unit = check_normalize(normalize, objective, a)
     cons = check_constraints(n, kk, k is not None, budget, cost, groups, quotas)
     if cons.active and (on_gpu or objective != "logdet"):
         raise ValueError(
@@ -477,6 +531,7 @@ def select(
             objective=objective,
             progress=cb,
             code=code,
+            normalize=normalize,
         )
     else:
         opts = _core.Options(
@@ -491,6 +546,7 @@ def select(
             threads=nthreads,
             spill_dir=spill,
             budget=cons.budget or 0.0,
+            unit_rows=unit,
         )
         raw = _core.select(
             arr,
@@ -505,7 +561,7 @@ def select(
         )
     elapsed = time.perf_counter() - t0
     if raw["bad_row"] >= 0:
-        raise ValueError(describe_bad_row(arr, code, int(raw["bad_row"]), a))
+        raise ValueError(_bad_row_message(arr, code, int(raw["bad_row"]), a, unit))
 
     gains = raw["gains"]
     base = raw["base"]
@@ -531,6 +587,7 @@ def select(
         seed=int(seed),
         stochastic_eps=seps,
         backend=raw.get("backend", "cpu"),
+        normalize=normalize,
     )
     stop = str(raw["stop_reason"])
     factor, note = guarantee(
