@@ -128,9 +128,12 @@ def test_holm_matches_its_definition():
 def test_quick_run_end_to_end(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("peft")
+    import spice
+
+    # the spice this process imported (the source tree, or an installed copy with its core)
+    home = str(Path(spice.__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(ROOT / "python")] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH")
-                                  else [])))  # fmt: skip
+        [home] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))  # fmt: skip
     cmd = [sys.executable, str(ROOT / "bench" / "quality" / "evidence.py"), "--quick", "--out",
            str(tmp_path / "ev")]  # fmt: skip
     t0 = time.perf_counter()

@@ -16,6 +16,7 @@ import pytest
 
 pytest.importorskip("trl", reason="trl is not installed (pip install 'spice-select[test]')")
 
+import spice  # noqa: E402
 from spice.features import LoraSpec, extract, tokenize_record  # noqa: E402
 from spice.features.records import Record  # noqa: E402
 from spice.outputs import trl_model, trl_snippet  # noqa: E402
@@ -87,7 +88,8 @@ def test_script_trains_two_steps_with_the_real_trl(run_dir):
     tmp, _ = run_dir
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT / "python"),
+        # where this process found spice (the source tree, or an installed copy with its core)
+        "PYTHONPATH": str(Path(spice.__file__).resolve().parents[1]),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
