@@ -417,6 +417,53 @@ def test_each_shard_asks_for_cpus_that_fit_on_one_node(nodes, shards, threads, w
     assert c <= max(nodes) and room >= shards
 
 
+@needs_ray
+def test_exact_with_spill_dirs_equals_one_machine(ray_local, tmp_path):
+    # k > d: the w rows from M^{-1}; one directory per shard, then one for all
+    G = clustered(9, 600, 8).astype(np.float32)
+    one = spice.select(G, 120, conflict_penalty=0.1, method="lazy")
+    dirs = [tmp_path / f"node{s}" for s in range(3)]
+    for p in dirs:
+        p.mkdir()
+    assert_same(sd.select(G, 120, shards=3, conflict_penalty=0.1, spill_dir=dirs), one)
+    assert_same(sd.select(G, 120, shards=2, conflict_penalty=0.1, spill_dir=dirs[0]), one)
+    with pytest.raises(ValueError, match="lists 3 paths for 2 shards"):
+        sd.select(G, 10, shards=2, spill_dir=dirs)
+    with pytest.raises(ValueError, match="takes one spill_dir path"):
+        sd.select(G, 10, shards=3, mode="partition", spill_dir=dirs)
+    with pytest.raises(TypeError, match=r"spill_dir\[1\] must be a non-empty path"):
+        sd.select(G, 10, shards=2, spill_dir=[dirs[0], ""])
+    with pytest.raises(TypeError, match="a list of one path per shard"):
+        sd.select(G, 10, shards=2, spill_dir=3)
+
+
+def test_a_shard_with_spill_dir_keeps_its_w_rows_in_a_file_there(tmp_path):
+    # in-process: the shard's engine maps an unlinked file in its spill_dir (seen in the
+    # process's mappings), and picks as the plain shard does
+    G = clustered(2, 200, 6)
+    opts = dict(k=30, alpha=1.0, lam=0.1, omega=0.0, threads=1, spill_dir="")
+    plain = sd._Shard(("array", G), 0, 200, False, opts, None)
+    spilled = sd._Shard(("array", G), 0, 200, False, dict(opts, spill_dir=str(tmp_path)), None)
+    plain.open(), spilled.open()
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        held = [ln for ln in maps.read_text().splitlines() if str(tmp_path / "spice-w-") in ln]
+        assert held and all("(deleted)" in ln for ln in held), held
+    for _ in range(30):
+        a, b = plain.best(), spilled.best()
+        assert a == b
+        for sh in (plain, spilled):
+            sh.step(np.array(G[a[0]]), a[6], a[0], False)
+
+
+def test_a_spill_dir_the_shard_cannot_write_is_named(tmp_path, monkeypatch):
+    opts = dict(k=2, alpha=1.0, lam=0.0, omega=0.0, threads=1, spill_dir=str(tmp_path))
+    monkeypatch.setattr(sd.os, "access", lambda p, m: False)  # root may write anywhere
+    sh = sd._Shard(("array", gaussian(0, 10, 4)), 0, 10, False, opts, None)
+    with pytest.raises(PermissionError, match="is not writable on node"):
+        sh.open()
+
+
 def test_threads_that_fit_no_node_are_refused():
     with pytest.raises(ValueError, match="do not fit on the nodes"):
         sd._fit_cpus([2.0, 2.0, 2.0], 2, 3)

@@ -264,6 +264,9 @@ class _Shard:
         spill = options.get("spill_dir") or ""
         if spill and not os.path.isdir(spill):
             raise FileNotFoundError(f"spill_dir {spill} is not a directory on node {host}")
+        # the w rows' file is created (and unlinked) there: say so now, not after the mapping
+        if spill and not os.access(spill, os.W_OK | os.X_OK):
+            raise PermissionError(f"spill_dir {spill} is not writable on node {host}")
         if spec[0] == "store" and not os.path.exists(spec[1]):
             raise FileNotFoundError(
                 f"store {spec[1]} does not exist on node {host} (is it mounted there?)"
@@ -429,7 +432,7 @@ def select(
     bf16: bool = False,
     device: str | None = None,
     base_out: np.ndarray | None = None,
-    spill_dir: str | os.PathLike[str] | None = None,
+    spill_dir: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     budget: float | None = None,
     cost: Any = None,
     groups: Any = None,
@@ -493,9 +496,17 @@ def select(
         None: with at least ``shards`` nodes, the whole CPUs of the smallest of the ``shards``
         largest nodes, one shard per node; otherwise the largest equal request the nodes hold
         ``shards`` of (a fraction of a CPU when there are fewer CPUs than shards), one thread.
-    alpha, conflict_penalty, early_stop, seed, stochastic_eps, progress, bf16, spill_dir
-        As in :func:`spice.select` (``spill_dir`` is a directory on each worker; the progress
-        callable gets 0 for evaluations while the run is in progress).
+    spill_dir : path, list of paths, or None
+        Where each shard keeps its k × d float64 w rows: in an unlinked temporary file mapped
+        into memory, as :func:`spice.select` does, instead of anonymous memory (every shard of
+        the exact and stochastic modes holds all k of them). One path: the same directory on
+        every node (node-local scratch); a list: one path per shard, in shard order (not for
+        ``mode="partition"``, whose parts and merge take one path). Each shard checks its
+        directory exists and is writable on its node before any pick. The picks are the same
+        with or without it, bit for bit.
+    alpha, conflict_penalty, early_stop, seed, stochastic_eps, progress, bf16
+        As in :func:`spice.select` (the progress callable gets 0 for evaluations while the run
+        is in progress).
     method, objective, device, base_out, budget, cost, groups, quotas
         Accepted for a signature like :func:`spice.select`'s: method ``"lazy"`` or ``"naive"``
         (the same picks), the log-det objective on CPUs; a budget, quotas and ``base_out`` are
@@ -580,9 +591,7 @@ def select(
         stochastic_eps=stochastic_eps,
         seed=seed,
     )
-    spill = ""
-    if spill_dir is not None:
-        spill = _abs(spill_dir)  # a directory on each node, named as the driver resolves it
+    spills = _spill_dirs(spill_dir, len(specs), mode)
     if mode == "stochastic" and checkpoint is not None:
         raise ValueError(
             "checkpoint= is for mode='exact': a stochastic run's samples depend on the order "
@@ -624,7 +633,7 @@ def select(
     ray, how = _connect(address)
     s_count = len(specs)
     cpus, nthreads, strategy = _fit_cpus(_node_cpus(ray), s_count, threads)
-    options = dict(k=kk, alpha=a, lam=lam, omega=omega, threads=nthreads, spill_dir=spill)
+    options = dict(k=kk, alpha=a, lam=lam, omega=omega, threads=nthreads)
     from ray.util.placement_group import (  # type: ignore[import-not-found]
         placement_group,
         remove_placement_group,
@@ -657,7 +666,7 @@ def select(
             )
             actors.append(
                 remote_cls.options(num_cpus=cpus, scheduling_strategy=where).remote(
-                    spec, lo, hi, bf16, options, fail
+                    spec, lo, hi, bf16, dict(options, spill_dir=spills[s]), fail
                 )
             )
         infos = run.gather(
@@ -1202,6 +1211,34 @@ def _fit_cpus(nodes: list[float], s_count: int, threads: int | None) -> tuple[fl
         nthreads = max(1, int(c))
     big_enough = sum(1 for x in nodes if x + 1e-9 >= c)
     return c, nthreads, "STRICT_SPREAD" if big_enough >= s_count else "SPREAD"
+
+
+def _spill_dirs(spill_dir: Any, s_count: int, mode: str) -> list[str]:
+    """One spill directory per shard ("" for none), absolute as the driver resolves them."""
+    if spill_dir is None:
+        return [""] * s_count
+    if isinstance(spill_dir, (str, os.PathLike)):
+        return [_abs(spill_dir)] * s_count  # the same path on each node (node-local scratch)
+    if not isinstance(spill_dir, (list, tuple)):
+        raise TypeError(
+            f"spill_dir must be a path, a list of one path per shard, or None; got "
+            f"{type(spill_dir).__name__}"
+        )
+    if mode == "partition":
+        raise ValueError(
+            "mode='partition' takes one spill_dir path (its parts are Ray tasks placed anywhere, "
+            "and the merge runs on the driver), not a list"
+        )
+    if len(spill_dir) != s_count:
+        raise ValueError(
+            f"spill_dir lists {len(spill_dir)} paths for {s_count} shards: give one per shard"
+        )
+    out = []
+    for s, p in enumerate(spill_dir):
+        if not isinstance(p, (str, os.PathLike)) or not os.fspath(p):
+            raise TypeError(f"spill_dir[{s}] must be a non-empty path, got {p!r}")
+        out.append(_abs(p))
+    return out
 
 
 def _partition(
