@@ -464,6 +464,14 @@ def test_a_spill_dir_the_shard_cannot_write_is_named(tmp_path, monkeypatch):
         sh.open()
 
 
+def test_a_spill_dir_without_room_for_the_w_rows_is_named_with_its_node(tmp_path):
+    # k x d x 8 bytes (here 32 PB) cannot be reserved: refused before any pick, node named
+    opts = dict(k=10**15, alpha=1.0, lam=0.0, omega=0.0, threads=1, spill_dir=str(tmp_path))
+    sh = sd._Shard(("array", gaussian(0, 10, 4)), 0, 10, False, opts, None)
+    with pytest.raises(RuntimeError, match=r"reserve 32000000000000000 bytes.*on node .*k = "):
+        sh.open()
+
+
 def test_threads_that_fit_no_node_are_refused():
     with pytest.raises(ValueError, match="do not fit on the nodes"):
         sd._fit_cpus([2.0, 2.0, 2.0], 2, 3)

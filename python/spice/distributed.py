@@ -272,7 +272,16 @@ class _Shard:
                 f"store {spec[1]} does not exist on node {host} (is it mounted there?)"
             )
         self.arr, self.code = _open_rows(spec, lo, hi, bf16)
-        self.eng = _core.Stepper(self.arr, self.code, _core.Options(**options))
+        try:
+            self.eng = _core.Stepper(self.arr, self.code, _core.Options(**options))
+        except RuntimeError as e:
+            if not str(e).startswith("spill_dir"):
+                raise
+            # the core names the bytes and directory; the node and what they are for are ours
+            raise RuntimeError(
+                f"{e} (on node {host}: the w rows of k = {options['k']} picks, k x d x 8 bytes, "
+                "which every shard keeps)"
+            ) from e
         return self.info()
 
     def info(self) -> dict:
