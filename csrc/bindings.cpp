@@ -98,11 +98,23 @@ const T* input_of(const py::object& a, int64_t n, const char* what) {
   return b.data();
 }
 
+// An optional per-row float64 output of the run (None: not wanted), checked before any work.
+double* out_buffer(const py::object& obj, int64_t n, const char* name) {
+  if (obj.is_none()) return nullptr;
+  if (!py::isinstance<py::array_t<double, 0>>(obj))
+    throw py::value_error(std::string(name) + " must be a float64 numpy array");
+  auto b = py::reinterpret_borrow<py::array_t<double, 0>>(obj);
+  if (b.ndim() != 1 || b.shape(0) != n || !(b.flags() & py::array::c_style) || !b.writeable())
+    throw py::value_error(std::string(name) +
+                          " must be a writable contiguous float64 array of length n");
+  return b.mutable_data();
+}
+
 py::dict py_select(const py::array& G, int dtype_code, spice::Options opt,
                    const py::object& progress, double interval_s, const py::object& base_out,
-                   const py::object& cost, const py::object& groups, const py::object& quotas) {
+                   const py::object& norm2_out, const py::object& cost, const py::object& groups,
+                   const py::object& quotas) {
   spice::MatrixView view = view_of(G, dtype_code);
-  opt.base_out = nullptr;
   // The constraint arrays (float64 cost, int32 groups, int64 quotas) stay referenced by the
   // caller's objects for the whole call.
   opt.cost = input_of<double>(cost, view.n, "cost (float64)");
@@ -115,15 +127,8 @@ py::dict py_select(const py::array& G, int dtype_code, spice::Options opt,
     opt.n_groups = static_cast<int64_t>(qa.ndim() == 1 ? qa.shape(0) : 0);
     opt.quota = input_of<int64_t>(quotas, opt.n_groups, "quotas (int64)");
   }
-  if (!base_out.is_none()) {
-    if (!py::isinstance<py::array_t<double, 0>>(base_out))
-      throw py::value_error("base_out must be a float64 numpy array");
-    auto b = py::reinterpret_borrow<py::array_t<double, 0>>(base_out);
-    if (b.ndim() != 1 || b.shape(0) != view.n || !(b.flags() & py::array::c_style) ||
-        !b.writeable())
-      throw py::value_error("base_out must be a writable contiguous float64 array of length n");
-    opt.base_out = b.mutable_data();
-  }
+  opt.base_out = out_buffer(base_out, view.n, "base_out");
+  opt.norm2_out = out_buffer(norm2_out, view.n, "norm2_out");
 
   // The hook runs on the calling thread between greedy steps: it takes the GIL, lets Python
   // handle Ctrl-C, and calls the user's progress callable.
@@ -214,7 +219,8 @@ PYBIND11_MODULE(_core, m) {
       });
   m.def("select", &py_select, py::arg("G"), py::arg("dtype_code"), py::arg("options"),
         py::kw_only(), py::arg("progress") = py::none(), py::arg("interval_s") = 0.25,
-        py::arg("base_out") = py::none(), py::arg("cost") = py::none(),
+        py::arg("base_out") = py::none(), py::arg("norm2_out") = py::none(),
+        py::arg("cost") = py::none(),
         py::arg("groups") = py::none(), py::arg("quotas") = py::none());
   m.def("row_norms2", &py_row_norms2, py::arg("G"), py::arg("dtype_code"), py::arg("threads") = 0);
   m.def("kernel_isa", &spice::kernel_isa);

@@ -125,6 +125,7 @@ Engine::Engine(const MatrixView& G, const Options& opt, const ProgressHook& hook
 void Engine::init_norms() {
   std::vector<double> norm2(n_, 0.0);
   row_norms2(G_, norm2.data(), nt_);
+  if (opt_.norm2_out) std::copy(norm2.begin(), norm2.end(), opt_.norm2_out);
   base_.resize(n_);
   rs_.assign(n_, RowState{});
   if (opt_.unit_rows) {

@@ -47,6 +47,8 @@ struct Options {
   int64_t chunk = 0;             // lazy catch-up rows per refresh; 0 = default (256)
   double* base_out = nullptr;    // optional, n entries: log(1 + alpha ||g_i||^2) of every row,
                                  // filled from the norms the run computes anyway
+  double* norm2_out = nullptr;   // optional, n entries: ||g_i||^2 of every row as given (before
+                                 // unit_rows scaling), from the same norms pass
   std::string spill_dir;         // non-empty: keep the w rows (k x d float64) in a temporary
                                  // file there (mapped; the OS may page it out), not in RAM
   bool unit_rows = false;        // select on g_i / ||g_i|| (zero rows stay zero): G is read as

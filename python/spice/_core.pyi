@@ -58,6 +58,7 @@ def select(
     progress: Callable[[int, int, int, float], bool | None] | None = None,
     interval_s: float = 0.25,
     base_out: np.ndarray | None = None,
+    norm2_out: npt.NDArray[np.float64] | None = None,
     cost: npt.NDArray[np.float64] | None = None,
     groups: npt.NDArray[np.int32] | None = None,
     quotas: npt.NDArray[np.int64] | None = None,

@@ -66,32 +66,24 @@ def require_matplotlib() -> Any:
 # numbers
 
 
-def _norm_percentiles(arr: Any, code: int, picks: np.ndarray, chunk_rows: int) -> np.ndarray:
-    """:func:`norm_percentiles` on an array already checked by ``as_features``."""
-    from ._inputs import row_as_float64
-
-    n, d = arr.shape
+def percentiles_of(norm2: np.ndarray, picks: np.ndarray, block: int = 0) -> np.ndarray:
+    """Mid-rank percentiles of ``norm2[picks]`` among all of ``norm2`` ((n,) float64 squared
+    norms), counted against the sorted picks ``block`` rows at a time (0: 2^16; each count costs
+    O(m))."""
+    n = norm2.size
     picks = np.asarray(picks, dtype=np.int64)
     if picks.size == 0:
         return np.empty(0)
     if picks.min() < 0 or picks.max() >= n:
         raise ValueError(f"picks must be row indices in [0, {n}), got {picks.min()}..{picks.max()}")
-    # Squared norms, summed the same way for the picks and the pool so a pick ties with itself.
-    pq = np.square(row_as_float64(arr, code, picks)).sum(axis=1)
+    pq = norm2[picks]
     order = np.argsort(pq, kind="stable")
     ps = pq[order]
-    # the pool's squared norms, read ~256 KB of float64 at a time (selection promises no copy of
-    # G), counted against the sorted picks in blocks of 2^16 rows (each count costs O(k))
     le = np.zeros(picks.size + 1, dtype=np.int64)  # bin j: rows with ps[j-1] < norm <= ps[j]
     lt = np.zeros(picks.size + 1, dtype=np.int64)  # bin j: rows with ps[j-1] <= norm < ps[j]
-    block = 1 << 16
-    step = chunk_rows if chunk_rows > 0 else max(1, (1 << 15) // max(d, 1))
-    for b0 in range(0, n, block):
-        b1 = min(n, b0 + block)
-        q = np.empty(b1 - b0)
-        for s in range(b0, b1, step):
-            e = min(b1, s + step)
-            q[s - b0 : e - b0] = np.square(row_as_float64(arr, code, slice(s, e))).sum(axis=1)
+    step = block if block > 0 else 1 << 16
+    for s in range(0, n, step):
+        q = norm2[s : s + step]
         le += np.bincount(np.searchsorted(ps, q, side="left"), minlength=picks.size + 1)
         lt += np.bincount(np.searchsorted(ps, q, side="right"), minlength=picks.size + 1)
     n_le = np.cumsum(le)[: picks.size]
@@ -111,12 +103,12 @@ def norm_percentiles(G: Any, picks: Any, *, bf16: bool = False, chunk_rows: int 
 
     Args:
         G: (n, d) features as :func:`spice.select` takes them (numpy arrays and memmaps of
-            float16/32/64 or bfloat16, stores); read once, in chunks of ``chunk_rows`` rows
-            (0: about 256 KB of float64 each), never copied whole. Norms are those of these raw
-            rows, in float64.
+            float16/32/64 or bfloat16, stores); read once by the core's norms pass, never
+            copied. Norms are those of these raw rows, in float64. (:func:`spice.select` takes
+            them from its own norms pass instead.)
         picks: (m,) row indices into G.
         bf16: ``uint16`` G holds raw bfloat16 bit patterns.
-        chunk_rows: rows per chunk (0: automatic).
+        chunk_rows: norms counted against the picks per block (0: 2^16).
 
     Returns:
         (m,) float64 array in (0, 100), one per pick, in the order of ``picks``.
@@ -124,10 +116,11 @@ def norm_percentiles(G: Any, picks: Any, *, bf16: bool = False, chunk_rows: int 
     Raises:
         ValueError: an index outside [0, n).
     """
+    from . import _core
     from ._inputs import as_features
 
     arr, code = as_features(G, bf16=bf16)
-    return _norm_percentiles(arr, code, np.asarray(picks), int(chunk_rows))
+    return percentiles_of(_core.row_norms2(arr, code), np.asarray(picks), int(chunk_rows))
 
 
 def high_norm_warning(percentiles: Any) -> str | None:
@@ -346,6 +339,12 @@ def _bins(*arrays: np.ndarray, count: int = 30) -> np.ndarray:
     return np.linspace(lo, hi, count + 1)
 
 
+def _save(plt: Any, fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _gains_plot(plt: Any, path: Path, gains, lam, fisher, same: str, early: bool) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     t = np.arange(1, gains.size + 1)
@@ -367,9 +366,7 @@ def _gains_plot(plt: Any, path: Path, gains, lam, fisher, same: str, early: bool
         ax.set_yscale("log")
     ax.legend()
     ax.set_title("Information each pick added, in pick order")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _epsilon_plot(plt: Any, path: Path, eps: np.ndarray) -> None:
@@ -379,9 +376,7 @@ def _epsilon_plot(plt: Any, path: Path, eps: np.ndarray) -> None:
     ax.set_xlabel("pick number t")
     ax.set_ylabel(r"$\varepsilon_t = \Delta_t - \mathrm{base}_t$ (nats)")
     ax.set_title("Gain lost to overlap with earlier picks (0 = none)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _conflict_plot(plt: Any, path: Path, pool_conf, picks, conflict) -> None:
@@ -414,9 +409,7 @@ def _conflict_plot(plt: Any, path: Path, pool_conf, picks, conflict) -> None:
         )
         ax.set_yticks([])
     ax.set_title("Gradient conflict (rows at 0 are left out of the bars)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _pool_plot(plt: Any, path: Path, panels: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
@@ -433,9 +426,7 @@ def _pool_plot(plt: Any, path: Path, panels: list[tuple[str, np.ndarray, np.ndar
         ax.set_ylabel("share of rows (density)")
         ax.legend(title="dashed: means")
     fig.suptitle("Picks against the pool")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _norms_plot(plt: Any, path: Path, pct: np.ndarray) -> None:
@@ -458,9 +449,7 @@ def _norms_plot(plt: Any, path: Path, pct: np.ndarray) -> None:
     ax.set_ylabel("share of picks at or below")
     ax.set_title("Where the picks sit among the pool's gradient norms")
     ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from . import _core
 from ._inputs import as_features, describe_bad_row, progress_says_continue, row_as_float64
 from ._numerics import MAX_ALPHA_NORM2
 from .constraints import Constraints, check_constraints, guarantee
-from .report import _norm_percentiles, high_norm_warning
+from .report import high_norm_warning, percentiles_of
 from .store import FeatureStore
 
 METHODS = ("naive", "lazy", "stochastic")
@@ -518,6 +518,8 @@ def select(
         spill = os.fspath(spill_dir)
         if not os.path.isdir(spill):
             raise ValueError(f"spill_dir {spill!r} is not an existing directory")
+    # the raw rows' squared norms, from the core's own norms pass (for the picks' percentiles)
+    norms2 = None if on_gpu else np.empty(n)
     if on_gpu:
         raw = _gpu.select_gpu(
             arr,
@@ -555,6 +557,7 @@ def select(
             progress=cb,
             interval_s=0.2,
             base_out=base_out,
+            norm2_out=norms2,
             cost=cons.cost,
             groups=cons.groups,
             quotas=cons.caps,
@@ -618,8 +621,7 @@ def select(
         budget=cons.budget_given,
         group_counts=_group_counts(cons, idx),
         safeguard=bool(raw.get("safeguard", False)),
-        # one more pass over the raw rows: the core's norms are of the rows it was given
-        norm_percentile=None if on_gpu else _norm_percentiles(arr, code, idx, 0),
+        norm_percentile=None if norms2 is None else percentiles_of(norms2, idx),
     )
 
 
