@@ -8,7 +8,7 @@ import numpy as np
 
 from .._inputs import BF16, F16, F32, F64
 from .load import _module
-from .state import _State
+from .state import Candidate, _State
 
 _SUFFIX = {F32: "f32", F64: "f64", F16: "f16", BF16: "bf16"}
 _VEC = {F32: 4, F64: 2, F16: 8, BF16: 8}  # elements per 16-byte chunk (kernel's L::VEC)
@@ -135,7 +135,7 @@ class _CupyOps:
         alpha: float,
         lam: float,
         count: bool,
-    ) -> np.ndarray:
+    ) -> Candidate:
         m = self.n if cand is None else int(cand.size)
         grid = self._grid_rows(m)
         N = self._NULL
@@ -171,7 +171,7 @@ class _CupyOps:
             (1024,),
             (self.part_score, self.part_idx, np.int64(grid), st.delta, st.align, st.q, self.out),
         )
-        return self.xp.asnumpy(self.out)
+        return Candidate.from_row(self.xp.asnumpy(self.out))
 
     def pick(self, st: _State, j: int, s: Any, g64: Any, a_out: Any, sn_out: Any) -> None:
         self._pick(

@@ -10,7 +10,7 @@ import numpy as np
 
 from .._inputs import progress_says_continue
 from .._numerics import ETA, MAX_ALPHA_NORM2
-from .state import ALIVE, PICKED, _State
+from .state import ALIVE, NO_CANDIDATE, PICKED, Candidate, _State
 
 ProgressFn = Callable[[int, int, int, float], Any]
 
@@ -115,24 +115,24 @@ class _Driver:
     def conflict_arg(self) -> Any:
         return self.svec if (self.lam > 0 and self.t > 0) else None
 
-    def stop_before(self, out: np.ndarray) -> bool:
-        if out[0] < 0 or not (out[1] > -np.inf):
+    def stop_before(self, c: Candidate) -> bool:
+        if c.index < 0 or not (c.score > -np.inf):
             self.stop = "exhausted"
             return True
-        if self.omega > 0 and self.t >= 1 and out[2] <= self.omega * self.gains[0]:
+        if self.omega > 0 and self.t >= 1 and c.gain <= self.omega * self.gains[0]:
             self.stop = "early_stop"
             return True
         return False
 
-    def add_pick(self, out: np.ndarray) -> None:
+    def add_pick(self, c: Candidate) -> None:
         xp, ops, t = self.xp, self.ops, self.t
-        j = int(out[0])
+        j = c.index
         self.idx.append(j)
-        self.gains.append(float(out[2]))
-        self.scores.append(float(out[1]))
-        self.align_step.append(float(out[3]))
+        self.gains.append(c.gain)
+        self.scores.append(c.score)
+        self.align_step.append(c.align)
         ops.pick(self.st, j, self.s, self.g64, self.A[t : t + 1], self.SN[t + 1 : t + 2])
-        scale = math.sqrt(self.alpha / (1.0 + self.alpha * float(out[4])))
+        scale = math.sqrt(self.alpha / (1.0 + self.alpha * c.q))
         if t == 0:
             self.wvec = ops.finish_w(self.g64, None, scale, self.W[0], self.wbuf)
         elif self.minv is not None:
@@ -165,7 +165,7 @@ class _Driver:
 
     # -- refresh of a candidate list (lazy, stochastic) -------------------------------------------
 
-    def refresh(self, cand: Any) -> np.ndarray:
+    def refresh(self, cand: Any) -> Candidate:
         """Catch q up to step t for the listed rows, then rescore them (one step kernel).
 
         The catch-up products come from GEMMs of one fixed shape (SB W rows x MB gathered rows),
@@ -260,12 +260,12 @@ class _Driver:
         self.sample = xp.asarray(np.sort(np.random.default_rng(0).choice(n, ns, replace=False)))
         B = self.lazy_batch if self.lazy_batch > 0 else 256
         while self.t < self.k:
-            best = np.array([-1.0, -np.inf, 0.0, 0.0, 0.0])
+            best = NO_CANDIDATE
             theta = self._theta1(B)
             round2 = 0
             for rnd in (1, 2):
                 if rnd == 2:
-                    theta = best[1] if best[0] >= 0 else -np.inf
+                    theta = best.score if best.index >= 0 else -np.inf
                 cand = self.ops.compact(self.st, self.ub, self.stamp, self.t, theta)
                 if cand.size == 0:
                     continue
@@ -273,8 +273,8 @@ class _Driver:
                 out = self.refresh(cand)
                 if rnd == 2:
                     round2 = int(cand.size)
-                if out[0] >= 0 and (
-                    best[0] < 0 or _better(out[1], int(out[0]), best[1], int(best[0]))
+                if out.index >= 0 and (
+                    best.index < 0 or _better(out.score, out.index, best.score, best.index)
                 ):
                     best = out
             if self.lazy_batch <= 0:
@@ -304,7 +304,7 @@ class _Driver:
             cand_h = np.sort(remaining[:m])
             out = self.refresh(xp.asarray(cand_h))
             looked = m
-            if out[0] < 0 and m < r:  # the sample is all dead: look at everything left
+            if out.index < 0 and m < r:  # the sample is all dead: look at everything left
                 out = self.refresh(xp.asarray(np.sort(remaining)))
                 looked = r
             if self.stop_before(out):

@@ -9,7 +9,7 @@ import numpy as np
 
 from .._inputs import row_as_float64
 from .._numerics import ETA, GAIN_TINY, REL_TINY  # in span(S) and the cosine guard, as the core
-from .state import ALIVE, DEAD, PICKED, _State
+from .state import ALIVE, DEAD, NO_CANDIDATE, PICKED, Candidate, _State
 
 
 class _NumpyOps:
@@ -53,14 +53,13 @@ class _NumpyOps:
         alpha: float,
         lam: float,
         count: bool,
-    ) -> np.ndarray:
+    ) -> Candidate:
         idx = np.arange(self.n) if cand is None else np.asarray(cand)
         live = idx[st.state[idx] == ALIVE]
         if count:
             self.evals_count += int(live.size)
-        out = np.array([-1.0, -np.inf, 0.0, 0.0, 0.0])
         if live.size == 0:
-            return out
+            return NO_CANDIDATE
         g = self._rows(live)
         qv = st.q[live]
         if w is not None:
@@ -87,10 +86,10 @@ class _NumpyOps:
         sc = np.where(dead, -np.inf, sc)
         st.score[live] = sc
         if not ok.any():
-            return out
+            return NO_CANDIDATE
         best = float(np.max(sc[ok]))
         i = int(np.min(live[ok][sc[ok] == best]))  # ties: lowest index
-        return np.array([float(i), best, st.delta[i], st.align[i], st.q[i]])
+        return Candidate(i, best, float(st.delta[i]), float(st.align[i]), float(st.q[i]))
 
     def pick(self, st: _State, j: int, s: Any, g64: Any, a_out: Any, sn_out: Any) -> None:
         g = self._rows(j)[0]
