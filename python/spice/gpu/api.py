@@ -52,7 +52,7 @@ def select_gpu(
     ValueError
         A compatibility objective (CPU only), an unknown method, or a row with NaN/Inf.
     """
-    from ..selection import check_normalize, check_options, resolve_k
+    from ..options import check_normalize, check_options, resolve_k
 
     # Every setting but k (whose range needs n) is checked before CuPy is looked for.
     _, alpha, lam, omega, stochastic_eps, seed = check_options(
