@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import spice.features.driver as ex
+import spice.features.chunks as ex  # the chunk runner: tests replace its batch_features
 from spice.features import LoraSpec, extract, merge_stores
 from spice.store import FeatureStore, StoreIncompleteError
 
@@ -35,7 +35,7 @@ import os, sys, json
 os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch, torch.distributed as dist
 from transformers import AutoModelForCausalLM, AutoTokenizer
-import spice.store, spice.features.driver as ex
+import spice.store, spice.features.chunks as ex
 from spice.features import LoraSpec, extract
 rank = int(os.environ["RANK"])
 model_dir = sys.argv[1]

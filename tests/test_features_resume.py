@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-import spice.features.driver as ex
+import spice.features.chunks as ex  # the chunk runner: tests replace its batch_features
 from spice.features import LoraSpec, extract
 from spice.store import FeatureStore, StoreIncompleteError, StoreMismatchError
 
