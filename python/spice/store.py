@@ -37,6 +37,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from .errors import StoreError, StoreIncompleteError, StoreMismatchError
+
 __all__ = [
     "FeatureStore",
     "StoreIndex",
@@ -57,18 +59,6 @@ FORMAT_VERSION = 1
 _DTYPES = {"float16": "<f2", "float32": "<f4"}
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-class StoreError(RuntimeError):
-    """A feature store is missing, damaged, or cannot be used as asked."""
-
-
-class StoreMismatchError(StoreError):
-    """An existing store was made with a different configuration than the one requested."""
-
-
-class StoreIncompleteError(StoreError):
-    """A store directory holds an unfinished run (resume it by re-running the extraction)."""
 
 
 # ----------------------------------------------------------------------------------------------

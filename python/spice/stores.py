@@ -55,7 +55,8 @@ from typing import Any, Union
 
 import numpy as np
 
-from .store import FeatureStore, StoreError
+from .errors import StoreError, UnrecognizedStoreError
+from .store import FeatureStore
 
 __all__ = ["open", "ExternalStore", "UnrecognizedStoreError", "FORMATS"]
 
@@ -77,10 +78,6 @@ _EXPECTED = {
 _LESS_NORMALIZED = "all_orig.pt"
 _LESS_RAW = "all_unormalized.pt"
 _NPY_MAGIC = b"\x93NUMPY"
-
-
-class UnrecognizedStoreError(StoreError):
-    """A path holds none of the gradient layouts :func:`open` reads."""
 
 
 class ExternalStore:

@@ -44,6 +44,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from ..errors import RecordError
+
 __all__ = [
     "Record",
     "RecordError",
@@ -74,10 +76,6 @@ _SHAREGPT_ROLES = {
     "tool": "tool",
     "function": "tool",
 }
-
-
-class RecordError(ValueError):
-    """A record (or the file holding it) is malformed; the message names file and line/row."""
 
 
 @dataclass(frozen=True)
