@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from . import _core, stores
 from .analysis import Curvature, curvature, logdet
+from .errors import SpiceError
 from .selection import Selection, resolve_k, select
 from .store import FeatureStore, merge_stores
 
@@ -22,6 +23,7 @@ __all__ = [
     "Curvature",
     "FeatureStore",
     "Selection",
+    "SpiceError",
     "__version__",
     "curvature",
     "kernel_isa",

@@ -1,12 +1,16 @@
 """The exceptions spice raises for bad input, damaged files and failed jobs, in one place.
 
-Every module raises these from here (and re-exports the ones it always named), so a caller can
-import any of them without importing the module that raises it.
+Every one derives from :class:`SpiceError` (``except spice.SpiceError`` catches them all) and keeps
+the builtin base it always had (``RuntimeError`` or ``ValueError``), so code that catches those
+still does. The modules that raise them re-export the names they always had
+(``from spice.store import StoreError`` works), so a caller can import any of them from here
+without importing the module that raises it.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "SpiceError",
     "PipelineError",
     "RecordError",
     "StoreError",
@@ -16,7 +20,12 @@ __all__ = [
 ]
 
 
-class StoreError(RuntimeError):
+class SpiceError(Exception):
+    """The base of spice's own exceptions: a malformed record, a missing, damaged or mismatched
+    store, a failed job. (A bad argument still raises a plain ``ValueError`` or ``TypeError``.)"""
+
+
+class StoreError(SpiceError, RuntimeError):
     """A feature store is missing, damaged, or cannot be used as asked."""
 
 
@@ -29,12 +38,12 @@ class StoreIncompleteError(StoreError):
 
 
 class UnrecognizedStoreError(StoreError):
-    """A path holds none of the gradient layouts :func:`open` reads."""
+    """A path holds none of the gradient layouts :func:`spice.stores.open` reads."""
 
 
-class RecordError(ValueError):
+class RecordError(SpiceError, ValueError):
     """A record (or the file holding it) is malformed; the message names file and line/row."""
 
 
-class PipelineError(RuntimeError):
+class PipelineError(SpiceError, RuntimeError):
     """A user-facing failure of the job (bad path, mismatched store, existing output)."""
