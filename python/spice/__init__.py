@@ -11,7 +11,7 @@ Gradient features from Hugging Face models live in :mod:`spice.features` (extra 
 
 from __future__ import annotations
 
-from . import _core, stores
+from . import _core, formats, stores
 from .analysis import Curvature, curvature, logdet
 from .errors import SpiceError
 from .selection import Selection, resolve_k, select
@@ -31,6 +31,7 @@ __all__ = [
     "merge_stores",
     "resolve_k",
     "select",
+    "formats",
     "stores",
 ]
 
