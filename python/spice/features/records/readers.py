@@ -11,6 +11,15 @@ from pathlib import Path
 from typing import Any, Union
 
 from ...errors import RecordError
+from ...hfdata import (
+    check_columns,
+    check_mapped_columns,
+    iter_source_rows,
+    map_columns,
+    resolve_source,
+    source_columns,
+    source_name,
+)
 from .parsing import Record, parse_record
 
 
@@ -157,16 +166,6 @@ def load_records(
     Raises:
         RecordError: a malformed record or file; the message names file and line (or row).
     """
-    from ...hfdata import (
-        check_columns,
-        check_mapped_columns,
-        iter_source_rows,
-        map_columns,
-        resolve_source,
-        source_columns,
-        source_name,
-    )
-
     if invalid not in ("error", "skip"):
         raise ValueError(f"invalid must be 'error' or 'skip', got {invalid!r}")
     columns = check_columns(columns)
