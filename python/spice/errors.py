@@ -38,7 +38,7 @@ class StoreIncompleteError(StoreError):
 
 
 class UnrecognizedStoreError(StoreError):
-    """A path holds none of the gradient layouts :func:`spice.stores.open` reads."""
+    """A path holds none of the gradient layouts :func:`spice.formats.open` reads."""
 
 
 class RecordError(SpiceError, ValueError):

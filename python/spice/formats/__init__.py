@@ -4,9 +4,12 @@
 :class:`~spice.store.FeatureStore`: ``.features`` is the ``(n, d)`` array (a memory map of the
 tool's file), ``len()``, ``.ids``, ``.config``, ``.verify()`` and ``np.asarray(store)``::
 
-    import spice, spice.stores
-    store = spice.stores.open("grads/")            # spice, LESS, Bergson or TRAK
+    import spice, spice.formats
+    store = spice.formats.open("grads/")           # spice, LESS, Bergson or TRAK
     sel = spice.select(store.features, 0.1)
+
+(``spice.stores`` is this module's former name, kept as an alias: ``spice.stores.open`` is this
+``open``.)
 
 What each tool writes (read from their writers; the tests build files the same way):
 

@@ -147,8 +147,8 @@ def _why_blank(text: str, subject: str) -> str:
 
 
 def _check_chat(rec: Record) -> Record:
-    """Apply the documented rules for conversations (module docstring): drop assistant turns
-    before the first user turn; skip records with nothing to learn from."""
+    """Apply the documented rules for conversations (:mod:`spice.features.records`): drop
+    assistant turns before the first user turn; skip records with nothing to learn from."""
     msgs = rec.messages
     if not msgs:
         return replace(rec, skip="empty_conversation", detail="the conversation has no messages")
@@ -189,7 +189,7 @@ def parse_record(obj: Any, default_id: str, where: str) -> Record:
     """Normalise one raw record (a dict) into a :class:`Record`; ``where`` names it in errors.
 
     Raises :class:`RecordError` for a malformed record; a well-formed record with nothing to
-    learn from comes back with ``skip`` set (see the module docstring for the rules).
+    learn from comes back with ``skip`` set (the rules: :mod:`spice.features.records`).
     """
     if not isinstance(obj, dict):
         raise RecordError(f"{where}: a record must be a JSON object, got {type(obj).__name__}")
