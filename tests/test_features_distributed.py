@@ -50,7 +50,7 @@ WORKER = (
     + """
 def no_copy(*a, **k):
     raise AssertionError("rows were copied")
-ex.merge_stores = spice.store.merge_stores = spice.store._write_final = no_copy
+ex.merge_stores = spice.store.merge_stores = spice.store.writer._write_final = no_copy
 data, out_explicit, out_auto = sys.argv[2:5]
 dist.init_process_group("gloo")
 store = extract(model, tok, data, out_explicit, shard=(dist.get_rank(), 2), **kw)

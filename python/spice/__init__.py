@@ -11,8 +11,9 @@ Gradient features from Hugging Face models live in :mod:`spice.features` (extra 
 
 from __future__ import annotations
 
-from . import _core, stores
+from . import _core, formats, stores
 from .analysis import Curvature, curvature, logdet
+from .errors import SpiceError
 from .selection import Selection, resolve_k, select
 from .store import FeatureStore, merge_stores
 
@@ -22,6 +23,7 @@ __all__ = [
     "Curvature",
     "FeatureStore",
     "Selection",
+    "SpiceError",
     "__version__",
     "curvature",
     "kernel_isa",
@@ -29,6 +31,7 @@ __all__ = [
     "merge_stores",
     "resolve_k",
     "select",
+    "formats",
     "stores",
 ]
 

@@ -204,7 +204,7 @@ def _select_into(args: argparse.Namespace, store: Any, out: Path, extra: dict) -
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from .stores import open as open_store
+    from .formats import open as open_store
 
     store = open_store(args.features)
     note = getattr(store, "note", "")  # another tool's gradients: what cannot be checked

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from .errors import RecordError
+
 __all__ = [
     "COLUMN_KEYS",
     "parse_columns",
@@ -159,8 +161,6 @@ def map_columns(obj: Any, columns: Mapping[str, str], where: str) -> Any:
     Raises:
         RecordError: a mapped column missing from the record, null, or of the wrong type.
     """
-    from .features.records import RecordError
-
     if not isinstance(obj, dict):
         return obj
 
@@ -222,8 +222,6 @@ def check_mapped_columns(columns: Mapping[str, str], available: Iterable[str], n
     Raises:
         RecordError: naming the unknown column and the available ones.
     """
-    from .features.records import RecordError
-
     have = sorted(set(available))
     for key, col in columns.items():
         if col not in have:
@@ -287,8 +285,6 @@ def _read_arrow(path: Path) -> Any:
     """An Arrow IPC file (the file format, or the stream format ``datasets`` writes), memory
     mapped."""
     pa = _pyarrow()
-    from .features.records import RecordError
-
     source = pa.memory_map(str(path))
     try:
         return pa.ipc.open_file(source).read_all()

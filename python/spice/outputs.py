@@ -229,7 +229,7 @@ def _q(text: str) -> str:
 
 # what the record loader accepts as ShareGPT speakers, for the snippets (role -> speakers)
 def _sharegpt_roles() -> dict[str, list[str]]:
-    from .features.records import _SHAREGPT_ROLES
+    from .features.records.parsing import _SHAREGPT_ROLES
 
     out: dict[str, list[str]] = {}
     for speaker, role in _SHAREGPT_ROLES.items():

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .errors import PipelineError
 from .outputs import (
     atomic_write,
     axolotl_snippet,
@@ -48,10 +49,6 @@ __all__ = [
     "select_to_dir",
     "versions",
 ]
-
-
-class PipelineError(RuntimeError):
-    """A user-facing failure of the job (bad path, mismatched store, existing output)."""
 
 
 # the optional dependencies each extra of spice-select installs

@@ -499,7 +499,7 @@ def make_report(run_dir: str | os.PathLike) -> dict[str, Path]:
         store_note = f"the feature store {store_path} is gone (moved or deleted)"
     elif m:
         from . import select
-        from .stores import open as open_store
+        from .formats import open as open_store
 
         store = open_store(store_path)
         if len(store) != n:
