@@ -10,8 +10,9 @@
 Runs spice.select(method="lazy") and spice.distributed.select(mode="exact") on the same float16
 memmap (a spice-layout .npy opened in place), checks that the picks are identical, and reports
 seconds per pick for both, the coordinator's overhead per pick (distributed minus one machine,
-divided by k), and the bytes each pick moves: the picked row once from its owner and once to
-every shard, (S + 1)·d·b, plus the numbers of each call (measured as pickled sizes).
+divided by k), and the bytes each pick moves: the picked row to every shard and the U rows
+that came up with the shards' candidates (sel.params["rows_sent"] / k), (S + U)·d·b, plus the
+numbers of each call (measured as pickled sizes).
 Needs Ray (pip install "spice-select[ray]").
 
 --partition instead compares mode="partition" (RandGreeDi) with the exact greedy at λ = 0, on
@@ -109,6 +110,7 @@ def main() -> None:
     ray.shutdown()
     same = np.array_equal(one.indices, dist.indices) and one.gains.tobytes() == dist.gains.tobytes()
     row = a.d * 2
+    up = dist.params.get("rows_sent", a.k) / a.k  # rows sent up a pick (once, before one hop)
     cand = len(pickle.dumps((0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1)))
     down = len(pickle.dumps((0.1, 0, True)))
     print(f"n={a.n} d={a.d} float16 k={a.k} shards={a.shards} threads/shard={threads}")
@@ -121,7 +123,7 @@ def main() -> None:
         f"overhead vs one machine {1e3 * (loop - t_one) / a.k:.2f} ms/pick"
     )
     print(
-        f"payload per pick: row {(a.shards + 1) * row} B ((S+1)·d·2), "
+        f"payload per pick: rows {(a.shards + up) * row:.0f} B ((S+U)·d·2, U = {up:.2f}), "
         f"q/index/flag {a.shards * down} B down, candidates {a.shards * cand} B up "
         "(pickled; Ray adds its own framing per call)"
     )
