@@ -4,13 +4,15 @@
     python bench/distributed_bench.py --n 1000000 --shards 4 --k 1000
     python bench/distributed_bench.py --quick              # seconds (CI)
     python bench/distributed_bench.py --partition          # partition mode's quality vs exact
+    python bench/distributed_bench.py --per-pick           # time and bytes per pick, S = 2, 3
 
 
 Runs spice.select(method="lazy") and spice.distributed.select(mode="exact") on the same float16
 memmap (a spice-layout .npy opened in place), checks that the picks are identical, and reports
 seconds per pick for both, the coordinator's overhead per pick (distributed minus one machine,
-divided by k), and the bytes each pick moves: the picked row once from its owner and once to
-every shard, (S + 1)·d·b, plus the numbers of each call (measured as pickled sizes).
+divided by k), and the bytes each pick moves: the picked row to every shard and the U rows
+that came up with the shards' candidates (sel.params["rows_sent"] / k), (S + U)·d·b, plus the
+numbers of each call (measured as pickled sizes).
 Needs Ray (pip install "spice-select[ray]").
 
 --partition instead compares mode="partition" (RandGreeDi) with the exact greedy at λ = 0, on
@@ -20,6 +22,17 @@ which mode="exact" equals bit for bit (tests/test_distributed_select.py). Report
 ratio partition / exact, the share of rows both picked, and certificates f(S) / U of both, U
 being the exact run's Minoux bound on the best k rows (§7 of docs/algorithm.md), valid for any
 set of k rows, so for partition's too.
+
+--per-pick measures mode="exact"'s greedy loop on float32 memmaps of 20 000 × 64 and 50 000 × 128
+(--sizes), k = --k, 2 and 3 shards (--shard-counts), --repeat times each, in one Ray instance:
+seconds per pick (the loop's, sel.params["picks_s"] / k) and bytes per pick through the driver,
+measured as the growth of the bytes sent and received on its TCP connections (``ss -tinp``, the
+kernel's counters: Ray's gRPC framing included) between the first and the last progress call,
+less the driver's idle traffic at the same rate, over the picks in between (the two ``ss`` calls'
+time is taken out of the loop's);
+plus the rows' payload alone (row bytes: S down, and up as sel.params["rows_sent"] says, or once
+from the owner where that key is missing, as before the one-hop reply). Run it with PYTHONPATH
+naming the tree to measure, the same command for each.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,8 +66,12 @@ def main() -> None:
     ap.add_argument("--partition", action="store_true", help="partition's quality vs exact")
     ap.add_argument("--sizes", default="20000x64,50000x128", help="--partition: n x d, ...")
     ap.add_argument("--fractions", default="0.01,0.05,0.1", help="--partition: k / n, ...")
-    ap.add_argument("--shard-counts", default="2,4", help="--partition: shard counts")
+    ap.add_argument("--shard-counts", default=None, help="shard counts (2,4; --per-pick: 2,3)")
+    ap.add_argument("--per-pick", action="store_true", help="time and bytes per pick")
+    ap.add_argument("--repeat", type=int, default=2, help="--per-pick: runs per size")
     a = ap.parse_args()
+    if a.shard_counts is None:
+        a.shard_counts = "2,3" if a.per_pick else "2,4"
     if a.quick:
         a.n, a.d, a.k = 5000, 32, 60
 
@@ -62,10 +80,14 @@ def main() -> None:
     if a.partition:
         partition_quality(a, ray)
         return
+    if a.per_pick:
+        per_pick(a, ray)
+        return
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     src = os.path.dirname(os.path.dirname(os.path.abspath(spice.__file__)))  # this spice
     ray.init(
+        address="local",  # a new instance, not one another process recorded in /tmp/ray
         num_cpus=a.cpus,
         include_dashboard=False,
         logging_level="WARNING",
@@ -88,6 +110,7 @@ def main() -> None:
     ray.shutdown()
     same = np.array_equal(one.indices, dist.indices) and one.gains.tobytes() == dist.gains.tobytes()
     row = a.d * 2
+    up = dist.params.get("rows_sent", a.k) / a.k  # rows sent up a pick (once, before one hop)
     cand = len(pickle.dumps((0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1)))
     down = len(pickle.dumps((0.1, 0, True)))
     print(f"n={a.n} d={a.d} float16 k={a.k} shards={a.shards} threads/shard={threads}")
@@ -100,10 +123,78 @@ def main() -> None:
         f"overhead vs one machine {1e3 * (loop - t_one) / a.k:.2f} ms/pick"
     )
     print(
-        f"payload per pick: row {(a.shards + 1) * row} B ((S+1)·d·2), "
+        f"payload per pick: rows {(a.shards + up) * row:.0f} B ((S+U)·d·2, U = {up:.2f}), "
         f"q/index/flag {a.shards * down} B down, candidates {a.shards * cand} B up "
         "(pickled; Ray adds its own framing per call)"
     )
+
+
+def _io() -> int:
+    """Bytes sent and received on this process's TCP connections (``ss -tinp``: the kernel's
+    per-socket counters, so everything Ray's gRPC puts on the wire, framing included)."""
+    out = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True, check=True).stdout
+    tag, total, mine = f"pid={os.getpid()},", 0, False
+    for line in out.splitlines():
+        if not line[:1].isspace():  # a socket's line; its counters follow on the next
+            mine = tag in line
+        elif mine:
+            for f in line.split():
+                if f.startswith(("bytes_sent:", "bytes_received:")):
+                    total += int(f.split(":")[1])
+    return total
+
+
+def per_pick(a: argparse.Namespace, ray) -> None:
+    """mode="exact"'s seconds and driver bytes per pick, S shards, float32 memmaps."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    src = os.path.dirname(os.path.dirname(os.path.abspath(spice.__file__)))
+    ray.init(
+        address="local",
+        num_cpus=a.cpus,
+        include_dashboard=False,
+        logging_level="WARNING",
+        runtime_env={"env_vars": {"PYTHONPATH": src, "OMP_NUM_THREADS": "1"}},
+    )
+    time.sleep(2.0)
+    t0, b0 = time.monotonic(), _io()
+    time.sleep(3.0)
+    idle = (_io() - b0) / (time.monotonic() - t0)  # the driver's background traffic, B/s
+    print(f"spice from {src}; driver idle traffic {idle:.0f} B/s (subtracted)")
+    print("| n × d | shards | k | ms/pick | driver bytes/pick | row payload bytes/pick |")
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in a.sizes.split(","):
+            n, d = (int(x) for x in size.split("x"))
+            path = os.path.join(tmp, f"G{n}x{d}.npy")
+            G = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+            G[:] = clustered_features(n, d, seed=0, dtype=np.float32)
+            G.flush()
+            G = np.load(path, mmap_mode="r")
+            one = spice.select(G, a.k, conflict_penalty=a.penalty, method="lazy", threads=1)
+            for s in (int(x) for x in a.shard_counts.split(",")):
+                for _ in range(a.repeat):
+                    marks: list = []
+
+                    def mark(t, k, ev, el, marks=marks):
+                        if not marks or t == k:  # the first call and the last
+                            c = time.monotonic()
+                            marks.append((t, c, _io(), time.monotonic() - c))
+
+                    dist = sd.select(G, a.k, shards=s, conflict_penalty=a.penalty, progress=mark)
+                    if not np.array_equal(dist.indices, one.indices):
+                        raise SystemExit("the picks differ from spice.select(method='lazy')")
+                    (t1, c1, b1, e1), (t2, c2, b2, e2) = marks[0], marks[-1]
+                    per = (b2 - b1 - idle * (c2 - c1)) / (t2 - t1)
+                    loop = dist.params["picks_s"] - e1 - e2
+                    up = dist.params.get("rows_sent")
+                    rows = (s * a.k + (up if up is not None else a.k)) / a.k
+                    print(
+                        f"| {n} × {d} | {s} | {a.k} | "
+                        f"{1e3 * loop / a.k:.2f} | {per:.0f} | "
+                        f"{rows * d * 4:.0f} ({rows:.2f} rows) |",
+                        flush=True,
+                    )
+    ray.shutdown()
 
 
 def partition_quality(a: argparse.Namespace, ray) -> None:
@@ -113,6 +204,7 @@ def partition_quality(a: argparse.Namespace, ray) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     src = os.path.dirname(os.path.dirname(os.path.abspath(spice.__file__)))
     ray.init(
+        address="local",  # a new instance, not one another process recorded in /tmp/ray
         num_cpus=a.cpus,
         include_dashboard=False,
         logging_level="WARNING",

@@ -36,6 +36,7 @@ def ray_local():
         src = str(Path(spice.__file__).resolve().parent.parent)
         path = os.pathsep.join([src] + [p for p in [os.environ.get("PYTHONPATH")] if p])
         ray.init(
+            address="local",  # a new instance, never one another process recorded in /tmp/ray
             num_cpus=2,
             include_dashboard=False,
             logging_level="WARNING",
@@ -162,6 +163,49 @@ def test_exact_equals_one_machine_on_arrays(ray_local, dtype, lam, shards, omega
     dist = sd.select(G, k, shards=shards, **kw)
     assert_same(dist, one)
     assert len(dist) == k or dist.stop_reason == "early_stop"
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """The actor methods the driver calls, by name (Ray's ActorMethod._remote, counted)."""
+    from collections import Counter
+
+    from ray.actor import ActorMethod
+
+    seen: Counter = Counter()
+    orig = ActorMethod._remote
+
+    def counted(self, *a, **kw):
+        seen[self._method_name] += 1
+        return orig(self, *a, **kw)
+
+    monkeypatch.setattr(ActorMethod, "_remote", counted)
+    return seen
+
+
+@needs_ray
+@pytest.mark.parametrize("dtype,shards", [(np.float16, 2), (np.float32, 3)])
+def test_exact_sends_each_pick_in_one_call_per_shard(ray_local, calls, dtype, shards):
+    # one hop: the winner's row comes with its candidate, so no pick fetches it from its owner
+    # before the step (that fetch was k more calls, each a round trip through the driver)
+    G = clustered(8, 600, 12).astype(dtype)
+    k = 40
+    one = spice.select(G, k, conflict_penalty=0.1, method="lazy")
+    d = sd.select(G, k, shards=shards, conflict_penalty=0.1)
+    assert_same(d, one)
+    assert calls["row"] == 0 and calls["rows"] == 0
+    assert calls["best_with_row"] == shards and calls["step"] == shards * k
+    # every pick's row went up once at least; a shard whose candidate stayed did not resend it
+    assert k <= d.params["rows_sent"] < shards * k
+
+
+@needs_ray
+def test_stochastic_sends_the_row_with_the_sample(ray_local, calls):
+    G = clustered(6, 900, 12)
+    s = sd.select(G, 30, shards=2, mode="stochastic", seed=5, conflict_penalty=0.1)
+    assert calls["row"] == 0
+    assert calls["apply"] == 2 * 30 and calls["sample"] >= 2 * 30
+    assert s.logdet == pytest.approx(spice.logdet(G, s.indices, alpha=1.0), rel=1e-9)
 
 
 def write_store(path: Path, rows: np.ndarray, part=(0, 1), shard_rows=128) -> Path:

@@ -11,9 +11,10 @@ machine: the same picks in the same order, bit-identical gains and log det, with
 penalty, SPICE+'s early stop and k > d. Each Ray actor holds one contiguous block of rows (a
 memory map of a feature store is mapped in place, only that block is read) and a C++ engine over
 it (``spice._core.Stepper``). Per pick the coordinator takes the best exact candidate over the
-shards (ties to the lowest row), the owner sends that row, and every shard applies the pick from
-the row itself; docs/algorithm.md §12 explains why that reproduces one machine bit for bit and
-what each pick sends.
+shards (ties to the lowest row), whose row came with it, and sends it to every shard, which applies
+the pick from the row itself and answers with its next candidate: one round trip a pick;
+docs/algorithm.md §12 explains why that reproduces one machine bit for bit and what each pick
+sends.
 
 The shards are placed by a Ray placement group, one bundle per shard of CPUs that fit on one
 node, one shard per node where there are enough nodes (STRICT_SPREAD, else SPREAD); store paths
@@ -254,6 +255,8 @@ class _Shard:
         # message, traceback), where one in the constructor only kills the actor
         self.args = (spec, lo, hi, bf16, options)
         self.fail_at = fail_at  # tests: (pick, "exit" or "stop") to crash or stall at that pick
+        self.sent = -1  # local row of the candidate whose row the coordinator holds
+        self.rows_sent = 0  # rows sent with candidates (bytes per pick, in params)
 
     def open(self) -> dict:
         """Map this shard's rows, check what this node must have, build the engine."""
@@ -316,8 +319,25 @@ class _Shard:
     def ping(self) -> bool:
         return True
 
+    def _with_row(self, cand: Any) -> tuple[Any, np.ndarray | None]:
+        """A candidate and its row, so that the coordinator holds the winner's row when it
+        broadcasts the pick (one hop, not a fetch from the owner and then a send). The row is
+        left out when it is the one this shard sent last: the coordinator still holds it."""
+        if cand is None:
+            return None, None
+        j = int(cand[0])
+        if j == self.sent:
+            return cand, None
+        self.sent = j
+        self.rows_sent += 1
+        return cand, np.array(self.arr[j])
+
     def best(self) -> Any:
         return self.eng.best()
+
+    def best_with_row(self) -> tuple[Any, np.ndarray | None]:
+        self.sent = -1  # a fresh loop: the coordinator holds no row of ours
+        return self._with_row(self.eng.best())
 
     def row(self, local: int) -> np.ndarray:
         return np.array(self.arr[local])
@@ -325,8 +345,9 @@ class _Shard:
     def rows(self, locals_: Sequence[int]) -> np.ndarray:
         return np.ascontiguousarray(self.arr[np.asarray(locals_, dtype=np.int64)])
 
-    def sample(self, m: int, seed: int) -> Any:
-        return self.eng.best_of_sample(int(m), int(seed))
+    def sample(self, m: int, seed: int) -> tuple[Any, np.ndarray | None]:
+        """The best of this shard's part of a stochastic step's sample, with its row."""
+        return self._with_row(self.eng.best_of_sample(int(m), int(seed)))
 
     def remaining(self) -> int:
         return int(self.eng.remaining())
@@ -337,10 +358,13 @@ class _Shard:
         self.eng.apply_pick(row, q, local)
         return int(self.eng.remaining())
 
-    def step(self, row: np.ndarray, q: float, local: int, want_best: bool) -> Any:
+    def step(
+        self, row: np.ndarray, q: float, local: int, want_best: bool
+    ) -> tuple[Any, np.ndarray | None]:
+        """Apply a pick, then this shard's next best candidate with its row (see _with_row)."""
         self._maybe_fail()
         self.eng.apply_pick(row, q, local)
-        return self.eng.best() if want_best else None
+        return self._with_row(self.eng.best()) if want_best else (None, None)
 
     def replay(self, rows: np.ndarray, qs: Sequence[float], locals_: Sequence[int]) -> list:
         """Apply recorded picks without selecting; returns the base gains of this shard's own."""
@@ -355,8 +379,8 @@ class _Shard:
     def top_gains(self, m: int) -> np.ndarray:
         return self.eng.top_gains(m)
 
-    def stats(self) -> tuple[int, int]:
-        return int(self.eng.evaluations), int(self.eng.dot_products)
+    def stats(self) -> tuple[int, int, int]:
+        return int(self.eng.evaluations), int(self.eng.dot_products), self.rows_sent
 
 
 # ----------------------------------------------------------------------------------------------
@@ -763,6 +787,9 @@ def select(
             hosts=[i["host"] for i in infos],
             pids=[i["pid"] for i in infos],
         ),
+        # rows the shards sent up with their candidates (each pick also sends one row down to
+        # every shard): what the picks moved, for bench/distributed_bench.py's bytes per pick
+        rows_sent=int(sum(r for _, _, r in stats)),
         start_s=t_ready,  # seconds before the first pick
         picks_s=t_loop,  # seconds of the greedy loop
     )
@@ -788,12 +815,12 @@ def select(
         stop_reason=stop,
         opt_upper_bound=ub,
         certified_ratio=ld / ub if ub > 0 else 1.0,
-        evaluations=int(sum(e for e, _ in stats)),
+        evaluations=int(sum(e for e, _, _ in stats)),
         n=n,
         k=kk,
         params=params,
         elapsed_s=time.perf_counter() - t_start,
-        dot_products=int(sum(dp for _, dp in stats)),
+        dot_products=int(sum(dp for _, dp, _ in stats)),
         guarantee=factor,
         guarantee_note=note,
     )
@@ -1005,13 +1032,23 @@ class _Run:
                         f"{want[t]!r} alone there but {b!r} in these rows: another data set"
                     )
 
+    @staticmethod
+    def take(replies: list, held: list) -> list:
+        """The candidates of one call per shard; the rows that came with them replace the held
+        ones (a shard sends none when its candidate's row is the one it sent last)."""
+        for s, (_, row) in enumerate(replies):
+            if row is not None:
+                held[s] = row
+        return [c for c, _ in replies]
+
     def exact(self, kk: int, omega: float, cb: Any, t_start: float) -> str:
         """The greedy from the current step to k; returns the stop reason."""
         actors, p = self.actors, self.picks
         t = len(p["indices"])
         if t >= kk:
             return "budget"
-        cands = self.gather([x.best.remote() for x in actors])
+        held: list[np.ndarray | None] = [None] * len(actors)  # each shard's candidate's row
+        cands = self.take(self.gather([x.best_with_row.remote() for x in actors]), held)
         last_cb = time.monotonic()
         while True:
             best = None  # (score, global index, shard, candidate)
@@ -1031,12 +1068,17 @@ class _Run:
                 p[f].append(v)
             t += 1
             want = t < kk
-            row_ref = actors[o].row.remote(int(local))
-            cands = self.gather(
-                [
-                    x.step.remote(row_ref, q, int(local) if s == o else -1, want)
-                    for s, x in enumerate(actors)
-                ]
+            # one hop: the owner sent the row with its candidate; the step that applies the
+            # pick brings back every shard's next candidate, with its row where it changed
+            row = held[o]
+            cands = self.take(
+                self.gather(
+                    [
+                        x.step.remote(row, q, int(local) if s == o else -1, want)
+                        for s, x in enumerate(actors)
+                    ]
+                ),
+                held,
             )
             now = time.monotonic()
             if self.ckpt is not None and now - self.last_save >= self.every:
@@ -1057,6 +1099,7 @@ class _Run:
         actors, p = self.actors, self.picks
         sample = max(1, math.ceil((n / max(1, kk)) * math.log(1.0 / eps)))
         counts = self.gather([x.remaining.remote() for x in actors])
+        held: list[np.ndarray | None] = [None] * len(actors)
         last_cb = time.monotonic()
         t = len(p["indices"])
         while t < kk:
@@ -1065,12 +1108,21 @@ class _Run:
             m = min(sample, r)
             split = rng.multivariate_hypergeometric(np.asarray(counts, dtype=np.int64), m)
             seeds = rng.integers(0, 2**63, size=len(actors))
-            cands = self.gather(
-                [x.sample.remote(int(split[s]), int(seeds[s])) for s, x in enumerate(actors)]
+            cands = self.take(
+                self.gather(
+                    [x.sample.remote(int(split[s]), int(seeds[s])) for s, x in enumerate(actors)]
+                ),
+                held,
             )
             if all(c is None for c in cands) and m < r:  # the sample all dead: every row left
-                cands = self.gather(
-                    [x.sample.remote(int(counts[s]), int(seeds[s])) for s, x in enumerate(actors)]
+                cands = self.take(
+                    self.gather(
+                        [
+                            x.sample.remote(int(counts[s]), int(seeds[s]))
+                            for s, x in enumerate(actors)
+                        ]
+                    ),
+                    held,
                 )
             best = None
             for s, c in enumerate(cands):
@@ -1087,12 +1139,9 @@ class _Run:
             for f, v in zip(_PICK_FIELDS, (g, q, score, delta, base, align, conflict)):
                 p[f].append(v)
             t += 1
-            row_ref = actors[o].row.remote(int(local))
+            row = held[o]  # sent with the sample's candidate: no fetch from the owner
             counts = self.gather(
-                [
-                    x.apply.remote(row_ref, q, int(local) if s == o else -1)
-                    for s, x in enumerate(actors)
-                ]
+                [x.apply.remote(row, q, int(local) if s == o else -1) for s, x in enumerate(actors)]
             )
             now = time.monotonic()
             if cb is not None and (now - last_cb >= 0.2 or t == kk):
