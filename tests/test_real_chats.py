@@ -8,6 +8,7 @@ chats, unicode, one huge message. Every row must be accounted for, never an abor
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -260,7 +261,9 @@ def test_online_schedule_over_real_shaped_chats(tmp_path, chats, tiny_llama, cha
     recs = [loaded[0]] * len(loaded)
     for j, pos in enumerate(perm):
         recs[pos] = ordered[j]
-    res = run_online(tiny_llama, chat_tokenizer, recs, tmp_path / "o", cfg, resume=False)
+    # run_online adds LoRA adapters to its model and trains them in place: not the shared fixture
+    model = copy.deepcopy(tiny_llama)
+    res = run_online(model, chat_tokenizer, recs, tmp_path / "o", cfg, resume=False)
     picked = [recs[int(i)].id for i in res.indices]
     assert picked and not set(picked) & set(skip)
     assert res.pools[0]["picked"] == res.pools[1]["picked"] == 0  # all skipped
