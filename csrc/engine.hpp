@@ -18,7 +18,6 @@
 #include "spice/inverse.hpp"
 #include "spice/kernels.hpp"
 #include "spice/numerics.hpp"
-#include "spice/stepper.hpp"
 #include "spice/tile_plan.hpp"
 
 namespace spice {
