@@ -47,7 +47,11 @@ struct LazyState {
 
 class Engine {
  public:
-  Engine(const MatrixView& G, const Options& opt, const ProgressHook& hook, double hook_dt);
+  // The engine keeps its own copies of the view and options (a view is a pointer and a shape; the
+  // caller keeps the rows and Options' arrays alive). hook: the caller's, read during run() only;
+  // null or empty: none.
+  Engine(const MatrixView& G, const Options& opt, const ProgressHook* hook = nullptr,
+         double hook_dt = 0.0);
   Result run();
 
   // Stepping (spice/stepper.hpp): the lazy driver one pick at a time, each pick applied from
@@ -63,6 +67,7 @@ class Engine {
   // log1p(alpha q_i) plus the most round-off can have taken from it (§7): an upper bound of
   // row i's exact gain at the step its q_i was last computed.
   double gain_upper(int64_t i) const;
+  int64_t rows() const { return n_; }
   int64_t bad_row() const { return res_.bad_row; }
   int64_t picks() const { return t_; }
   double base(int64_t i) const { return base_[i]; }
@@ -70,17 +75,17 @@ class Engine {
   int64_t dot_products() const { return dots_; }
 
  private:
-  const MatrixView& G_;
-  const Options& opt_;
-  const kern::Table& K_;
-  const ProgressHook& hook_;
+  MatrixView G_;
+  Options opt_;
+  const kern::Table& K_;      // the process's kernel table (static)
+  const ProgressHook* hook_;  // null: no hook
   double hook_dt_;
   int64_t n_, d_;
   int nt_;
   std::vector<RowState> rs_;
-  std::vector<double> base_;  // log1p(alpha ||g_i||^2): every candidate's first gain
-  std::vector<double> scale_;    // unit rows: 1 / ||g_i|| (0 for zero rows), else empty
-  const double* sc_ = nullptr;   // scale_.data() when unit rows, else null (the plain path)
+  std::vector<double> base_;    // log1p(alpha ||g_i||^2): every candidate's first gain
+  std::vector<double> scale_;   // unit rows: 1 / ||g_i|| (0 for zero rows), else empty
+  const double* sc_ = nullptr;  // scale_.data() when unit rows, else null (the plain path)
   InverseFactor inv_;
   ConflictStat conf_;
   Constraints cons_;    // budget and quotas; inactive (never consulted) in plain runs

@@ -132,11 +132,8 @@ void Engine::step_apply(const char* row_j, double q, int64_t local) {
 }  // namespace detail
 
 struct Stepper::Impl {
-  Impl(const MatrixView& G, const Options& o) : view(G), opt(o), engine(view, opt, hook, 0.0) {}
-  MatrixView view;
-  Options opt;
-  ProgressHook hook;
-  detail::Engine engine;  // holds references to the three above
+  Impl(const MatrixView& G, const Options& o) : engine(G, o) {}
+  detail::Engine engine;  // owns its copies of the view and options; no progress hook
 };
 
 Stepper::Stepper(const MatrixView& G, const Options& opt) {
@@ -173,7 +170,8 @@ void Stepper::apply_pick(const void* row, double q, int64_t local) {
 std::vector<double> Stepper::top_gains(int64_t m) const { return p_->engine.top_gains(m); }
 
 double Stepper::base(int64_t local) const {
-  if (local < 0 || local >= p_->view.n) throw std::out_of_range("Stepper::base: no such row");
+  if (local < 0 || local >= p_->engine.rows())
+    throw std::out_of_range("Stepper::base: no such row");
   return p_->engine.base(local);
 }
 
