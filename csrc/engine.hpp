@@ -19,13 +19,10 @@
 #include "spice/kernels.hpp"
 #include "spice/numerics.hpp"
 #include "spice/tile_plan.hpp"
+#include "spice/tuning.hpp"
 
 namespace spice {
 namespace detail {
-
-// Below this many row elements a parallel region costs more than it saves (and on a busy machine
-// a descheduled thread stalls the whole region).
-constexpr int64_t kParallelWork = int64_t(1) << 18;
 
 int resolve_threads(int t);
 int auto_threads();  // the thread count threads = 0 resolves to now
@@ -104,8 +101,7 @@ class Engine {
   Candidate best_;
   std::chrono::steady_clock::time_point t0_, last_hook_, last_tune_;
   // threads = 0: the thread count follows the load during the run too, looked at every
-  // kTuneEvery seconds at a pick (the picks do not depend on it).
-  static constexpr double kTuneEvery = 0.25;
+  // kTuneEvery seconds (spice/tuning.hpp) at a pick (the picks do not depend on it).
   void retune_threads();
 
   // refresh's scratch: the tile plan, the candidates' steps in their order, and

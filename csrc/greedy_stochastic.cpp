@@ -10,10 +10,6 @@
 namespace spice {
 namespace detail {
 
-// Candidates more than this many times d steps behind get the M^{-1} bound before any catch-up
-// (lazy greedy sets its own threshold, see run_lazy).
-constexpr int64_t kStaleSteps = 4;
-
 void Engine::run_stochastic() {
   far_steps_ = kStaleSteps * d_;
   std::vector<int64_t> remaining;

@@ -12,12 +12,6 @@
 
 namespace spice {
 namespace detail {
-namespace {
-// From this d lazy and stochastic refreshes share each W chunk between all tiles (see
-// refresh_shared); below it W stays mostly in L3 and the group loop is faster.
-constexpr int64_t kSharedMinD = 4096;
-}  // namespace
-
 // Bring q_i from step tq_i towards t_ (at most max_rows w rows per candidate) for each candidate.
 // Candidates that reach t_ get Delta_i, conflict and score; the others get Delta_i from their
 // partly updated q_i, which is still an upper bound on every later Delta_i (q only decreases).

@@ -85,7 +85,6 @@ Candidate Engine::step_sample(int64_t m, uint64_t seed) {
     std::swap(remaining_[a], remaining_[b]);
   }
   sampled_ = m;
-  constexpr int64_t kStaleSteps = 4;  // as greedy_stochastic.cpp
   far_steps_ = kStaleSteps * d_;
   std::vector<int64_t> cand(remaining_.begin(), remaining_.begin() + m), stale;
   std::vector<double> qub;
