@@ -42,6 +42,16 @@ struct LazyState {
   std::vector<double> popped_keys;  // keys of this step's popped candidates (batch sizing)
 };
 
+// What refresh may assume of its candidates, and what it must leave in their records.
+enum class RefreshMode {
+  // Candidates at any steps (lazy batches, stochastic samples, the certificate's last pass):
+  // each one that reaches t_ gets its Delta, conflict and score.
+  ScoreEach,
+  // The naive step: every candidate at the same step, and only the best is wanted, so one that
+  // cannot beat the best so far is left unscored (score -inf; see refresh.cpp).
+  SameStepBestOnly,
+};
+
 class Engine {
  public:
   // The engine keeps its own copies of the view and options (a view is a pointer and a shape; the
@@ -155,7 +165,8 @@ class Engine {
   void safeguard_single();
   // refresh.cpp
   Best refresh(const int64_t* cand, int64_t m, bool need_conflict,
-               int64_t max_rows = std::numeric_limits<int64_t>::max(), bool all_delta = true);
+               int64_t max_rows = std::numeric_limits<int64_t>::max(),
+               RefreshMode mode = RefreshMode::ScoreEach);
   bool refresh_shared(const int64_t* cand, bool conflict, int VB, Best& best);
   void finish_row(int64_t i, int64_t hi, bool conflict, double a, Best& local, int64_t& dead);
   // greedy_lazy.cpp: lazy greedy's steps (run_lazy and the stepping API share them)
