@@ -18,6 +18,7 @@
 #include "spice/inverse.hpp"
 #include "spice/kernels.hpp"
 #include "spice/numerics.hpp"
+#include "spice/rng.hpp"
 #include "spice/tile_plan.hpp"
 #include "spice/tuning.hpp"
 
@@ -174,6 +175,12 @@ class Engine {
   Best lazy_best();
   void lazy_requeue();
   void lazy_after_pick(int64_t j);
+  // greedy_stochastic.cpp: stochastic greedy's step (run_stochastic and a shard's sampled step
+  // share it) and the sweep of its pool after a pick
+  Best sample_best(std::vector<int64_t>& pool, int64_t m, SplitMix64& rng);
+  void drop_gone(std::vector<int64_t>& pool, int64_t m) const;
+  std::vector<int64_t> scand_, sstale_;  // sample_best's scratch: the sample, its far-behind rows
+  std::vector<double> squb_;             // and their M^{-1} bounds
   // the drivers
   void run_naive();
   void run_lazy();
