@@ -101,7 +101,7 @@ Result select(const MatrixView& G, const Options& opt, const ProgressHook& hook 
 // Squared row norms in float64 (canonical accumulation order), parallel.
 void row_norms2(const MatrixView& G, double* out, int threads = 0);
 
-// Which kernel family runs on this CPU ("avx2-fma" or "generic").
+// Which kernel family runs on this CPU ("avx512", "avx2-fma" or "generic").
 std::string kernel_isa();
 
 }  // namespace spice
