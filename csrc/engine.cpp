@@ -118,9 +118,9 @@ int resolve_threads(int t) {
 #endif
 }
 
-Engine::Engine(const MatrixView& G, const Options& opt, const ProgressHook& hook, double hook_dt)
-    : G_(G), opt_(opt), K_(kern::table()), hook_(hook), hook_dt_(hook_dt), n_(G.n), d_(G.d),
-      nt_(resolve_threads(opt.threads)), inv_(G, K_, nt_) {}
+Engine::Engine(const MatrixView& G, const Options& opt, const ProgressHook* hook, double hook_dt)
+    : G_(G), opt_(opt), K_(kern::table()), hook_(hook && *hook ? hook : nullptr), hook_dt_(hook_dt),
+      n_(G.n), d_(G.d), nt_(resolve_threads(opt.threads)), inv_(G, K_, nt_) {}
 
 void Engine::init_norms() {
   std::vector<double> norm2(n_, 0.0);
@@ -273,7 +273,7 @@ bool Engine::tick() {
   p.budget = opt_.k;
   p.evaluations = res_.evaluations;
   p.elapsed_s = std::chrono::duration<double>(now - t0_).count();
-  if (!hook_(p)) {
+  if (!(*hook_)(p)) {
     res_.stop = StopReason::Cancelled;
     return false;
   }
@@ -447,7 +447,7 @@ Result Engine::run() {
     p.budget = opt_.k;
     p.evaluations = res_.evaluations;
     p.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
-    if (!hook_(p)) res_.stop = StopReason::Cancelled;
+    if (!(*hook_)(p)) res_.stop = StopReason::Cancelled;
   }
   res_.dot_products = dots_;
   return std::move(res_);
@@ -515,7 +515,7 @@ Result select(const MatrixView& G, const Options& opt, const ProgressHook& hook,
               double hook_interval_s) {
   detail::validate(G, opt);
   if (opt.k > G.n) throw std::invalid_argument("k must be in [0, n]");
-  detail::Engine e(G, opt, hook, hook_interval_s);
+  detail::Engine e(G, opt, &hook, hook_interval_s);
   return e.run();
 }
 

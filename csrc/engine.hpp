@@ -18,15 +18,12 @@
 #include "spice/inverse.hpp"
 #include "spice/kernels.hpp"
 #include "spice/numerics.hpp"
-#include "spice/stepper.hpp"
+#include "spice/rng.hpp"
 #include "spice/tile_plan.hpp"
+#include "spice/tuning.hpp"
 
 namespace spice {
 namespace detail {
-
-// Below this many row elements a parallel region costs more than it saves (and on a busy machine
-// a descheduled thread stalls the whole region).
-constexpr int64_t kParallelWork = int64_t(1) << 18;
 
 int resolve_threads(int t);
 int auto_threads();  // the thread count threads = 0 resolves to now
@@ -46,9 +43,23 @@ struct LazyState {
   std::vector<double> popped_keys;  // keys of this step's popped candidates (batch sizing)
 };
 
+// What refresh may assume of its candidates, and what it must leave in their records.
+enum class RefreshMode {
+  // Candidates at any steps (lazy batches, stochastic samples, the certificate's last pass):
+  // each one that reaches t_ gets its Delta, conflict and score.
+  ScoreEach,
+  // The naive step: every candidate at the same step, and only the best is wanted, so one that
+  // cannot beat the best so far is left unscored (score -inf; see refresh.cpp).
+  SameStepBestOnly,
+};
+
 class Engine {
  public:
-  Engine(const MatrixView& G, const Options& opt, const ProgressHook& hook, double hook_dt);
+  // The engine keeps its own copies of the view and options (a view is a pointer and a shape; the
+  // caller keeps the rows and Options' arrays alive). hook: the caller's, read during run() only;
+  // null or empty: none.
+  Engine(const MatrixView& G, const Options& opt, const ProgressHook* hook = nullptr,
+         double hook_dt = 0.0);
   Result run();
 
   // Stepping (spice/stepper.hpp): the lazy driver one pick at a time, each pick applied from
@@ -64,6 +75,7 @@ class Engine {
   // log1p(alpha q_i) plus the most round-off can have taken from it (§7): an upper bound of
   // row i's exact gain at the step its q_i was last computed.
   double gain_upper(int64_t i) const;
+  int64_t rows() const { return n_; }
   int64_t bad_row() const { return res_.bad_row; }
   int64_t picks() const { return t_; }
   double base(int64_t i) const { return base_[i]; }
@@ -71,17 +83,17 @@ class Engine {
   int64_t dot_products() const { return dots_; }
 
  private:
-  const MatrixView& G_;
-  const Options& opt_;
-  const kern::Table& K_;
-  const ProgressHook& hook_;
+  MatrixView G_;
+  Options opt_;
+  const kern::Table& K_;      // the process's kernel table (static)
+  const ProgressHook* hook_;  // null: no hook
   double hook_dt_;
   int64_t n_, d_;
   int nt_;
   std::vector<RowState> rs_;
-  std::vector<double> base_;  // log1p(alpha ||g_i||^2): every candidate's first gain
-  std::vector<double> scale_;    // unit rows: 1 / ||g_i|| (0 for zero rows), else empty
-  const double* sc_ = nullptr;   // scale_.data() when unit rows, else null (the plain path)
+  std::vector<double> base_;    // log1p(alpha ||g_i||^2): every candidate's first gain
+  std::vector<double> scale_;   // unit rows: 1 / ||g_i|| (0 for zero rows), else empty
+  const double* sc_ = nullptr;  // scale_.data() when unit rows, else null (the plain path)
   InverseFactor inv_;
   ConflictStat conf_;
   Constraints cons_;    // budget and quotas; inactive (never consulted) in plain runs
@@ -100,8 +112,7 @@ class Engine {
   Candidate best_;
   std::chrono::steady_clock::time_point t0_, last_hook_, last_tune_;
   // threads = 0: the thread count follows the load during the run too, looked at every
-  // kTuneEvery seconds at a pick (the picks do not depend on it).
-  static constexpr double kTuneEvery = 0.25;
+  // kTuneEvery seconds (spice/tuning.hpp) at a pick (the picks do not depend on it).
   void retune_threads();
 
   // refresh's scratch: the tile plan, the candidates' steps in their order, and
@@ -155,7 +166,8 @@ class Engine {
   void safeguard_single();
   // refresh.cpp
   Best refresh(const int64_t* cand, int64_t m, bool need_conflict,
-               int64_t max_rows = std::numeric_limits<int64_t>::max(), bool all_delta = true);
+               int64_t max_rows = std::numeric_limits<int64_t>::max(),
+               RefreshMode mode = RefreshMode::ScoreEach);
   bool refresh_shared(const int64_t* cand, bool conflict, int VB, Best& best);
   void finish_row(int64_t i, int64_t hi, bool conflict, double a, Best& local, int64_t& dead);
   // greedy_lazy.cpp: lazy greedy's steps (run_lazy and the stepping API share them)
@@ -163,6 +175,12 @@ class Engine {
   Best lazy_best();
   void lazy_requeue();
   void lazy_after_pick(int64_t j);
+  // greedy_stochastic.cpp: stochastic greedy's step (run_stochastic and a shard's sampled step
+  // share it) and the sweep of its pool after a pick
+  Best sample_best(std::vector<int64_t>& pool, int64_t m, SplitMix64& rng);
+  void drop_gone(std::vector<int64_t>& pool, int64_t m) const;
+  std::vector<int64_t> scand_, sstale_;  // sample_best's scratch: the sample, its far-behind rows
+  std::vector<double> squb_;             // and their M^{-1} bounds
   // the drivers
   void run_naive();
   void run_lazy();

@@ -19,11 +19,10 @@ void Engine::lazy_begin() {
     if (rs_[i].state == kAlive) store.push_back({rank(base_[i], i), i});
   lz_ = std::make_unique<LazyState>(std::move(store));
   LazyState& z = *lz_;
-  constexpr int64_t kMinBatch = 64;
   z.B = opt_.batch > 0 ? opt_.batch : kMinBatch;
   // Catch-up rows per refresh: a stale candidate whose bound falls below the best score after
   // part of its catch-up is left there, so late steps do not pay for full catch-ups of losers.
-  z.chunk = opt_.chunk > 0 ? opt_.chunk : 256;
+  z.chunk = opt_.chunk > 0 ? opt_.chunk : kDefaultChunk;
   // A popped candidate far enough behind gets the M^{-1} bound (d^2 / 2) instead of another
   // chunk: a chunk leaves it still far behind under a key from an old step, so it is popped again
   // and again, a chunk each time, while the bound is its current value (to round-off). But a
@@ -121,10 +120,9 @@ Best Engine::lazy_best() {
     // kMinBatch so that a refresh has tiles enough to share between threads. Sizing it by
     // everything refreshed fed back on itself: a large batch refreshes many candidates, which
     // made the next batch as large.
-    constexpr int64_t kMinBatch = 64;
     int64_t need = 0;
     for (double key : popped_keys) need += key > best.score;
-    z.B = std::max<int64_t>(kMinBatch, std::min<int64_t>(4096, need));
+    z.B = std::max<int64_t>(kMinBatch, std::min<int64_t>(kMaxBatch, need));
   }
   z.heap = std::move(heap);
   z.hot = std::move(hot);

@@ -19,7 +19,7 @@ void Engine::run_naive() {
                   alive.end());
     const int64_t deaths = deaths_;
     const Best b = refresh(alive.data(), static_cast<int64_t>(alive.size()), lambda_on(),
-                           std::numeric_limits<int64_t>::max(), false);
+                           std::numeric_limits<int64_t>::max(), RefreshMode::SameStepBestOnly);
     if (check_stop_before_pick(b)) break;
     add_pick(b.idx);
     if (deaths_ != deaths) {  // rows fell into span(S): sweep (a pass over every record)

@@ -1,5 +1,6 @@
 // The factor state: w rows, M^{-1} once kept, its folds and the bound it gives (see inverse.hpp).
 #include "spice/inverse.hpp"
+#include "spice/tuning.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -9,10 +10,6 @@
 #endif
 
 namespace spice {
-namespace {
-// Below this many row elements a parallel region costs more than it saves.
-constexpr int64_t kParallelWork = int64_t(1) << 18;
-}  // namespace
 
 void InverseFactor::append(const char* row_j, const double* g, double scale, double sj) {
   const int64_t d = d_, t = t_;

@@ -1,4 +1,5 @@
-// Kernel dispatch: choose the AVX2 table once when the CPU supports it.
+// Kernel dispatch: once per process, the widest table this CPU runs: AVX-512, else AVX2, else
+// the portable one.
 #include <cstdlib>
 #include <cstring>
 
@@ -7,7 +8,9 @@
 namespace spice {
 namespace kern {
 
-#if !defined(SPICE_HAVE_AVX2)
+// SPICE_HAVE_X86_KERNELS: the build compiled kernels_avx2.cpp and kernels_avx512.cpp (x86-64,
+// see CMakeLists.txt); elsewhere neither table exists.
+#if !defined(SPICE_HAVE_X86_KERNELS)
 const Table* avx2_table() { return nullptr; }
 const Table* avx512_table() { return nullptr; }
 #endif
@@ -21,7 +24,7 @@ static const Table& choose() {
                   : std::strcmp(force, "avx2") == 0    ? 2
                                                        : 3;
   if (cap == 0) return generic_table();
-#if defined(SPICE_HAVE_AVX2) && (defined(__x86_64__) || defined(__i386__))
+#if defined(SPICE_HAVE_X86_KERNELS) && (defined(__x86_64__) || defined(__i386__))
   __builtin_cpu_init();
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                     __builtin_cpu_supports("f16c");

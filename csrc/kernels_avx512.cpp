@@ -1,6 +1,6 @@
-// AVX-512F kernels: eight float64 lanes per accumulator. Compiled with -mavx512f -mfma -mf16c and
-// only entered after a runtime CPU check (see kernels.cpp). Canonical order of this table: lane l
-// accumulates j = l (mod 8) for j < d - d % 8 with FMA, reduced as
+// AVX-512F kernels: eight float64 lanes per accumulator. Compiled with -mavx512f -mavx2 -mfma
+// -mf16c and only entered after a runtime CPU check (see kernels.cpp). Canonical order of this
+// table: lane l accumulates j = l (mod 8) for j < d - d % 8 with FMA, reduced as
 // ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)), then the tail in order with FMA.
 // Keep this file free of standard-library templates (see kernels_avx2.cpp).
 #include <immintrin.h>

@@ -12,37 +12,32 @@
 
 namespace spice {
 namespace detail {
-namespace {
-// From this d lazy and stochastic refreshes share each W chunk between all tiles (see
-// refresh_shared); below it W stays mostly in L3 and the group loop is faster.
-constexpr int64_t kSharedMinD = 4096;
-}  // namespace
-
 // Bring q_i from step tq_i towards t_ (at most max_rows w rows per candidate) for each candidate.
 // Candidates that reach t_ get Delta_i, conflict and score; the others get Delta_i from their
 // partly updated q_i, which is still an upper bound on every later Delta_i (q only decreases).
 // Returns the best (score desc, index asc) among candidates that reached t_.
 //
-// With all_delta = false (naive greedy) a candidate whose bound log1p(alpha q_i) is clearly below
-// the best score seen so far is not scored at all: its Delta is not needed to pick. The margin
-// keeps this exact (such a candidate cannot win or tie), so the picks stay those of lazy greedy.
-// The naive step also passes every alive candidate, all at one step, which spares serial passes
-// over their records (only load balance would suffer otherwise: tiles read each row's own step).
+// RefreshMode::SameStepBestOnly (the naive step): a candidate whose bound log1p(alpha q_i) is
+// clearly below the best score seen so far is not scored at all: its Delta is not needed to pick.
+// The margin keeps this exact (such a candidate cannot win or tie), so the picks stay those of
+// lazy greedy. The naive step also passes every alive candidate, all at one step, which spares
+// serial passes over their records (only load balance would suffer otherwise: tiles read each
+// row's own step).
 Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t max_rows,
-                     bool all_delta) {
+                     RefreshMode mode) {
+  const bool naive_step = mode == RefreshMode::SameStepBestOnly;
   constexpr int RM = kern::kMaxTileRows;
   const int R = K_.tile_rows;  // rows per tile (the kernels' register tile)
   constexpr int VBMAX = 32;    // w rows per kernel call, at most
   constexpr int GTMAX = 16;    // tiles per group: a chunk of W stays in L2 across a group
   const int64_t d = d_;
   const int VB = static_cast<int>(std::max<int64_t>(4, std::min<int64_t>(VBMAX, 262144 / (8 * d))));
-  // The naive step (all_delta = false) refreshes every alive candidate at every step, so they
-  // all share one step tq0, and the serial passes over the candidates' records are skipped (at
-  // n = 1e5 each reads 6.4 MB on one core while the other waits). Otherwise their steps are
-  // read once, into ctq_.
+  // The naive step refreshes every alive candidate at every step, so they all share one step
+  // tq0, and the serial passes over the candidates' records are skipped (at n = 1e5 each reads
+  // 6.4 MB on one core while the other waits). Otherwise their steps are read once, into ctq_.
   const int64_t tq0 = m > 0 ? rs_[cand[0]].tq : 0;
   bool same = true;
-  if (all_delta) {
+  if (!naive_step) {
     ctq_.resize(m);
     for (int64_t c = 0; c < m; ++c) {
       ctq_[c] = rs_[cand[c]].tq;
@@ -54,7 +49,7 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
   int64_t work = plan_.total_work;  // row elements touched: (catch-up rows + 1) * d per tile row
   const bool conflict = need_conflict && t_ > 0;
   Best best;
-  if (all_delta && d >= kSharedMinD && work * d > kParallelWork &&
+  if (!naive_step && d >= kSharedMinD && work * d > kParallelWork &&
       refresh_shared(cand, conflict, VB, best)) {
     res_.evaluations += m;
     return best;
@@ -66,10 +61,10 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
   const double alpha = opt_.alpha;
   const double* sv = conf_.sum();
   int64_t dots_total = 0;
-  // Naive greedy (all_delta = false): every tile costs the same, so each thread takes one
-  // contiguous run of groups, i.e. one memory stream per core as a GEMV has; lazy tiles differ
-  // in cost: dynamic schedule.
-  const bool contiguous = !all_delta;
+  // The naive step: every tile costs the same, so each thread takes one contiguous run of
+  // groups, i.e. one memory stream per core as a GEMV has; lazy tiles differ in cost: dynamic
+  // schedule.
+  const bool contiguous = naive_step;
 #pragma omp parallel num_threads(nt_) if (ngroups > 1 && work > kParallelWork)
   {
     Best local;
@@ -153,7 +148,7 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
         for (int r = 0; r < rcount[x]; ++r) {
           const int64_t i = cand[plan_.start[t0 + x] + r];
           const double q = rs_[i].q;
-          if (!all_delta && hi[x] == t_ && alpha * q < thr && !in_span(q, rs_[i].norm2, alpha)) {
+          if (naive_step && hi[x] == t_ && alpha * q < thr && !in_span(q, rs_[i].norm2, alpha)) {
             rs_[i].tq = hi[x];
             rs_[i].score = kNegInf;  // cannot win; Delta not needed
             continue;
@@ -162,7 +157,7 @@ Best Engine::refresh(const int64_t* cand, int64_t m, bool need_conflict, int64_t
           finish_row(i, hi[x], conflict, a[x][r], local, my_dead);
           // log1p(alpha q) < best needs alpha q < expm1(best); keep a relative margin for the
           // rounding of expm1 and log1p. (With costs the best is a key per unit cost: no skip.)
-          if (!all_delta && local.idx != before && local.score > 0.0 && !cons_.has_cost())
+          if (naive_step && local.idx != before && local.score > 0.0 && !cons_.has_cost())
             thr = std::expm1(local.score) * (1.0 - 1e-9) - 1e-300;
         }
       }

@@ -8,7 +8,6 @@
 #include <stdexcept>
 
 #include "engine.hpp"
-#include "spice/rng.hpp"
 
 namespace spice {
 namespace detail {
@@ -62,54 +61,20 @@ int64_t Engine::step_remaining() {
     for (int64_t i = 0; i < n_; ++i)
       if (rs_[i].state == kAlive) remaining_.push_back(i);
   } else {
-    const int64_t top = std::min<int64_t>(sampled_, static_cast<int64_t>(remaining_.size()));
-    for (int64_t x = top - 1; x >= 0; --x) {
-      if (rs_[remaining_[x]].state != kAlive) {
-        remaining_[x] = remaining_.back();
-        remaining_.pop_back();
-      }
-    }
+    drop_gone(remaining_, sampled_);
   }
   sampled_ = 0;
   return static_cast<int64_t>(remaining_.size());
 }
 
-// Stochastic greedy's step over a sample of this shard (greedy_stochastic.cpp's step): far-
-// behind rows get the M^{-1} bound first and are caught up only if they can still win.
+// Stochastic greedy's step (sample_best, greedy_stochastic.cpp) over a sample of this shard,
+// drawn with its own seed.
 Candidate Engine::step_sample(int64_t m, uint64_t seed) {
   const int64_t r = step_remaining();
   m = std::max<int64_t>(0, std::min(m, r));
   SplitMix64 rng(seed);
-  for (int64_t a = 0; a < m; ++a) {  // partial Fisher-Yates
-    const int64_t b = a + static_cast<int64_t>(rng.below(static_cast<uint64_t>(r - a)));
-    std::swap(remaining_[a], remaining_[b]);
-  }
+  const Best best = sample_best(remaining_, m, rng);
   sampled_ = m;
-  constexpr int64_t kStaleSteps = 4;  // as greedy_stochastic.cpp
-  far_steps_ = kStaleSteps * d_;
-  std::vector<int64_t> cand(remaining_.begin(), remaining_.begin() + m), stale;
-  std::vector<double> qub;
-  if (inv_.has_inverse()) {
-    size_t keep = 0;
-    for (int64_t i : cand) {
-      if (far_behind(i)) stale.push_back(i);
-      else cand[keep++] = i;
-    }
-    cand.resize(keep);
-  }
-  sort_by_step(cand);
-  Best best = refresh(cand.data(), static_cast<int64_t>(cand.size()), lambda_on());
-  if (!stale.empty()) {
-    bound_from_inverse(stale, qub);
-    cand.clear();
-    for (size_t x = 0; x < stale.size(); ++x) {
-      const double key = std::log1p(opt_.alpha * qub[x]);
-      if (key > best.score || (key == best.score && stale[x] < best.idx)) cand.push_back(stale[x]);
-    }
-    sort_by_step(cand);
-    const Best b2 = refresh(cand.data(), static_cast<int64_t>(cand.size()), lambda_on());
-    if (b2.better_than(best)) best = b2;
-  }
   best_at_ = -1;  // a sampled step's candidate is not the lazy step's
   return candidate_of(best);
 }
@@ -132,11 +97,8 @@ void Engine::step_apply(const char* row_j, double q, int64_t local) {
 }  // namespace detail
 
 struct Stepper::Impl {
-  Impl(const MatrixView& G, const Options& o) : view(G), opt(o), engine(view, opt, hook, 0.0) {}
-  MatrixView view;
-  Options opt;
-  ProgressHook hook;
-  detail::Engine engine;  // holds references to the three above
+  Impl(const MatrixView& G, const Options& o) : engine(G, o) {}
+  detail::Engine engine;  // owns its copies of the view and options; no progress hook
 };
 
 Stepper::Stepper(const MatrixView& G, const Options& opt) {
@@ -173,7 +135,8 @@ void Stepper::apply_pick(const void* row, double q, int64_t local) {
 std::vector<double> Stepper::top_gains(int64_t m) const { return p_->engine.top_gains(m); }
 
 double Stepper::base(int64_t local) const {
-  if (local < 0 || local >= p_->view.n) throw std::out_of_range("Stepper::base: no such row");
+  if (local < 0 || local >= p_->engine.rows())
+    throw std::out_of_range("Stepper::base: no such row");
   return p_->engine.base(local);
 }
 

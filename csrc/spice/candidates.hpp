@@ -1,6 +1,6 @@
 // Per-candidate records of the greedy and the order in which lazy greedy visits them: the
-// cache-line record, the best-so-far pair, the 4-ary max-queue and the hot list that spares it
-// most pushes and pops (docs/algorithm.md §3).
+// cache-line record, the best-so-far pair, the record of a pick's candidate, the 4-ary max-queue
+// and the hot list that spares it most pushes and pops (docs/algorithm.md §3).
 #pragma once
 
 #include <algorithm>
@@ -37,6 +37,17 @@ struct Best {
   bool better_than(const Best& o) const {
     return score > o.score || (score == o.score && idx < o.idx);
   }
+};
+
+// A candidate as a pick records it: a shard's best at the current step (spice/stepper.hpp).
+struct Candidate {
+  int64_t index = -1;     // row of this shard; -1: none (every row left is picked or in span(S))
+  double score = 0.0;     // Delta - lambda * conflict: what the greedy maximises
+  double delta = 0.0;     // the information gain log1p(alpha q)
+  double base = 0.0;      // log1p(alpha ||g||^2)
+  double align = 0.0;     // cosine to the mean of the earlier picks (0 before the first)
+  double conflict = 0.0;  // max(0, -align)
+  double q = 0.0;         // the residual g^T M^{-1} g: apply_pick needs it for the pick's w
 };
 
 // Max-queue of (key, index): largest key first, the lowest index among equal keys (a strict

@@ -44,7 +44,8 @@ struct Options {
   double stochastic_eps = 0.01;  // stochastic greedy sample size parameter
   int threads = 0;               // 0 = OpenMP default
   int64_t batch = 0;             // lazy refresh batch size; 0 = adaptive
-  int64_t chunk = 0;             // lazy catch-up rows per refresh; 0 = default (256)
+  int64_t chunk = 0;             // lazy catch-up rows per refresh; 0 = default (256,
+                                 // kDefaultChunk in spice/tuning.hpp)
   double* base_out = nullptr;    // optional, n entries: log(1 + alpha ||g_i||^2) of every row,
                                  // filled from the norms the run computes anyway
   double* norm2_out = nullptr;   // optional, n entries: ||g_i||^2 of every row as given (before
@@ -100,7 +101,7 @@ Result select(const MatrixView& G, const Options& opt, const ProgressHook& hook 
 // Squared row norms in float64 (canonical accumulation order), parallel.
 void row_norms2(const MatrixView& G, double* out, int threads = 0);
 
-// Which kernel family runs on this CPU ("avx2-fma" or "generic").
+// Which kernel family runs on this CPU ("avx512", "avx2-fma" or "generic").
 std::string kernel_isa();
 
 }  // namespace spice

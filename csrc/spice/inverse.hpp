@@ -16,6 +16,7 @@ namespace spice {
 
 class InverseFactor {
  public:
+  // G: a copy of the view (the caller keeps its rows alive); K: the process's kernel table.
   InverseFactor(const MatrixView& G, const kern::Table& K, int threads)
       : G_(G), K_(K), d_(G.d), nt_(threads) {}
   // Room for cap rows of w (k x d float64), in memory or spilled to a file in spill_dir.
@@ -38,7 +39,7 @@ class InverseFactor {
                 const double* row_scale = nullptr);
 
  private:
-  const MatrixView& G_;
+  MatrixView G_;
   const kern::Table& K_;
   int64_t d_;
   int nt_;

@@ -49,7 +49,7 @@ const Table& table();
 // Widen one row to float64 (exact); out has d entries.
 void widen_row(DType dt, const char* row, int64_t d, double* out);
 
-// Generic (portable) and AVX2 implementations; the latter exists only on x86-64 builds.
+// The portable table, and the AVX2 and AVX-512 ones, which exist only in x86-64 builds.
 const Table& generic_table();
 const Table* avx2_table();    // nullptr when not compiled in
 const Table* avx512_table();  // nullptr when not compiled in

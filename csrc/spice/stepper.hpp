@@ -11,20 +11,10 @@
 #include <memory>
 #include <vector>
 
+#include "spice/candidates.hpp"
 #include "spice/core.hpp"
 
 namespace spice {
-
-// A shard's best candidate at the current step, with everything a pick records.
-struct Candidate {
-  int64_t index = -1;     // row of this shard; -1: none (every row left is picked or in span(S))
-  double score = 0.0;     // Delta - lambda * conflict: what the greedy maximises
-  double delta = 0.0;     // the information gain log1p(alpha q)
-  double base = 0.0;      // log1p(alpha ||g||^2)
-  double align = 0.0;     // cosine to the mean of the earlier picks (0 before the first)
-  double conflict = 0.0;  // max(0, -align)
-  double q = 0.0;         // the residual g^T M^{-1} g: apply_pick needs it for the pick's w
-};
 
 class Stepper {
  public:
