@@ -29,7 +29,7 @@ void Engine::lazy_begin() {
   // bound does not move the candidate's step: one that keeps contending is bounded again at
   // later steps, and late in a long run (k >> d) bounds come by the thousand and are mostly
   // wasted. "Far enough" is max(d, 4 chunks, min(4 d, t / 5)) steps: d early, 4 d from t = 20 d
-  // on (bench/RESULTS.md, "far-behind threshold", compares the choices).
+  // on (docs/design-decisions.md §1, the "far behind" threshold, compares the choices).
   z.far_min = std::max<int64_t>(d_, 4 * std::min<int64_t>(z.chunk, int64_t(1) << 40));
 }
 

@@ -229,7 +229,7 @@ void dots_t(const char* const* rows, int R, const double* const* vecs, int V, in
     // caller passes its next tile to prefetch): little arithmetic per byte, so the rows' memory
     // stream decides. One row at a time, each prefetching the row kNaivePf places after it:
     // two memory streams per core, faster than 3-row tiles that prefetch the next 3 rows
-    // (bench/RESULTS.md, engine design choices). float16 rows carry half the bytes for the
+    // (docs/design-decisions.md §1). float16 rows carry half the bytes for the
     // same arithmetic and keep the 6-row tiles (a single float16 row is compute-bound).
     constexpr int kNaivePf = 6;
     const char* all[2 * kMaxTileRows];

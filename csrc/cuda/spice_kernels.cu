@@ -1,4 +1,4 @@
-// CUDA kernels of spice's GPU selection path (python/spice/gpu.py).
+// CUDA kernels of spice's GPU selection path (python/spice/gpu/).
 //
 // Compiled at run time by CuPy (RawModule -> NVRTC), so the wheel needs no CUDA at build time; the
 // compile-only test also builds this file with nvcc. Hence: no include directives, only extern "C"
@@ -14,7 +14,7 @@
 // lane l of a warp reads 16-byte chunk c = l + 32*it of the row, i.e. VEC = 16 / sizeof(T)
 // consecutive elements. The float64 vectors it multiplies with (w, s) are then passed in a
 // permuted layout so that the warp's loads of them are coalesced as well: element
-// j = c*VEC + e lives at it*32*VEC + (e/2)*64 + 2*l + (e%2) (gpu.py: _perm_index).
+// j = c*VEC + e lives at it*32*VEC + (e/2)*64 + 2*l + (e%2) (spice/gpu/cupy_ops.py: _perm_index).
 
 typedef unsigned short u16;
 typedef unsigned int u32;

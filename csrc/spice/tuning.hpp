@@ -1,6 +1,6 @@
 // The engine's speed knobs, each in one place with the reason for its value. None of them
 // changes a pick, a gain or a bound: they decide only how the same arithmetic is split and
-// scheduled (bench/RESULTS.md, "The engine's design choices", has the measurements).
+// scheduled (docs/design-decisions.md §1 has the measurements).
 #pragma once
 
 #include <cstdint>
