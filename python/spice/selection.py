@@ -539,8 +539,8 @@ def select(
         opts = _core.Options(
             k=kk,
             alpha=a,
-            lam=lam,
-            omega=omega,
+            conflict_penalty=lam,
+            early_stop=omega,
             method=method,
             objective=objective,
             seed=seed64,
