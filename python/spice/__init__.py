@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from . import _core, stores
 from .analysis import Curvature, curvature, logdet
+from .constraints import Constraints
+from .options import SelectOptions
 from .selection import Selection, resolve_k, select
 from .store import FeatureStore, merge_stores
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Constraints",
     "Curvature",
     "FeatureStore",
     "Selection",
@@ -29,6 +32,7 @@ __all__ = [
     "merge_stores",
     "resolve_k",
     "select",
+    "SelectOptions",
     "stores",
 ]
 

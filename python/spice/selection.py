@@ -13,14 +13,21 @@ import numpy as np
 
 from . import _core
 from ._inputs import as_features, describe_bad_row, progress_says_continue, row_as_float64
-from ._numerics import MAX_ALPHA_NORM2
-from .constraints import Constraints, check_constraints, guarantee
+from .constraints import Constraints, CoreConstraints, guarantee
+from .options import DEFAULT, METHODS, NORMALIZE, OBJECTIVES, SelectOptions, check_normalize
 from .report import high_norm_warning, percentiles_of
 from .store import FeatureStore
 
-METHODS = ("naive", "lazy", "stochastic")
-OBJECTIVES = ("logdet", "diag-compat", "topk-compat")
-NORMALIZE = ("none", "unit")
+__all__ = [
+    "METHODS",
+    "NORMALIZE",
+    "OBJECTIVES",
+    "Selection",
+    "check_normalize",
+    "check_options",
+    "resolve_k",
+    "select",
+]
 
 ProgressFn = Callable[[int, int, int, float], Optional[bool]]
 
@@ -228,24 +235,6 @@ def resolve_k(k: int | float, n: int) -> int:
     raise TypeError(f"k must be an int or a float fraction, got {type(k).__name__}")
 
 
-def _check_number(
-    name: str, v: Any, lo: float, lo_open: bool, hi: float = math.inf, hi_open: bool = False
-) -> float:
-    """A finite real number in the interval (lo or [lo, hi) or hi]; hi = inf: no upper bound
-    (infinity itself is never accepted: no parameter of the objective has a meaning there)."""
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {type(v).__name__}")
-    v = float(v)
-    ok = math.isfinite(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-    if not ok:
-        if math.isinf(hi):
-            want = f"a finite number {'>' if lo_open else '>='} {lo:g}"
-        else:
-            want = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-        raise ValueError(f"{name} = {v} must be {want}")
-    return v
-
-
 def check_options(
     n: int,
     k: int | float,
@@ -258,47 +247,23 @@ def check_options(
     stochastic_eps: Any,
     seed: Any,
 ) -> tuple[int, float, float, float, float, int]:
-    """Validate the settings of a selection over n rows, as every backend takes them.
+    """Validate the settings of a selection over n rows, for the backends that take them as
+    loose keywords (checked by :class:`~spice.options.SelectOptions`).
 
-    Returns ``(k, alpha, lambda, omega, stochastic_eps, seed)``: k a count in [0, n], omega 0
-    when early stop is off, seed reduced to 64 bits. Raises ValueError/TypeError naming the
-    setting (the CPU core and the GPU driver share these messages).
+    Returns ``(k, alpha, conflict_penalty, early_stop, stochastic_eps, seed)``: k a count in
+    [0, n], early_stop 0 when off, seed reduced to 64 bits. Raises ValueError/TypeError naming
+    the setting.
     """
-    kk = resolve_k(k, n)
-    a = _check_number("alpha", alpha, 0.0, True)
-    lam = _check_number("conflict_penalty", conflict_penalty, 0.0, False)
-    omega = 0.0
-    if early_stop is not None:
-        omega = _check_number("early_stop", early_stop, 0.0, True, 1.0, True)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
-    seps = _check_number("stochastic_eps", stochastic_eps, 0.0, True, 1.0, True)
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    return kk, a, lam, omega, seps, int(seed) & 0xFFFFFFFFFFFFFFFF
-
-
-def check_normalize(normalize: Any, objective: str, alpha: float) -> bool:
-    """Validate ``normalize``; True for unit rows. Unit rows need the log-det objective (the
-    compatibility objectives' gains are functions of the norms alone: all equal on unit rows) and
-    α <= MAX_ALPHA_NORM2 (α‖g‖² of a unit row is α)."""
-    if not isinstance(normalize, str) or normalize not in NORMALIZE:
-        raise ValueError(f"normalize must be one of {list(NORMALIZE)}, got {normalize!r}")
-    if normalize == "none":
-        return False
-    if objective != "logdet":
-        raise ValueError(
-            f"normalize='unit' needs objective='logdet' (here: {objective!r}, whose gains on unit "
-            "rows are all equal)"
-        )
-    if alpha > MAX_ALPHA_NORM2:
-        raise ValueError(
-            f"alpha = {alpha} with normalize='unit' must be <= {MAX_ALPHA_NORM2:.0e} (a unit "
-            "row's alpha * ||g||^2 is alpha; beyond it float64 round-off makes gains noise)"
-        )
-    return True
+    o = SelectOptions(
+        alpha=alpha,
+        conflict_penalty=conflict_penalty,
+        early_stop=early_stop,
+        method=method,
+        objective=objective,
+        stochastic_eps=stochastic_eps,
+        seed=seed,
+    )
+    return resolve_k(k, n), o.alpha, o.conflict_penalty, o.omega, o.stochastic_eps, o.seed64
 
 
 def _bad_row_message(arr: np.ndarray, code: int, row: int, alpha: float, unit: bool) -> str:
@@ -346,31 +311,40 @@ def select(
     G: Any,
     k: int | float | None = None,
     *,
-    alpha: float = 1.0,
-    conflict_penalty: float = 0.1,
-    early_stop: float | None = None,
-    method: str = "lazy",
-    seed: int = 0,
-    threads: int | None = None,
-    objective: str = "logdet",
-    stochastic_eps: float = 0.01,
+    alpha: float = DEFAULT,
+    conflict_penalty: float = DEFAULT,
+    early_stop: float | None = DEFAULT,
+    method: str = DEFAULT,
+    seed: int = DEFAULT,
+    threads: int | None = DEFAULT,
+    objective: str = DEFAULT,
+    stochastic_eps: float = DEFAULT,
     progress: bool | ProgressFn | None = None,
-    bf16: bool = False,
+    bf16: bool = DEFAULT,
     device: str | None = None,
     base_out: np.ndarray | None = None,
-    spill_dir: str | os.PathLike[str] | None = None,
+    spill_dir: str | os.PathLike[str] | None = DEFAULT,
     budget: float | None = None,
     cost: Any = None,
     groups: Any = None,
     quotas: Any = None,
     verify: bool = True,
-    normalize: str = "none",
+    normalize: str = DEFAULT,
+    options: SelectOptions | None = None,
+    constraints: Constraints | None = None,
 ) -> Selection:
     """Greedily pick rows of ``G`` maximising the SPICE score.
 
     score(x | S) = Δ_x(S) − λ·max(0, −cos(g_x, mean of g_S)), with the information gain
     Δ_x(S) = log(1 + α g_xᵀ (I + α Σ_{s∈S} g_s g_sᵀ)⁻¹ g_x), computed exactly (float64) in the
     feature space: no n×n kernel is ever built.
+
+    The settings (``alpha`` … ``normalize``, ``bf16``, ``spill_dir``) are the fields of
+    :class:`~spice.SelectOptions`, with its defaults: alpha 1.0, conflict_penalty 0.1,
+    early_stop None, method "lazy", seed 0, threads None, objective "logdet", stochastic_eps 0.01,
+    normalize "none", bf16 False, spill_dir None. ``options=SelectOptions(...)`` passes them as
+    one checked object, ``constraints=Constraints(...)`` the budget, cost, groups and quotas;
+    either together with the keywords it holds is a TypeError.
 
     Parameters
     ----------
@@ -459,6 +433,10 @@ def select(
         ``logdet`` are those of the unit rows). The GPU backend selects on a normalised float64
         copy on the device. Log-det objective only; every method, budgets and quotas.
         ``spice.distributed`` does not take it.
+    options : SelectOptions, optional
+        All the settings at once, instead of their keywords.
+    constraints : Constraints, optional
+        ``budget``, ``cost``, ``groups`` and ``quotas`` at once, instead of their keywords.
 
     Returns
     -------
@@ -468,40 +446,42 @@ def select(
 
     if device not in (None, "cpu", "cuda"):
         raise ValueError(f"device must be None, 'cpu' or 'cuda', got {device!r}")
-    if verify and isinstance(G, FeatureStore):
-        G.verify_for_selection()
-    on_gpu = device == "cuda" or (device is None and _gpu.is_cuda_array(G))
-    if on_gpu:
-        arr, code = _gpu.as_device_features(G, bf16=bf16)  # CuPy/torch CUDA: shared, no copy
-    else:
-        arr, code = as_features(G, bf16=bf16)
-    n, _ = arr.shape
-    if k is None and budget is None:
-        raise TypeError("select() needs k (a row count or fraction) unless budget= is given")
-    kk, a, lam, omega, seps, seed64 = check_options(
-        n,
-        n if k is None else k,
+    opts = _options_of(
+        options,
         alpha=alpha,
         conflict_penalty=conflict_penalty,
         early_stop=early_stop,
         method=method,
+        seed=seed,
+        threads=threads,
         objective=objective,
         stochastic_eps=stochastic_eps,
-        seed=seed,
+        normalize=normalize,
+        bf16=bf16,
+        spill_dir=spill_dir,
     )
-    unit = check_normalize(normalize, objective, a)
-    cons = check_constraints(n, kk, k is not None, budget, cost, groups, quotas)
+    wanted = _constraints_of(constraints, budget=budget, cost=cost, groups=groups, quotas=quotas)
+    if k is None and wanted.budget is None:
+        raise TypeError("select() needs k (a row count or fraction) unless budget= is given")
+    if verify and isinstance(G, FeatureStore):
+        G.verify_for_selection()
+    on_gpu = device == "cuda" or (device is None and _gpu.is_cuda_array(G))
+    if on_gpu:
+        arr, code = _gpu.as_device_features(G, bf16=opts.bf16)  # CuPy/torch CUDA: no copy
+    else:
+        arr, code = as_features(G, bf16=opts.bf16)
+    n, _ = arr.shape
+    kk = resolve_k(n if k is None else k, n)
+    a, lam, omega, objective = opts.alpha, opts.conflict_penalty, opts.omega, opts.objective
+    method, seps, normalize = opts.method, opts.stochastic_eps, opts.normalize
+    unit = normalize == "unit"
+    cons = wanted.for_rows(n, kk, k is not None)
     if cons.active and (on_gpu or objective != "logdet"):
         raise ValueError(
             "budget and quotas run in the CPU core with the log-det objective "
             f"(here: {'the GPU' if on_gpu else objective!r})"
         )
-    if threads is None:
-        nthreads = 0
-    elif isinstance(threads, (int, np.integer)) and not isinstance(threads, bool) and threads >= 1:
-        nthreads = int(threads)
-    else:
-        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    nthreads = opts.threads or 0
     cb: Any = _Bar() if progress is True else (progress or None)
     if cb is not None and not callable(cb):
         raise TypeError("progress must be True, False/None or a callable")
@@ -512,10 +492,10 @@ def select(
     if base_out is not None and on_gpu:
         raise ValueError("base_out is filled by the CPU backend only")
     spill = ""
-    if spill_dir is not None:
+    if opts.spill_dir is not None:
         if on_gpu:
             raise ValueError("spill_dir is for the CPU backend only")
-        spill = os.fspath(spill_dir)
+        spill = opts.spill_dir
         if not os.path.isdir(spill):
             raise ValueError(f"spill_dir {spill!r} is not an existing directory")
     # the raw rows' squared norms, from the core's own norms pass (for the picks' percentiles)
@@ -528,7 +508,7 @@ def select(
             lam,
             omega,
             method,
-            seed64,
+            opts.seed64,
             seps,
             objective=objective,
             progress=cb,
@@ -536,14 +516,14 @@ def select(
             normalize=normalize,
         )
     else:
-        opts = _core.Options(
+        core_opts = _core.Options(
             k=kk,
             alpha=a,
             conflict_penalty=lam,
             early_stop=omega,
             method=method,
             objective=objective,
-            seed=seed64,
+            seed=opts.seed64,
             stochastic_eps=seps,
             threads=nthreads,
             spill_dir=spill,
@@ -553,14 +533,14 @@ def select(
         raw = _core.select(
             arr,
             code,
-            opts,
+            core_opts,
             progress=cb,
             interval_s=0.2,
             base_out=base_out,
             norm2_out=norms2,
             cost=cons.cost,
             groups=cons.groups,
-            quotas=cons.caps,
+            quotas=cons.quotas,
         )
     elapsed = time.perf_counter() - t0
     if raw["bad_row"] >= 0:
@@ -584,17 +564,23 @@ def select(
     params = dict(
         alpha=a,
         conflict_penalty=lam,
-        early_stop=early_stop,
+        early_stop=opts.early_stop,
         method=method,
         objective=objective,
-        seed=int(seed),
+        seed=opts.seed,
         stochastic_eps=seps,
         backend=raw.get("backend", "cpu"),
         normalize=normalize,
     )
     stop = str(raw["stop_reason"])
     factor, note = guarantee(
-        cons, lam=lam, omega=omega, objective=objective, method=method, stop=stop, capped=kk < n
+        cons,
+        conflict_penalty=lam,
+        early_stop=omega,
+        objective=objective,
+        method=method,
+        stop=stop,
+        capped=kk < n,
     )
     return Selection(
         indices=idx,
@@ -625,8 +611,42 @@ def select(
     )
 
 
-def _group_counts(cons: Constraints, idx: np.ndarray) -> dict | None:
+def _group_counts(cons: CoreConstraints, idx: np.ndarray) -> dict | None:
     if cons.groups is None or cons.labels is None:
         return None
     counts = np.bincount(cons.groups[idx], minlength=cons.labels.size)
     return {lab: int(c) for lab, c in zip(cons.labels.tolist(), counts)}
+
+
+def _options_of(options: SelectOptions | None, **given: Any) -> SelectOptions:
+    """The run's settings: ``options``, or the keywords given (the rest: SelectOptions'
+    defaults). Both at once is refused: which should win would be a guess."""
+    given = {name: v for name, v in given.items() if v is not DEFAULT}
+    if options is None:
+        return SelectOptions(**given)
+    if not isinstance(options, SelectOptions):
+        raise TypeError(f"options must be a spice.SelectOptions, got {type(options).__name__}")
+    if given:
+        raise TypeError(
+            f"select() got options= and the setting(s) {', '.join(given)} as keywords: pass "
+            "them in the SelectOptions (dataclasses.replace(options, name=value) changes one)"
+        )
+    return options
+
+
+def _constraints_of(constraints: Constraints | None, **given: Any) -> Constraints:
+    """The run's side constraints: ``constraints``, or the keywords given. Both at once is
+    refused."""
+    given = {name: v for name, v in given.items() if v is not None}
+    if constraints is None:
+        return Constraints(**given)
+    if not isinstance(constraints, Constraints):
+        raise TypeError(
+            f"constraints must be a spice.Constraints, got {type(constraints).__name__}"
+        )
+    if given:
+        raise TypeError(
+            f"select() got constraints= and {', '.join(given)} as keywords: pass them in the "
+            "Constraints"
+        )
+    return constraints
