@@ -140,7 +140,7 @@ class SelectOptions:
         "α in log det(I + α Σ g gᵀ): the Fisher scale, a finite number > 0 (unitless, it "
         "multiplies ‖g‖²)",
         kind=float,
-        lo=0.0,
+        lo=0,
         lo_open=True,
         flag="--alpha",
     )
@@ -149,17 +149,17 @@ class SelectOptions:
         "conflict penalty λ >= 0: nats of log-det gain taken off per unit of conflict "
         "max(0, -cos) to the earlier picks' mean (0: plain log-det greedy)",
         kind=float,
-        lo=0.0,
+        lo=0,
         flag="--conflict-penalty",
         aliases=("--penalty",),
     )
     early_stop: float | None = _setting(
         None,
         "SPICE+: stop before a pick whose gain is at most ω × the first pick's, ω in (0, 1) "
-        "(None: no early stop)",
+        "(unset: no early stop)",
         kind=float,
-        lo=0.0,
-        hi=1.0,
+        lo=0,
+        hi=1,
         lo_open=True,
         hi_open=True,
         optional=True,
@@ -179,7 +179,7 @@ class SelectOptions:
     )
     threads: int | None = _setting(
         None,
-        "OpenMP threads, an int >= 1 (None: the CPUs other processes leave free, looked at "
+        "OpenMP threads, an int >= 1 (unset: the CPUs other processes leave free, looked at "
         "again every 0.25 s); results do not depend on it",
         kind=int,
         lo=1,
@@ -195,8 +195,8 @@ class SelectOptions:
         0.01,
         "ε of the stochastic method, in (0, 1): it scores ⌈(n/k)·ln(1/ε)⌉ rows a step",
         kind=float,
-        lo=0.0,
-        hi=1.0,
+        lo=0,
+        hi=1,
         lo_open=True,
         hi_open=True,
     )
@@ -213,7 +213,7 @@ class SelectOptions:
     spill_dir: str | None = _setting(
         None,
         "keep the run's w rows (k x d float64, 8 bytes each) in a temporary file in this "
-        "directory instead of RAM (same results; None: RAM)",
+        "directory instead of RAM (same results; unset: RAM)",
         optional=True,
         flag="--spill-dir",
     )
