@@ -77,7 +77,7 @@ def test_checked_values_are_stored_as_plain_python_values(tmp_path):
     assert type(o.conflict_penalty) is float and type(o.early_stop) is float
     assert o.seed == -1 and o.seed64 == 2**64 - 1
     assert type(o.threads) is int and o.bf16 is True and o.spill_dir == str(tmp_path)
-    assert SelectOptions().omega == 0.0 and o.omega == 0.25
+    assert SelectOptions().core_early_stop == 0.0 and o.core_early_stop == 0.25
     with pytest.raises(dataclasses.FrozenInstanceError):
         o.alpha = 3.0  # type: ignore[misc]
     with pytest.raises(ValueError, match="alpha = -1.0"):
@@ -110,17 +110,17 @@ def test_defaults_are_select_defaults():
 @given(
     seed=st.integers(0, 2**31),
     alpha=st.sampled_from([0.3, 1.0, 5.0]),
-    lam=st.sampled_from([0.0, 0.1, 1.0]),
-    omega=st.sampled_from([None, 0.3]),
+    penalty=st.sampled_from([0.0, 0.1, 1.0]),
+    early=st.sampled_from([None, 0.3]),
     method=st.sampled_from(["lazy", "naive", "stochastic"]),
     normalize=st.sampled_from(["none", "unit"]),
 )
-def test_keywords_and_options_give_identical_picks(seed, alpha, lam, omega, method, normalize):
+def test_keywords_and_options_give_identical_picks(seed, alpha, penalty, early, method, normalize):
     G = gaussian(seed, 80, 6)
     kw = dict(
         alpha=alpha,
-        conflict_penalty=lam,
-        early_stop=omega,
+        conflict_penalty=penalty,
+        early_stop=early,
         method=method,
         seed=seed,
         normalize=normalize,

@@ -5,6 +5,9 @@ The selector (numpy only)::
     import spice
     sel = spice.select(G, 0.1)          # G: (n, d) per-sample gradient features
     sel.indices, sel.gains, sel.logdet, sel.stop_reason
+    opts = spice.SelectOptions(conflict_penalty=0.2, early_stop=0.3)   # checked once, here
+    quota = spice.Constraints(groups=source_of_each_row, quotas={"wiki": 0.5})
+    sel = spice.select(G, 0.1, options=opts, constraints=quota)
 
 Gradient features from Hugging Face models live in :mod:`spice.features` (extra ``[hf]``).
 """

@@ -230,7 +230,7 @@ class SelectOptions:
         return self.seed & 0xFFFFFFFFFFFFFFFF
 
     @property
-    def omega(self) -> float:
+    def core_early_stop(self) -> float:
         """``early_stop`` as the core takes it: 0.0 when off."""
         return 0.0 if self.early_stop is None else self.early_stop
 

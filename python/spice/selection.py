@@ -263,7 +263,14 @@ def check_options(
         stochastic_eps=stochastic_eps,
         seed=seed,
     )
-    return resolve_k(k, n), o.alpha, o.conflict_penalty, o.omega, o.stochastic_eps, o.seed64
+    return (
+        resolve_k(k, n),
+        o.alpha,
+        o.conflict_penalty,
+        o.core_early_stop,
+        o.stochastic_eps,
+        o.seed64,
+    )
 
 
 def _bad_row_message(arr: np.ndarray, code: int, row: int, alpha: float, unit: bool) -> str:
@@ -472,7 +479,7 @@ def select(
         arr, code = as_features(G, bf16=opts.bf16)
     n, _ = arr.shape
     kk = resolve_k(n if k is None else k, n)
-    a, lam, omega, objective = opts.alpha, opts.conflict_penalty, opts.omega, opts.objective
+    a, objective = opts.alpha, opts.objective
     method, seps, normalize = opts.method, opts.stochastic_eps, opts.normalize
     unit = normalize == "unit"
     cons = wanted.for_rows(n, kk, k is not None)
@@ -505,8 +512,8 @@ def select(
             arr,
             kk,
             a,
-            lam,
-            omega,
+            opts.conflict_penalty,
+            opts.core_early_stop,
             method,
             opts.seed64,
             seps,
@@ -519,8 +526,8 @@ def select(
         core_opts = _core.Options(
             k=kk,
             alpha=a,
-            conflict_penalty=lam,
-            early_stop=omega,
+            conflict_penalty=opts.conflict_penalty,
+            early_stop=opts.core_early_stop,
             method=method,
             objective=objective,
             seed=opts.seed64,
@@ -563,7 +570,7 @@ def select(
         ratio = float("nan")
     params = dict(
         alpha=a,
-        conflict_penalty=lam,
+        conflict_penalty=opts.conflict_penalty,
         early_stop=opts.early_stop,
         method=method,
         objective=objective,
@@ -575,8 +582,8 @@ def select(
     stop = str(raw["stop_reason"])
     factor, note = guarantee(
         cons,
-        conflict_penalty=lam,
-        early_stop=omega,
+        conflict_penalty=opts.conflict_penalty,
+        early_stop=opts.core_early_stop,
         objective=objective,
         method=method,
         stop=stop,
@@ -589,7 +596,7 @@ def select(
         epsilon=gains - base,
         align=raw["align"],
         conflict=conflict,
-        penalty=lam * conflict,
+        penalty=opts.conflict_penalty * conflict,
         scores=raw["scores"],
         logdet=ld,
         stop_reason=stop,
