@@ -64,15 +64,15 @@ spice::Objective objective_of(const std::string& s) {
   throw py::value_error("unknown objective '" + s + "' (logdet, diag-compat or topk-compat)");
 }
 
-spice::Options make_options(int64_t k, double alpha, double lam, double omega,
+spice::Options make_options(int64_t k, double alpha, double conflict_penalty, double early_stop,
                             const std::string& method, const std::string& objective, uint64_t seed,
                             double stochastic_eps, int threads, int64_t batch, int64_t chunk,
                             const std::string& spill_dir, double budget, bool unit_rows) {
   spice::Options o;
   o.k = k;
   o.alpha = alpha;
-  o.lambda = lam;
-  o.omega = omega;
+  o.lambda = conflict_penalty;
+  o.omega = early_stop;
   o.method = method_of(method);
   o.objective = objective_of(objective);
   o.seed = seed;
@@ -184,8 +184,18 @@ py::array_t<double> py_row_norms2(const py::array& G, int dtype_code, int thread
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "spice compiled core: exact penalised log-det greedy selection";
-  // The run's settings, by keyword (defaults as in spice/core.hpp); validated by select.
+  // The run's settings, by keyword (defaults as in spice/core.hpp); validated by select. The
+  // keywords are the public names: conflict_penalty is the core's lambda, early_stop its omega
+  // (0: off).
   py::class_<spice::Options>(m, "Options")
+      .def(py::init(&make_options), py::kw_only(), py::arg("k") = 0, py::arg("alpha") = 1.0,
+           py::arg("conflict_penalty") = 0.0, py::arg("early_stop") = 0.0,
+           py::arg("method") = "lazy", py::arg("objective") = "logdet", py::arg("seed") = 0,
+           py::arg("stochastic_eps") = 0.01, py::arg("threads") = 0, py::arg("batch") = 0,
+           py::arg("chunk") = 0, py::arg("spill_dir") = std::string(), py::arg("budget") = 0.0,
+           py::arg("unit_rows") = false)
+      // The former keywords lam/omega, as a second overload (pybind11 takes the overload whose
+      // keywords all match), until every caller passes the public names.
       .def(py::init(&make_options), py::kw_only(), py::arg("k") = 0, py::arg("alpha") = 1.0,
            py::arg("lam") = 0.0, py::arg("omega") = 0.0, py::arg("method") = "lazy",
            py::arg("objective") = "logdet", py::arg("seed") = 0, py::arg("stochastic_eps") = 0.01,
@@ -194,8 +204,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("unit_rows") = false)
       .def_readwrite("k", &spice::Options::k)
       .def_readwrite("alpha", &spice::Options::alpha)
-      .def_readwrite("lam", &spice::Options::lambda)
-      .def_readwrite("omega", &spice::Options::omega)
+      .def_readwrite("conflict_penalty", &spice::Options::lambda)
+      .def_readwrite("early_stop", &spice::Options::omega)
       .def_property(
           "method", [](const spice::Options& o) { return std::string(method_name(o.method)); },
           [](spice::Options& o, const std::string& s) { o.method = method_of(s); })
@@ -213,7 +223,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("unit_rows", &spice::Options::unit_rows)
       .def("__repr__", [](const spice::Options& o) {
         return "Options(k=" + std::to_string(o.k) + ", alpha=" + std::to_string(o.alpha) +
-               ", lam=" + std::to_string(o.lambda) + ", omega=" + std::to_string(o.omega) +
+               ", conflict_penalty=" + std::to_string(o.lambda) +
+               ", early_stop=" + std::to_string(o.omega) +
                ", method='" + method_name(o.method) + "', objective='" +
                objective_name(o.objective) + "', seed=" + std::to_string(o.seed) + ")";
       });

@@ -1,6 +1,6 @@
 """Type stub for the compiled module spice._core (csrc/bindings.cpp)."""
 
-from typing import Any, Callable
+from typing import Any, Callable, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -14,13 +14,15 @@ class Options:
     "topk-compat". batch/chunk 0: the lazy driver's own sizing. spill_dir "": w rows in RAM.
     budget: the cost budget, used when select() gets a cost array. unit_rows: select on
     g_i / ||g_i|| (zero rows stay zero and are never picked), G read in place, each dot product
-    scaled in float64; log-det objective only, refused by Stepper.
+    scaled in float64; log-det objective only, refused by Stepper. conflict_penalty: the
+    penalty λ >= 0; early_stop: SPICE+'s ω in (0, 1), 0 for off. The former keywords lam/omega
+    are accepted (a second overload) until every caller passes the public names.
     """
 
     k: int
     alpha: float
-    lam: float
-    omega: float
+    conflict_penalty: float
+    early_stop: float
     method: str
     objective: str
     seed: int
@@ -31,6 +33,26 @@ class Options:
     spill_dir: str
     budget: float
     unit_rows: bool
+    @overload
+    def __init__(
+        self,
+        *,
+        k: int = 0,
+        alpha: float = 1.0,
+        conflict_penalty: float = 0.0,
+        early_stop: float = 0.0,
+        method: str = "lazy",
+        objective: str = "logdet",
+        seed: int = 0,
+        stochastic_eps: float = 0.01,
+        threads: int = 0,
+        batch: int = 0,
+        chunk: int = 0,
+        spill_dir: str = "",
+        budget: float = 0.0,
+        unit_rows: bool = False,
+    ) -> None: ...
+    @overload
     def __init__(
         self,
         *,

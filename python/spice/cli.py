@@ -171,6 +171,31 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _select_options(args: argparse.Namespace) -> Any:
+    """The selection's settings from the flags :func:`_add_settings` made (and the shared
+    --seed), checked again as a SelectOptions (the flags' own checks came first)."""
+    from .options import SelectOptions
+
+    return SelectOptions(seed=args.seed, **{f: getattr(args, f) for f in _flagged_settings()})
+
+
+def _check_quota_flags(args: argparse.Namespace) -> None:
+    """--quotas and --group-field go together; say so before any work."""
+    if (args.quotas is None) != (args.group_field is None):
+        from .pipeline import PipelineError
+
+        missing, given = (
+            ("--group-field", "--quotas")
+            if args.group_field is None
+            else ("--quotas", "--group-field")
+        )
+        raise PipelineError(
+            f"{given} needs {missing}: --group-field names the record field that holds each "
+            "record's group, --quotas the most picks per group (e.g. --group-field source "
+            "--quotas wiki=0.5,code=1000)"
+        )
+
+
 def _select_into(args: argparse.Namespace, store: Any, out: Path, extra: dict) -> int:
     from .pipeline import select_to_dir
 
@@ -180,20 +205,15 @@ def _select_into(args: argparse.Namespace, store: Any, out: Path, extra: dict) -
         args.data,
         out,
         _budget(args),
-        alpha=args.alpha,
-        conflict_penalty=args.penalty,
-        early_stop=args.early_stop,
-        method=args.method,
-        objective=args.objective,
-        seed=args.seed,
+        options=_select_options(args),
         overwrite=args.overwrite,
         extra_config=extra,
-        spill_dir=args.spill_dir,
         verify=not args.no_verify,
         split=args.split,
         columns=args.columns,
         budget_tokens=args.budget_tokens,
-        normalize=args.normalize,
+        group_field=args.group_field,
+        quotas=args.quotas,
     )
     print(sel.summary())
     print(
@@ -206,6 +226,7 @@ def _select_into(args: argparse.Namespace, store: Any, out: Path, extra: dict) -
 def cmd_select(args: argparse.Namespace) -> int:
     from .formats import open as open_store
 
+    _check_quota_flags(args)
     store = open_store(args.features)
     note = getattr(store, "note", "")  # another tool's gradients: what cannot be checked
     if note:
@@ -226,9 +247,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     require_extras(
         "spice run", "hf", *(() if args.no_report else ("report",)), unused=_unused(args)
     )
+    _check_quota_flags(args)
     out = check_out_dir(args.out, args.overwrite, "selection.json")
     records = _check_data(args)  # before the model loads: a data error comes first
     _check_k(args, len(records), f"records in {args.data}")
+    if args.quotas is not None:  # a missing group field or unknown group, before the model too
+        from .pipeline import check_quotas
+
+        check_quotas(args.data, args.group_field, args.quotas, split=args.split)
     with removed_if_failed(out):  # a failed first step leaves no empty folder behind
         store = _extract(args, out / "features")
     rc = _select_into(args, store, out, {"model": args.model, "gguf_file": args.gguf_file})
@@ -263,6 +289,7 @@ def _online(args: argparse.Namespace, out: Path) -> int:
         "lr",
         "early_stop",
         "alpha",
+        "conflict_penalty",
         "dim",
         "batch_size",
         "max_length",
@@ -271,8 +298,6 @@ def _online(args: argparse.Namespace, out: Path) -> int:
         v = getattr(args, name)
         if v is not None:
             over[name] = v
-    if args.penalty is not None:
-        over["conflict_penalty"] = args.penalty
     if args.lora_r is not None:
         over["lora_r"] = args.lora_r
     cfg = preset(args.preset, **over)
@@ -473,6 +498,76 @@ def _add_feature_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
+def _flagged_settings() -> list[str]:
+    """The SelectOptions fields that have a command-line flag."""
+    from dataclasses import fields
+
+    from .options import SelectOptions
+
+    return [f.name for f in fields(SelectOptions) if f.metadata["flag"]]
+
+
+def _add_alias(p: argparse.ArgumentParser, flag: str, dest: str, **kw: Any) -> None:
+    """An older flag for ``dest``: same value, not shown in --help, leaves the default alone."""
+    p.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kw)
+
+
+def _add_settings(p: argparse.ArgumentParser) -> None:
+    """The selection's flags, one per SelectOptions field that names one: its default, help,
+    choices and range come from the field (spice/options.py), so they are declared once."""
+    from dataclasses import fields
+
+    from .options import SelectOptions
+
+    for f in fields(SelectOptions):
+        m = f.metadata
+        if not m["flag"]:
+            continue
+        kw: dict[str, Any] = {}
+        if m["choices"]:
+            kw["choices"] = list(m["choices"])
+        elif m["kind"] is not None:
+            hi = None if math.isinf(m["hi"]) else m["hi"]
+            kw["type"] = _number(m["kind"], m["lo"], hi, m["lo_open"], m["hi_open"])
+        p.add_argument(m["flag"], dest=f.name, default=f.default, help=m["help"], **kw)
+        for alias in m["aliases"]:
+            _add_alias(p, alias, f.name, **kw)
+
+
+def _quotas(text: str) -> dict[str, int | float]:
+    """--quotas: group=quota,... with a quota an int count >= 0 or a share of k in (0, 1]."""
+    out: dict[str, int | float] = {}
+    for part in text.split(","):
+        name, eq, value = part.strip().rpartition("=")
+        name = name.strip()
+        if not eq or not name:
+            raise argparse.ArgumentTypeError(
+                f"{part.strip()!r} is not group=quota (e.g. wiki=0.5,code=1000)"
+            )
+        value = value.strip()
+        try:
+            q: int | float = int(value)
+        except ValueError:
+            try:
+                q = float(value)
+            except ValueError:
+                q = math.nan
+            if not (0.0 < q <= 1.0):
+                raise argparse.ArgumentTypeError(
+                    f"quota of {name!r} is {value!r}: a count (a whole number, e.g. 1000) or a "
+                    "share of the budget in (0, 1] (e.g. 0.5)"
+                ) from None
+        if isinstance(q, int) and q < 0:
+            raise argparse.ArgumentTypeError(f"quota of {name!r} is {q}: a count is >= 0")
+        if name in out:
+            raise argparse.ArgumentTypeError(f"group {name!r} is given twice")
+        out[name] = q
+    return out
+
+
+_quotas.__name__ = "quotas"  # argparse names the type in its messages
+
+
 def _add_select_opts(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument(
@@ -494,40 +589,21 @@ def _add_select_opts(p: argparse.ArgumentParser) -> None:
         help="token budget: the picked records' token counts (from the feature store) sum to at "
         "most this; cost-benefit greedy (gain per token). --k/--fraction then cap the rows",
     )
-    p.add_argument("--alpha", type=_FINITE_POS, default=1.0, help="α in log det(I + α Σ g gᵀ)")
-    p.add_argument("--penalty", type=_number(float, 0), default=0.1, help="conflict penalty λ")
+    _add_settings(p)
     p.add_argument(
-        "--early-stop",
-        type=_number(float, 0, 1, lo_open=True, hi_open=True),
+        "--group-field",
         default=None,
-        help="SPICE+: stop when the gain falls below ω × the first, ω in (0, 1)",
+        help="the record field that names each record's group (e.g. source), for --quotas",
     )
     p.add_argument(
-        "--method",
-        default="lazy",
-        choices=["lazy", "naive", "stochastic"],
-        help="greedy variant (lazy and naive pick the same rows)",
-    )
-    p.add_argument(
-        "--objective",
-        default="logdet",
-        choices=["logdet", "diag-compat", "topk-compat"],
-        help="logdet: the paper's; the others reproduce the authors' released code",
-    )
-    p.add_argument(
-        "--normalize",
-        default="none",
-        choices=["none", "unit"],
-        help="unit: select on rows scaled to norm 1 (directions only; large-norm noise no longer "
-        "wins); logdet only",
+        "--quotas",
+        type=_quotas,
+        default=None,
+        help="the most picks per group of --group-field: group=quota,... with a quota a count "
+        "(1000) or a share of the budget in (0, 1] (0.5); groups not named have no cap, e.g. "
+        "--group-field source --quotas wiki=0.5,code=1000",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing result")
-    p.add_argument(
-        "--spill-dir",
-        default=None,
-        help="keep the run's w rows (k x d float64) in a temporary file in this "
-        "directory instead of RAM (same results)",
-    )
     p.add_argument(
         "--no-verify",
         action="store_true",
@@ -612,7 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("lr", _FINITE_POS, "proxy learning rate"),
         ("early-stop", _number(float, 0, 1, lo_open=True, hi_open=True), "SPICE+ ω"),
         ("alpha", _FINITE_POS, "α"),
-        ("penalty", _number(float, 0), "conflict penalty λ"),
+        ("conflict-penalty", _number(float, 0), "conflict penalty λ"),
         ("dim", _INT1, "feature dimension d"),
         ("batch-size", _INT1, "records per batch"),
         ("max-length", _number(int, 2), "tokens per record"),
@@ -620,6 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("lora-r", _INT1, "LoRA rank"),
     ):
         o.add_argument(f"--{name}", type=typ, default=None, help=what + unset)
+    _add_alias(o, "--penalty", "conflict_penalty", type=_number(float, 0))
     o.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     o.add_argument("--overwrite", action="store_true", help="replace an existing result")
     o.add_argument("--quiet", action="store_true", help="no progress lines")

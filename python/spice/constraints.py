@@ -20,21 +20,67 @@ KNAPSACK_FACTOR = CARDINALITY_FACTOR / 2.0
 MATROID_FACTOR = 0.5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Constraints:
+    """Side constraints of a selection, as given to :func:`spice.select` (all None: none).
+
+    The pairs that go together and the budget's value are checked when made; the per-row arrays
+    are checked against the data's n rows and k picks when the selection runs
+    (:meth:`for_rows`). Raises ValueError or TypeError naming the setting.
+    """
+
+    budget: float | None = None
+    """The most the picks' summed ``cost`` may reach, a finite number > 0 (the unit of cost,
+    e.g. tokens); with ``cost``."""
+    cost: Any = None
+    """n positive finite numbers, the cost of each row (e.g. its tokens); with ``budget``."""
+    groups: Any = None
+    """n labels (integers of any dtype, or strings), the group of each row; with ``quotas``."""
+    quotas: Any = None
+    """The most picks per group: a dict {label: quota} (labels not in it: no cap) or an array
+    indexed by integer label; a quota is an int count, or a float share in (0, 1] of k (at most
+    floor(share * k) rows). With ``groups``."""
+
+    def __post_init__(self) -> None:
+        if (self.budget is None) != (self.cost is None):
+            raise ValueError("budget and cost go together: pass both (cost: one number per row)")
+        if self.budget is not None:
+            b = self.budget
+            if isinstance(b, (bool, np.bool_)) or not isinstance(
+                b, (int, float, np.integer, np.floating)
+            ):
+                raise TypeError(f"budget must be a number, got {type(b).__name__}")
+            if not (math.isfinite(float(b)) and float(b) > 0):
+                raise ValueError(f"budget = {float(b)} must be a finite number > 0")
+        if (self.groups is None) != (self.quotas is None):
+            raise ValueError("groups and quotas go together: pass both")
+
+    @property
+    def active(self) -> bool:
+        """Whether there is any constraint (a budget or quotas)."""
+        return self.cost is not None or self.groups is not None
+
+    def for_rows(self, n: int, k: int, k_given: bool = True) -> CoreConstraints:
+        """These constraints checked for n rows and a row cap k (``k_given``: the caller passed
+        k; else k = n and a quota cannot be a share of it), as the core takes them."""
+        return check_constraints(n, k, k_given, self.budget, self.cost, self.groups, self.quotas)
+
+
+@dataclass(frozen=True, eq=False)
+class CoreConstraints:
     """Checked constraints, as the core takes them (all None when there are none).
 
     cost: float64 (n,) and budget: float, both in the core's units: the user's divided by
     ``cost_scale``, a power of two (exact) that brings the largest cost into [0.5, 1), so that
     score / cost and score * cost stay normal floats; ``budget_given``: the user's budget.
-    groups: int32 (n,) dense group numbers, caps: int64 (number of groups,) the most picks per
+    groups: int32 (n,) dense group numbers, quotas: int64 (number of groups,) the most picks per
     group (at most k), labels: the user's label of each dense group (their dtype, sorted).
     """
 
     cost: np.ndarray | None = None
     budget: float | None = None
     groups: np.ndarray | None = None
-    caps: np.ndarray | None = None
+    quotas: np.ndarray | None = None
     labels: np.ndarray | None = None
     cost_scale: float = 1.0
     budget_given: float | None = None
@@ -157,22 +203,15 @@ def _quota_dict(quotas: dict, labels: np.ndarray) -> dict:
 
 def check_constraints(
     n: int, k: int, k_given: bool, budget: Any, cost: Any, groups: Any, quotas: Any
-) -> Constraints:
+) -> CoreConstraints:
     """Validate ``budget``/``cost`` and ``groups``/``quotas`` for n rows and a row cap k
     (``k_given``: the user passed k; else k = n). Raises ValueError/TypeError naming the setting.
     """
-    c = b = g = caps = labels = None
+    c = b = g = group_quotas = labels = None
     scale = 1.0
-    if (budget is None) != (cost is None):
-        raise ValueError("budget and cost go together: pass both (cost: one number per row)")
+    Constraints(budget, cost, groups, quotas)  # the pairs and the budget's value
     if budget is not None:
-        if isinstance(budget, (bool, np.bool_)) or not isinstance(
-            budget, (int, float, np.integer, np.floating)
-        ):
-            raise TypeError(f"budget must be a number, got {type(budget).__name__}")
         b = float(budget)
-        if not (math.isfinite(b) and b > 0):
-            raise ValueError(f"budget = {b} must be a finite number > 0")
         arr = np.asarray(cost)
         if arr.dtype.kind not in "iuf" or arr.ndim != 1 or arr.shape[0] != n:
             raise ValueError(
@@ -185,14 +224,12 @@ def check_constraints(
                 f"cost of row {int(bad[0])} is {c[bad[0]]}; every cost must be a finite number > 0"
             )
         c, b, scale = _rescale_costs(c, b)
-    if (groups is None) != (quotas is None):
-        raise ValueError("groups and quotas go together: pass both")
     if groups is not None:
         labels, inv = _dense_groups(groups, n)
         g = np.ascontiguousarray(inv, dtype=np.int32)
         if isinstance(quotas, dict):
             want = _quota_dict(quotas, labels)
-            caps = np.array(
+            group_quotas = np.array(
                 [_cap(lab, want[lab], k, k_given) if lab in want else k for lab in labels.tolist()],
                 dtype=np.int64,
             )
@@ -213,15 +250,15 @@ def check_constraints(
                     f"quotas has {q.shape[0]} entries (labels 0..{q.shape[0] - 1}) but groups "
                     f"holds the label {lo if lo < 0 else hi}"
                 )
-            caps = np.array(
+            group_quotas = np.array(
                 [_cap(lab, _item(q[lab]), k, k_given) for lab in labels.tolist()], np.int64
             )
-        caps = np.ascontiguousarray(np.minimum(caps, k), dtype=np.int64)
-    return Constraints(
+        group_quotas = np.ascontiguousarray(np.minimum(group_quotas, k), dtype=np.int64)
+    return CoreConstraints(
         cost=c,
         budget=b,
         groups=g,
-        caps=caps,
+        quotas=group_quotas,
         labels=labels,
         cost_scale=scale,
         budget_given=None if budget is None else float(budget),
@@ -229,21 +266,26 @@ def check_constraints(
 
 
 def guarantee(
-    cons: Constraints,
+    cons: Constraints | CoreConstraints,
     *,
-    lam: float,
-    omega: float,
+    conflict_penalty: float | None = None,
+    early_stop: float | None = None,
     objective: str,
     method: str,
     stop: str,
     capped: bool,
+    lam: float | None = None,
+    omega: float | None = None,
 ) -> tuple[float, str]:
     """The a-priori factor a run carries (NaN when none is stated) and a line saying why.
 
     Only the plain information objective (λ = 0) is monotone submodular; the conflict penalty
-    depends on the order of the picks, so no factor is stated with it. ``capped``: the row cap
-    k is below n (it can bind).
+    depends on the order of the picks, so no factor is stated with it. ``early_stop``: ω, None
+    or 0 when off. ``capped``: the row cap k is below n (it can bind). ``lam``/``omega``: the
+    former names of ``conflict_penalty``/``early_stop``, until every caller passes the new ones.
     """
+    lam = conflict_penalty if conflict_penalty is not None else (lam or 0.0)
+    omega = (early_stop if early_stop is not None else omega) or 0.0
     nan = float("nan")
     if objective != "logdet":
         return nan, "compatibility objective: no guarantee"

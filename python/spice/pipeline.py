@@ -20,6 +20,7 @@ import numpy as np
 
 from . import __version__
 from .errors import PipelineError
+from .options import SelectOptions, setting_names
 from .outputs import (
     atomic_write,
     axolotl_snippet,
@@ -47,6 +48,8 @@ __all__ = [
     "prepare_out_dir",
     "removed_if_failed",
     "select_to_dir",
+    "record_groups",
+    "check_quotas",
     "versions",
 ]
 
@@ -384,22 +387,18 @@ def select_to_dir(
     store: Any,
     data: Any,
     out: str | os.PathLike,
-    k: int | float,
+    k: int | float | None,
     *,
-    alpha: float = 1.0,
-    conflict_penalty: float = 0.1,
-    early_stop: float | None = None,
-    method: str = "lazy",
-    objective: str = "logdet",
-    seed: int = 0,
     overwrite: bool = False,
     extra_config: dict | None = None,
-    spill_dir: str | os.PathLike | None = None,
     verify: bool = True,
     split: str | None = None,
     columns: Mapping[str, str] | None = None,
     budget_tokens: int | None = None,
-    normalize: str = "none",
+    group_field: str | None = None,
+    quotas: Mapping[str, int | float] | None = None,
+    options: SelectOptions | None = None,
+    **settings: Any,
 ) -> Selection:
     """Select from ``store`` (a :class:`spice.FeatureStore`, or what :func:`spice.stores.open`
     returns) and write the run directory ``out``:
@@ -411,6 +410,11 @@ def select_to_dir(
     (:func:`spice.features.load_records`); they must be those the store was made with.
     ``budget_tokens`` caps the summed token counts of the picks (each record's ``tokens`` in the
     store's index: its length after truncation, what training pays for; ``k`` may then be None).
+    ``group_field`` and ``quotas`` cap the picks per group: each record's group is its field
+    ``group_field`` (:func:`record_groups`), ``quotas`` maps group names to an int count or a
+    float share in (0, 1] of k (groups not named: no cap). The selection's settings are
+    ``options`` (a :class:`spice.SelectOptions`) or its fields as keywords (``settings``:
+    ``alpha=``, ``conflict_penalty=``, ...), as :func:`spice.select` takes them.
 
     Everything except ``timing.json`` (and the ``subset/`` folder's ``state.json``) is identical
     when rerun with the same inputs and seed (``spill_dir``, passed on to :func:`spice.select`,
@@ -423,28 +427,30 @@ def select_to_dir(
     """
     from .hfdata import check_columns, resolve_source
 
+    unknown = sorted(set(settings) - set(setting_names()))
+    if unknown:
+        raise TypeError(f"select_to_dir() got unexpected keyword(s) {', '.join(unknown)}")
     columns = check_columns(columns)
     out = check_out_dir(out, overwrite, "selection.json")
     fp = check_store_matches(store, data, split, columns)
+    groups = None
+    if group_field is not None or quotas is not None:
+        groups = check_quotas(data, group_field, quotas, split=split, rows=len(store))
     if verify:
         store.verify()
     base = np.empty(len(store))  # per-record base gains, filled by the run (no second pass)
     costs: dict[str, Any] = {}
     if budget_tokens is not None:
         costs = dict(budget=budget_tokens, cost=store_tokens(store))
+    if groups is not None:
+        costs.update(groups=groups, quotas=dict(quotas or {}))
     sel = select(
         store,
         k,
-        alpha=alpha,
-        conflict_penalty=conflict_penalty,
-        early_stop=early_stop,
-        method=method,
-        objective=objective,
-        seed=seed,
+        options=options,
         base_out=base,
-        spill_dir=spill_dir,
         verify=False,  # done above, or --no-verify
-        normalize=normalize,
+        **settings,
         **costs,
     )
     source = resolve_source(data, split)
@@ -461,6 +467,9 @@ def select_to_dir(
         extra["columns"] = columns
     if budget_tokens is not None:
         extra["budget_tokens"] = int(budget_tokens)
+    if groups is not None:
+        extra["group_field"] = group_field
+        extra["quotas"] = dict(quotas or {})
     with removed_if_failed(out.parent):
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -493,6 +502,101 @@ def store_tokens(store: Any) -> np.ndarray:
     if tokens.shape != (len(store),):
         raise PipelineError(f"feature store has {len(store)} rows but {tokens.size} token counts")
     return np.maximum(tokens, 1.0)
+
+
+def record_groups(data: Any, field: str, *, split: str | None = None) -> np.ndarray:
+    """The group of every record of ``data``: its field ``field`` (a string, or an integer read
+    as its text), in record order (row i of a feature store made from ``data`` is record i).
+    Records are read raw, as :func:`spice.features.load_records` reads them (same files, same
+    order, table nulls as absent fields); ``--columns`` does not apply (the field is named as
+    the data has it).
+
+    Raises:
+        PipelineError: a record without the field, with a value that is not a string or an
+            integer, or that is not an object (invalid JSON); the message names its file and
+            line (or row).
+    """
+    from .features.records.readers import _Bad, _iter_json_array, _iter_jsonl, _iter_parquet
+    from .hfdata import iter_source_rows, resolve_source, source_name
+
+    items: Any
+    source = resolve_source(data, split)
+    if source is not None:
+        items = iter_source_rows(source, source_name(data, split))
+    elif isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        suffix = path.suffix.lower()
+        if suffix == ".parquet":
+            items = _iter_parquet(path)
+        elif suffix == ".json":
+            with open(path, "rb") as f:
+                head = f.read(4096).lstrip()
+            items = _iter_json_array(path) if head.startswith(b"[") else _iter_jsonl(path)
+        elif suffix in (".jsonl", ".ndjson"):
+            items = _iter_jsonl(path)
+        else:
+            raise PipelineError(f"{path}: cannot read a group field from a {suffix!r} file")
+    else:
+        items = ((obj, f"records[{i}]") for i, obj in enumerate(data))
+    labels = []
+    for obj, where in items:
+        if isinstance(obj, _Bad) or not isinstance(obj, dict):
+            why = obj.message if isinstance(obj, _Bad) else f"a {type(obj).__name__}"
+            raise PipelineError(
+                f"{where}: the record is not an object ({why}), so it has no group field {field!r}"
+            )
+        v = obj.get(field)
+        if v is None:
+            keys = ", ".join(sorted(obj)[:8])
+            raise PipelineError(
+                f"{where}: the record has no field {field!r} to read its group from (its "
+                f"fields: {keys})"
+            )
+        if isinstance(v, bool) or not isinstance(v, (str, int)):
+            raise PipelineError(
+                f"{where}: field {field!r} is a {type(v).__name__}; a group is a string or an "
+                "integer"
+            )
+        labels.append(str(v))
+    return np.array(labels, dtype=str)
+
+
+def check_quotas(
+    data: Any,
+    group_field: str | None,
+    quotas: Mapping[str, int | float] | None,
+    *,
+    split: str | None = None,
+    rows: int | None = None,
+) -> np.ndarray:
+    """The records' groups (:func:`record_groups`), after checking that ``group_field`` and
+    ``quotas`` come together, that every group ``quotas`` names is one some record has, and
+    (``rows``) that there is one group per row of the store.
+
+    Raises:
+        PipelineError: what is missing or unknown, with the groups the data has.
+    """
+    if group_field is None or quotas is None:
+        raise PipelineError(
+            "quotas and a group field go together: --quotas needs --group-field (the record "
+            "field that names each record's group) and --group-field needs --quotas"
+        )
+    groups = record_groups(data, group_field, split=split)
+    if rows is not None and groups.size != rows:
+        raise PipelineError(
+            f"the data has {groups.size} records but the feature store {rows} rows: row i "
+            "must be record i"
+        )
+    have = set(groups.tolist())
+    unknown = [g for g in quotas if g not in have]
+    if unknown:
+        names = sorted(have)
+        shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+        raise PipelineError(
+            f"quotas name the group(s) {', '.join(map(repr, unknown))}, which no record has in "
+            f"its field {group_field!r} (its groups: {shown})"
+        )
+    return groups
 
 
 def _write_selection(

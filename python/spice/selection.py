@@ -13,17 +13,30 @@ import numpy as np
 
 from . import _core
 from ._inputs import as_features, describe_bad_row, progress_says_continue, row_as_float64
-from .constraints import Constraints, check_constraints, guarantee
-from .options import (  # noqa: F401  (all re-exported: spice.selection offered them)
+from .constraints import Constraints, CoreConstraints, guarantee
+from .options import (
+    DEFAULT,
     METHODS,
     NORMALIZE,
     OBJECTIVES,
+    SelectOptions,
     check_normalize,
     check_options,
     resolve_k,
 )
 from .report import high_norm_warning, percentiles_of
 from .store import FeatureStore
+
+__all__ = [
+    "METHODS",
+    "NORMALIZE",
+    "OBJECTIVES",
+    "Selection",
+    "check_normalize",
+    "check_options",
+    "resolve_k",
+    "select",
+]
 
 ProgressFn = Callable[[int, int, int, float], Optional[bool]]
 
@@ -259,31 +272,40 @@ def select(
     G: Any,
     k: int | float | None = None,
     *,
-    alpha: float = 1.0,
-    conflict_penalty: float = 0.1,
-    early_stop: float | None = None,
-    method: str = "lazy",
-    seed: int = 0,
-    threads: int | None = None,
-    objective: str = "logdet",
-    stochastic_eps: float = 0.01,
+    alpha: float = DEFAULT,
+    conflict_penalty: float = DEFAULT,
+    early_stop: float | None = DEFAULT,
+    method: str = DEFAULT,
+    seed: int = DEFAULT,
+    threads: int | None = DEFAULT,
+    objective: str = DEFAULT,
+    stochastic_eps: float = DEFAULT,
     progress: bool | ProgressFn | None = None,
-    bf16: bool = False,
+    bf16: bool = DEFAULT,
     device: str | None = None,
     base_out: np.ndarray | None = None,
-    spill_dir: str | os.PathLike[str] | None = None,
+    spill_dir: str | os.PathLike[str] | None = DEFAULT,
     budget: float | None = None,
     cost: Any = None,
     groups: Any = None,
     quotas: Any = None,
     verify: bool = True,
-    normalize: str = "none",
+    normalize: str = DEFAULT,
+    options: SelectOptions | None = None,
+    constraints: Constraints | None = None,
 ) -> Selection:
     """Greedily pick rows of ``G`` maximising the SPICE score.
 
     score(x | S) = Δ_x(S) − λ·max(0, −cos(g_x, mean of g_S)), with the information gain
     Δ_x(S) = log(1 + α g_xᵀ (I + α Σ_{s∈S} g_s g_sᵀ)⁻¹ g_x), computed exactly (float64) in the
     feature space: no n×n kernel is ever built.
+
+    The settings (``alpha`` … ``normalize``, ``bf16``, ``spill_dir``) are the fields of
+    :class:`~spice.SelectOptions`, with its defaults: alpha 1.0, conflict_penalty 0.1,
+    early_stop None, method "lazy", seed 0, threads None, objective "logdet", stochastic_eps 0.01,
+    normalize "none", bf16 False, spill_dir None. ``options=SelectOptions(...)`` passes them as
+    one checked object, ``constraints=Constraints(...)`` the budget, cost, groups and quotas;
+    either together with the keywords it holds is a TypeError.
 
     Parameters
     ----------
@@ -372,6 +394,10 @@ def select(
         ``logdet`` are those of the unit rows). The GPU backend selects on a normalised float64
         copy on the device. Log-det objective only; every method, budgets and quotas.
         ``spice.distributed`` does not take it.
+    options : SelectOptions, optional
+        All the settings at once, instead of their keywords.
+    constraints : Constraints, optional
+        ``budget``, ``cost``, ``groups`` and ``quotas`` at once, instead of their keywords.
 
     Returns
     -------
@@ -381,40 +407,42 @@ def select(
 
     if device not in (None, "cpu", "cuda"):
         raise ValueError(f"device must be None, 'cpu' or 'cuda', got {device!r}")
-    if verify and isinstance(G, FeatureStore):
-        G.verify_for_selection()
-    on_gpu = device == "cuda" or (device is None and _gpu.is_cuda_array(G))
-    if on_gpu:
-        arr, code = _gpu.as_device_features(G, bf16=bf16)  # CuPy/torch CUDA: shared, no copy
-    else:
-        arr, code = as_features(G, bf16=bf16)
-    n, _ = arr.shape
-    if k is None and budget is None:
-        raise TypeError("select() needs k (a row count or fraction) unless budget= is given")
-    kk, a, lam, omega, seps, seed64 = check_options(
-        n,
-        n if k is None else k,
+    opts = _options_of(
+        options,
         alpha=alpha,
         conflict_penalty=conflict_penalty,
         early_stop=early_stop,
         method=method,
+        seed=seed,
+        threads=threads,
         objective=objective,
         stochastic_eps=stochastic_eps,
-        seed=seed,
+        normalize=normalize,
+        bf16=bf16,
+        spill_dir=spill_dir,
     )
-    unit = check_normalize(normalize, objective, a)
-    cons = check_constraints(n, kk, k is not None, budget, cost, groups, quotas)
+    wanted = _constraints_of(constraints, budget=budget, cost=cost, groups=groups, quotas=quotas)
+    if k is None and wanted.budget is None:
+        raise TypeError("select() needs k (a row count or fraction) unless budget= is given")
+    if verify and isinstance(G, FeatureStore):
+        G.verify_for_selection()
+    on_gpu = device == "cuda" or (device is None and _gpu.is_cuda_array(G))
+    if on_gpu:
+        arr, code = _gpu.as_device_features(G, bf16=opts.bf16)  # CuPy/torch CUDA: no copy
+    else:
+        arr, code = as_features(G, bf16=opts.bf16)
+    n, _ = arr.shape
+    kk = resolve_k(n if k is None else k, n)
+    a, objective = opts.alpha, opts.objective
+    method, seps, normalize = opts.method, opts.stochastic_eps, opts.normalize
+    unit = normalize == "unit"
+    cons = wanted.for_rows(n, kk, k is not None)
     if cons.active and (on_gpu or objective != "logdet"):
         raise ValueError(
             "budget and quotas run in the CPU core with the log-det objective "
             f"(here: {'the GPU' if on_gpu else objective!r})"
         )
-    if threads is None:
-        nthreads = 0
-    elif isinstance(threads, (int, np.integer)) and not isinstance(threads, bool) and threads >= 1:
-        nthreads = int(threads)
-    else:
-        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    nthreads = opts.threads or 0
     cb: Any = _Bar() if progress is True else (progress or None)
     if cb is not None and not callable(cb):
         raise TypeError("progress must be True, False/None or a callable")
@@ -425,10 +453,10 @@ def select(
     if base_out is not None and on_gpu:
         raise ValueError("base_out is filled by the CPU backend only")
     spill = ""
-    if spill_dir is not None:
+    if opts.spill_dir is not None:
         if on_gpu:
             raise ValueError("spill_dir is for the CPU backend only")
-        spill = os.fspath(spill_dir)
+        spill = opts.spill_dir
         if not os.path.isdir(spill):
             raise ValueError(f"spill_dir {spill!r} is not an existing directory")
     # the raw rows' squared norms, from the core's own norms pass (for the picks' percentiles)
@@ -438,10 +466,10 @@ def select(
             arr,
             kk,
             a,
-            lam,
-            omega,
+            opts.conflict_penalty,
+            opts.core_early_stop,
             method,
-            seed64,
+            opts.seed64,
             seps,
             objective=objective,
             progress=cb,
@@ -449,14 +477,14 @@ def select(
             normalize=normalize,
         )
     else:
-        opts = _core.Options(
+        core_opts = _core.Options(
             k=kk,
             alpha=a,
-            lam=lam,
-            omega=omega,
+            conflict_penalty=opts.conflict_penalty,
+            early_stop=opts.core_early_stop,
             method=method,
             objective=objective,
-            seed=seed64,
+            seed=opts.seed64,
             stochastic_eps=seps,
             threads=nthreads,
             spill_dir=spill,
@@ -466,14 +494,14 @@ def select(
         raw = _core.select(
             arr,
             code,
-            opts,
+            core_opts,
             progress=cb,
             interval_s=0.2,
             base_out=base_out,
             norm2_out=norms2,
             cost=cons.cost,
             groups=cons.groups,
-            quotas=cons.caps,
+            quotas=cons.quotas,
         )
     elapsed = time.perf_counter() - t0
     if raw["bad_row"] >= 0:
@@ -496,18 +524,24 @@ def select(
         ratio = float("nan")
     params = dict(
         alpha=a,
-        conflict_penalty=lam,
-        early_stop=early_stop,
+        conflict_penalty=opts.conflict_penalty,
+        early_stop=opts.early_stop,
         method=method,
         objective=objective,
-        seed=int(seed),
+        seed=opts.seed,
         stochastic_eps=seps,
         backend=raw.get("backend", "cpu"),
         normalize=normalize,
     )
     stop = str(raw["stop_reason"])
     factor, note = guarantee(
-        cons, lam=lam, omega=omega, objective=objective, method=method, stop=stop, capped=kk < n
+        cons,
+        conflict_penalty=opts.conflict_penalty,
+        early_stop=opts.core_early_stop,
+        objective=objective,
+        method=method,
+        stop=stop,
+        capped=kk < n,
     )
     return Selection(
         indices=idx,
@@ -516,7 +550,7 @@ def select(
         epsilon=gains - base,
         align=raw["align"],
         conflict=conflict,
-        penalty=lam * conflict,
+        penalty=opts.conflict_penalty * conflict,
         scores=raw["scores"],
         logdet=ld,
         stop_reason=stop,
@@ -538,8 +572,42 @@ def select(
     )
 
 
-def _group_counts(cons: Constraints, idx: np.ndarray) -> dict | None:
+def _group_counts(cons: CoreConstraints, idx: np.ndarray) -> dict | None:
     if cons.groups is None or cons.labels is None:
         return None
     counts = np.bincount(cons.groups[idx], minlength=cons.labels.size)
     return {lab: int(c) for lab, c in zip(cons.labels.tolist(), counts)}
+
+
+def _options_of(options: SelectOptions | None, **given: Any) -> SelectOptions:
+    """The run's settings: ``options``, or the keywords given (the rest: SelectOptions'
+    defaults). Both at once is refused: which should win would be a guess."""
+    given = {name: v for name, v in given.items() if v is not DEFAULT}
+    if options is None:
+        return SelectOptions(**given)
+    if not isinstance(options, SelectOptions):
+        raise TypeError(f"options must be a spice.SelectOptions, got {type(options).__name__}")
+    if given:
+        raise TypeError(
+            f"select() got options= and the setting(s) {', '.join(given)} as keywords: pass "
+            "them in the SelectOptions (dataclasses.replace(options, name=value) changes one)"
+        )
+    return options
+
+
+def _constraints_of(constraints: Constraints | None, **given: Any) -> Constraints:
+    """The run's side constraints: ``constraints``, or the keywords given. Both at once is
+    refused."""
+    given = {name: v for name, v in given.items() if v is not None}
+    if constraints is None:
+        return Constraints(**given)
+    if not isinstance(constraints, Constraints):
+        raise TypeError(
+            f"constraints must be a spice.Constraints, got {type(constraints).__name__}"
+        )
+    if given:
+        raise TypeError(
+            f"select() got constraints= and {', '.join(given)} as keywords: pass them in the "
+            "Constraints"
+        )
+    return constraints
