@@ -4,7 +4,7 @@
     PYTHONPATH=python python bench/distributed_cost.py --quick    # smaller grid (a minute or two)
 
 Per pick, the coordinator sends the pick to the S shards and waits for all of their next
-candidates (one round trip, docs/algorithm.md §12), so
+candidates (one round trip, docs/distributed.md), so
 
     per_pick = rt(S, d) + compute(S, n/S, d, k)
 

@@ -1,4 +1,4 @@
-// A shard of the distributed exact greedy (spice/stepper.hpp, docs/algorithm.md §12): the lazy
+// A shard of the distributed exact greedy (spice/stepper.hpp, docs/distributed.md): the lazy
 // driver's steps with the pick decided outside, and the Stepper that owns such an engine.
 #include "spice/stepper.hpp"
 

@@ -1,4 +1,4 @@
-// One shard of a distributed exact greedy (docs/algorithm.md §12): the lazy engine over a block
+// One shard of a distributed exact greedy (docs/distributed.md): the lazy engine over a block
 // of rows, run one pick at a time, with the picks decided outside. Every shard reports its best
 // exact candidate; a coordinator takes the best over the shards (ties to the lowest global
 // index) and every shard applies that pick, from the picked row itself, whichever shard holds
