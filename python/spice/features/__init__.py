@@ -21,8 +21,8 @@ from .records import Record, RecordError, TokenizedRecord, load_records, tokeniz
 # name -> submodule, imported lazily (these need torch)
 _LAZY = {
     "extract": "driver",
-    "LoraSpec": "driver",
-    "DEFAULT_TARGETS": "driver",
+    "LoraSpec": "config",
+    "DEFAULT_TARGETS": "config",
     "prepared_model": "driver",
     "GradientCollector": "hooks",
     "slow_per_sample_gradients": "hooks",
