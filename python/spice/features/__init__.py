@@ -23,6 +23,7 @@ _LAZY = {
     "extract": "driver",
     "LoraSpec": "config",
     "DEFAULT_TARGETS": "config",
+    "ExtractConfig": "config",
     "prepared_model": "driver",
     "GradientCollector": "hooks",
     "slow_per_sample_gradients": "hooks",
@@ -37,6 +38,7 @@ _LAZY = {
 __all__ = [
     "extract",
     "LoraSpec",
+    "ExtractConfig",
     "DEFAULT_TARGETS",
     "load_records",
     "tokenize_record",
