@@ -340,16 +340,17 @@ def test_demo_replaces_its_own_folder(tmp_path, capsys):
 
 
 def test_help_states_the_library_defaults():
-    """The defaults the help quotes for options left to the library are the library's."""
+    """The defaults the help quotes for the extraction's settings are the library's."""
     import inspect
 
     from spice.features import driver
+    from spice.features.config import ExtractConfig
 
     sig = inspect.signature(driver.extract).parameters
     text = " ".join(_subparsers()["features"].format_help().split())
-    assert sig["max_batch_tokens"].default == driver.DEFAULT_BATCH_TOKENS
-    assert f"(default: the library's, {driver.DEFAULT_BATCH_TOKENS};" in text
-    assert f"(default: the library's, {sig['shard_rows'].default})" in text
+    assert ExtractConfig.max_batch_tokens == driver.DEFAULT_BATCH_TOKENS
+    assert f"batch_size alone) (default: {driver.DEFAULT_BATCH_TOKENS})" in text
+    assert f"shared among ranks (default: {ExtractConfig.chunk_rows})" in text
     assert sig["checkpoint_seconds"].default == 60.0
     assert "save partial progress at least this often (default: 60.0)" in text
 
@@ -390,8 +391,8 @@ def test_online_that_fails_early_leaves_no_folder(work, capsys):
 
 
 def test_new_extraction_options_reach_extract(work, monkeypatch):
-    """--max-batch-tokens, --chunk-rows and --checkpoint-seconds become extract's keywords, and
-    the first two only when given (the library keeps its own defaults)."""
+    """--max-batch-tokens and --chunk-rows reach extract in its config (ExtractConfig's defaults
+    when not given), --checkpoint-seconds as its keyword."""
     import spice.features
     from spice.features import driver
 
@@ -420,9 +421,10 @@ def test_new_extraction_options_reach_extract(work, monkeypatch):
         )
         == 1
     )
-    assert "max_batch_tokens" not in seen[0] and "shard_rows" not in seen[0]
+    first, second = seen[0]["config"], seen[1]["config"]
+    assert (first.max_batch_tokens, first.chunk_rows) == (512, 4096)
     assert seen[0]["checkpoint_seconds"] == 60.0
-    assert (seen[1]["max_batch_tokens"], seen[1]["shard_rows"], seen[1]["checkpoint_seconds"]) == (
+    assert (second.max_batch_tokens, second.chunk_rows, seen[1]["checkpoint_seconds"]) == (
         300,
         7,
         2.5,

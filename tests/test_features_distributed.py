@@ -297,7 +297,7 @@ def test_bad_setups_fail_on_every_rank(setup, saved_model_dir, tmp_path, record_
     logs = _launch(d / "bad.py", args)
     want = {
         "rows": ("ValueError", "2 ranks for 1 record(s)"),
-        "chunks": ("ValueError", "make only 1 chunk(s) of shard_rows=4"),
+        "chunks": ("ValueError", "make only 1 chunk(s) of chunk_rows=4"),
         "store": ("StoreMismatchError", "config.projection"),
         "ranks": ("StoreMismatchError", "were given different extractions"),
         "single": ("StoreMismatchError", "unfinished single-process run"),

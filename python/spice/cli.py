@@ -86,41 +86,38 @@ def _budget(args: argparse.Namespace) -> int | float | None:
 
 
 def _extract(args: argparse.Namespace, out: Path) -> Any:
-    from .features import LoraSpec, extract
+    from .features import extract
     from .pipeline import load_model
 
+    config = _extract_config(args)  # checked before the model loads
     device = _device(args.device)
     model, tok, model_id = load_model(args.model, args.gguf_file)
     if device is not None:
         model.to(device)
-    lora = LoraSpec(r=args.lora_r) if args.lora_r > 0 else None
-    kw: dict[str, Any] = {}
-    if args.max_batch_tokens is not None:
-        kw["max_batch_tokens"] = args.max_batch_tokens
-    if args.chunk_rows is not None:
-        kw["shard_rows"] = args.chunk_rows
     return extract(
         model,
         tok,
         args.data,
         out=out,
-        dim=args.dim,
-        projection=args.projection,
-        lora=lora,
-        loss_on=args.loss_on,
-        targets=args.targets,
-        max_length=args.max_length,
-        batch_size=args.batch_size,
+        config=config,
         shard=args.shard,
-        seed=args.seed,
-        dtype=args.dtype,
         progress=not args.quiet,
         checkpoint_seconds=args.checkpoint_seconds,
         invalid="skip" if args.skip_invalid else "error",
         split=args.split,
         columns=args.columns,
-        **kw,
     )
+
+
+def _extract_config(args: argparse.Namespace) -> Any:
+    """The extraction's settings from the flags made from ExtractConfig's fields, --lora-r and
+    the shared --seed."""
+    from ._flags import flagged
+    from .features.config import ExtractConfig, LoraSpec
+
+    lora = LoraSpec(r=args.lora_r) if args.lora_r > 0 else None
+    flags = {name: getattr(args, name) for name in flagged(ExtractConfig)}
+    return ExtractConfig(lora=lora, seed=args.seed, **flags)
 
 
 def _device(name: str) -> Any:
@@ -418,53 +415,16 @@ def _add_data(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def _add_feature_opts(p: argparse.ArgumentParser) -> None:
+    from ._flags import add_flags
+    from .features.config import ExtractConfig
+
     p.add_argument(
         "--lora-r",
         type=_number(int, 0),
         default=8,
         help="LoRA rank (0: the model's own linear layers)",
     )
-    p.add_argument("--dim", type=_INT1, default=8192, help="feature dimension d")
-    p.add_argument(
-        "--projection",
-        default="factorized",
-        choices=["factorized", "dense", "none"],
-        help="how per-layer gradients are projected to --dim columns",
-    )
-    p.add_argument(
-        "--loss-on",
-        default="response",
-        choices=["response", "all"],
-        help="tokens in the per-sample loss",
-    )
-    p.add_argument(
-        "--targets",
-        default="given",
-        choices=["given", "sampled"],
-        help="given: gradients of the data's own response tokens (the paper); sampled: targets "
-        "drawn from the model's own predictions (Fisher samples that cannot prefer a wrong "
-        "label), seeded by --seed",
-    )
-    p.add_argument(
-        "--max-length",
-        type=_number(int, 2),
-        default=512,
-        help="tokens per record; longer ones keep their response (docs/data.md)",
-    )
-    p.add_argument("--batch-size", type=_INT1, default=64, help="most records per batch")
-    p.add_argument(
-        "--max-batch-tokens",
-        type=_INT1,
-        default=None,
-        help="pack batches up to this many padded tokens (default: the library's, "
-        "512; raise it on a GPU)",
-    )
-    p.add_argument(
-        "--dtype",
-        default="float16",
-        choices=["float16", "float32"],
-        help="storage type of the feature rows",
-    )
+    add_flags(p, ExtractConfig, _number)  # --dim ... --chunk-rows: default and help declared there
     p.add_argument(
         "--shard",
         type=_shard,
@@ -477,12 +437,6 @@ def _add_feature_opts(p: argparse.ArgumentParser) -> None:
         default="cpu",
         choices=["cpu", "cuda"],
         help="where the model runs; cuda: the GPU of this torchrun rank (LOCAL_RANK)",
-    )
-    p.add_argument(
-        "--chunk-rows",
-        type=_INT1,
-        default=None,
-        help="rows per resumable chunk of the store (default: the library's, 4096)",
     )
     p.add_argument(
         "--checkpoint-seconds",

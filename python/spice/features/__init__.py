@@ -4,10 +4,12 @@ peft).
     >>> from spice.features import extract, LoraSpec
     >>> store = extract(model, tokenizer, "train.jsonl", out="feats", dim=8192)
     >>> store.features.shape          # (n, 8192) float16, memory-mapped
+    >>> cfg = ExtractConfig(dim=4096, chunk_rows=1024)   # the same settings as one checked object
+    >>> store = extract(model, tokenizer, "train.jsonl", out="feats-4k", config=cfg)
 
-See :func:`extract`. Reading records (:mod:`spice.features.records`) needs numpy only; the names
-that need torch are imported on first use, so ``import spice.features.records`` works in a
-numpy-only install.
+See :func:`extract` and :class:`ExtractConfig`. Reading records (:mod:`spice.features.records`)
+needs numpy only; the names that need torch are imported on first use, so ``import
+spice.features.records`` works in a numpy-only install.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from .records import Record, RecordError, TokenizedRecord, load_records, tokeniz
 # name -> submodule, imported lazily (these need torch)
 _LAZY = {
     "extract": "driver",
-    "LoraSpec": "driver",
-    "DEFAULT_TARGETS": "driver",
+    "LoraSpec": "config",
+    "DEFAULT_TARGETS": "config",
+    "ExtractConfig": "config",
     "prepared_model": "driver",
     "GradientCollector": "hooks",
     "slow_per_sample_gradients": "hooks",
@@ -37,6 +40,7 @@ _LAZY = {
 __all__ = [
     "extract",
     "LoraSpec",
+    "ExtractConfig",
     "DEFAULT_TARGETS",
     "load_records",
     "tokenize_record",

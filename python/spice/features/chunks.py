@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..store import StoreError, StoreWriter
+from .config import ExtractConfig
 from .hooks import GradientCollector, batch_features
 from .records import Record, TokenizedRecord, tokenize_record
 
@@ -97,23 +98,17 @@ def _run_chunks(
     todo: Sequence[int],
     projector: Any,
     modules: Sequence[tuple[str, nn.Module]],
+    cfg: ExtractConfig,
     *,
-    loss_on: str,
-    max_length: int,
-    batch_size: int,
-    max_batch_tokens: int | None,
-    normalize: str,
-    dtype: str,
     device: torch.device,
     progress: bool,
     checkpoint_seconds: float,
-    sample_seed: int | None = None,
     who: str = "",
 ) -> None:
-    """Featurise the chunks ``todo`` of ``writer``: tokenise, resume saved rows, run the
-    batches (saving an unfinished chunk every ``checkpoint_seconds``), check the values and
-    write each chunk."""
-    toks = _tokenize_chunks(records, tokenizer, writer, todo, max_length, loss_on)
+    """Featurise the chunks ``todo`` of ``writer`` as ``cfg`` says: tokenise, resume saved rows,
+    run the batches (saving an unfinished chunk every ``checkpoint_seconds``), check the values
+    and write each chunk."""
+    toks = _tokenize_chunks(records, tokenizer, writer, todo, cfg.max_length, cfg.loss_on)
     partial = {c: writer.load_partial(c) for c in todo}
     saved = {writer.chunk_rows(c)[0] + i for c, p in partial.items() if p for i in p[0]}
     work = [r for r, t in toks.items() if not t.skipped and r not in saved]
@@ -139,12 +134,12 @@ def _run_chunks(
             live = [i for i in range(b - a) if not toks[a + i].skipped]
             lengths = [len(toks[a + i].input_ids) for i in live]
             # the plan covers the whole chunk so that a resumed chunk runs the same batches
-            for plan in _batches(lengths, batch_size, max_batch_tokens):
+            for plan in _batches(lengths, cfg.batch_size, cfg.max_batch_tokens):
                 batch = [live[j] for j in plan if live[j] not in entries]
                 if not batch:
                     continue
                 ntok = _featurise_batch(
-                    run, collector, records, toks, a, batch, pad_id, sample_seed, device,
+                    run, collector, records, toks, a, batch, pad_id, cfg.sample_seed, device,
                     feats, entries,
                 )  # fmt: skip
                 now = meter.batch_done(len(batch), ntok)
@@ -152,7 +147,7 @@ def _run_chunks(
                     done = sorted(i for i in entries if not toks[a + i].skipped)
                     writer.save_partial(c, done, feats[done], [entries[i] for i in done])
                     last_save = time.perf_counter()
-            warned_fp16 = _finish_values(c, feats, normalize, dtype, warned_fp16)
+            warned_fp16 = _finish_values(c, feats, cfg.normalize, cfg.dtype, warned_fp16)
             writer.write_chunk(c, feats, [entries[i] for i in range(b - a)])
             last_save = time.perf_counter()
     meter.close()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Union
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -18,13 +19,8 @@ from ..store import config_mismatch_message as _mismatch
 
 # _batches, target_uniforms, DEFAULT_TARGETS: names spice.features.driver has offered (tests, bench)
 from .chunks import _batches, _run_chunks, _say, target_uniforms  # noqa: F401
-from .model import (  # noqa: F401
-    DEFAULT_TARGETS,
-    LoraSpec,
-    describe_tokenizer,
-    param_fingerprint,
-    prepared_model,
-)
+from .config import DEFAULT_TARGETS, ExtractConfig, LoraSpec  # noqa: F401
+from .model import describe_tokenizer, param_fingerprint, prepared_model
 from .projection import LayerSpec, make_projector
 from .ranks import _extract_shared, _join_ranks, _layout, _Ranks, _resolve_shard, json_norm
 from .records import (
@@ -38,6 +34,7 @@ from .records import (
 
 __all__ = [
     "extract",
+    "ExtractConfig",
     "LoraSpec",
     "DEFAULT_TARGETS",
     "DEFAULT_BATCH_TOKENS",
@@ -49,7 +46,7 @@ __all__ = [
 log = logging.getLogger("spice.features")
 
 # Padded tokens per batch: bounds activation, logit and hook memory (bench/RESULTS.md, features).
-DEFAULT_BATCH_TOKENS = 512
+DEFAULT_BATCH_TOKENS = ExtractConfig.max_batch_tokens
 
 
 def _library_version() -> str:
@@ -66,6 +63,23 @@ def _library_version() -> str:
 # ----------------------------------------------------------------------------------------------
 # the driver
 
+
+class _Unset:
+    """The default of :func:`extract`'s setting keywords: ExtractConfig's own default (shown as
+    that value). A marker rather than the value, so that a setting passed beside ``config=`` is
+    noticed even when it equals the default."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return repr(getattr(ExtractConfig, self.name))
+
+
+_UNSET: Any = {f.name: _Unset(f.name) for f in fields(ExtractConfig)}
+
 DataArg = Union[str, "os.PathLike[str]", Sequence[dict], Sequence[Record], Any]
 
 
@@ -75,20 +89,22 @@ def extract(
     data: DataArg,
     out: str | os.PathLike[str],
     *,
-    dim: int = 8192,
-    projection: str = "factorized",
-    lora: LoraSpec | None = LoraSpec(),  # noqa: B008 (frozen dataclass)
-    target_modules: Sequence[str] | None = None,
-    loss_on: str = "response",
-    max_length: int = 512,
-    batch_size: int = 64,
-    max_batch_tokens: int | None = DEFAULT_BATCH_TOKENS,
-    normalize: str = "none",
-    targets: str = "given",
-    dtype: str = "float16",
+    config: ExtractConfig | None = None,
+    dim: int = _UNSET["dim"],
+    projection: str = _UNSET["projection"],
+    lora: LoraSpec | None = _UNSET["lora"],
+    target_modules: Sequence[str] | None = _UNSET["target_modules"],
+    loss_on: str = _UNSET["loss_on"],
+    max_length: int = _UNSET["max_length"],
+    batch_size: int = _UNSET["batch_size"],
+    max_batch_tokens: int | None = _UNSET["max_batch_tokens"],
+    normalize: str = _UNSET["normalize"],
+    targets: str = _UNSET["targets"],
+    dtype: str = _UNSET["dtype"],
     shard: tuple[int, int] | str = "auto",
-    seed: int = 0,
-    shard_rows: int = 4096,
+    seed: int = _UNSET["seed"],
+    chunk_rows: int = _UNSET["chunk_rows"],
+    shard_rows: int = _UNSET["chunk_rows"],
     resume: bool = True,
     progress: bool = True,
     dense_cache_bytes: int = 1 << 30,
@@ -114,6 +130,9 @@ def extract(
             a shared file system across machines). With ``shard=(i, N)``, N > 1, and no process
             group, this process writes its part to ``out/parts/part-iiii-of-NNNN``
             (:func:`spice.merge_stores` joins the parts).
+        config: the settings below (dim ... chunk_rows) as one :class:`ExtractConfig`; then
+            none of them may be passed as a keyword. Without it, the keywords make one, and a
+            setting left out takes ExtractConfig's default.
         dim: feature dimension d (factorized uses at most the gradient's size).
         projection: "factorized" (per-layer Kronecker), "dense" (seeded Rademacher blocks), "none".
         lora: adapters to add and differentiate (default r=8 on q,k,v,o,up,down,gate); ``None``:
@@ -143,8 +162,10 @@ def extract(
             store, byte-identical to one process's; otherwise one process does it all.
             ``(i, N)``: process i of N (the same as "auto" inside a group of N ranks; without
             one, a part store). ``(0, 1)``: this process alone, even inside a group.
-        seed: projection seed.
-        shard_rows: rows per chunk, the unit of the store's layout and of sharding.
+        seed: projection seed (and, with sampled targets, their seed).
+        chunk_rows: rows per chunk, the unit of the store's layout and of sharding (recorded as
+            ``shard_rows`` in the store's manifest).
+        shard_rows: the former name of ``chunk_rows`` (deprecated).
         resume: keep complete chunks and saved partial progress of a matching unfinished store
             (a finished one is returned).
         progress: tqdm bar (examples/s, tokens/s, peak memory, ETA), a time estimate and a
@@ -172,17 +193,28 @@ def extract(
         StoreIncompleteError: another rank stopped (the run resumes when started again).
         RecordError: malformed data (the message names file and line), or no usable record.
         ValueError: an argument out of range, or more ranks than chunks of rows.
+        TypeError: ``config=`` together with a setting keyword, or a setting of the wrong type.
     """
-    if normalize not in ("none", "unit"):
-        raise ValueError(f"normalize must be 'none' or 'unit', got {normalize!r}")
-    if targets not in ("given", "sampled"):
-        raise ValueError(f"targets must be 'given' or 'sampled', got {targets!r}")
-    _check_int("dim", dim, 1)
-    _check_int("max_length", max_length, 2)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("shard_rows", shard_rows, 1)
-    if max_batch_tokens is not None:
-        _check_int("max_batch_tokens", max_batch_tokens, 1)
+    given = {
+        k: v
+        for k, v in dict(
+            dim=dim, projection=projection, lora=lora, target_modules=target_modules,
+            loss_on=loss_on, max_length=max_length, batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens, normalize=normalize, targets=targets, dtype=dtype,
+            seed=seed, chunk_rows=chunk_rows,
+        ).items()
+        if not isinstance(v, _Unset)
+    }  # fmt: skip
+    if not isinstance(shard_rows, _Unset):
+        warnings.warn(
+            "extract(shard_rows=...) is deprecated: pass chunk_rows=...",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        if "chunk_rows" in given:
+            raise TypeError("extract() got chunk_rows and shard_rows (its former name): pass one")
+        given["chunk_rows"] = shard_rows
+    cfg = _settings(config, given)
     if not (isinstance(checkpoint_seconds, (int, float)) and checkpoint_seconds > 0):
         raise ValueError(f"checkpoint_seconds must be a number > 0, got {checkpoint_seconds!r}")
     if invalid not in ("error", "skip"):
@@ -190,18 +222,29 @@ def extract(
     ranks = _join_ranks(shard)
     try:
         return _extract(
-            model, tokenizer, data, Path(out), ranks, shard,
-            dim=dim, projection=projection, lora=lora, target_modules=target_modules,
-            loss_on=loss_on, max_length=max_length, batch_size=batch_size,
-            max_batch_tokens=max_batch_tokens, normalize=normalize, targets=targets,
-            dtype=dtype, seed=seed,
-            shard_rows=shard_rows, resume=resume, progress=progress,
-            dense_cache_bytes=dense_cache_bytes, checkpoint_seconds=float(checkpoint_seconds),
-            invalid=invalid, split=split, columns=columns,
+            model, tokenizer, data, Path(out), ranks, shard, cfg,
+            resume=resume, progress=progress, dense_cache_bytes=dense_cache_bytes,
+            checkpoint_seconds=float(checkpoint_seconds), invalid=invalid, split=split,
+            columns=columns,
         )  # fmt: skip
     finally:
         if ranks is not None:
             ranks.close()
+
+
+def _settings(config: ExtractConfig | None, given: dict[str, Any]) -> ExtractConfig:
+    """The extraction's settings: ``config``, or the keywords ``given`` (refused together)."""
+    if config is None:
+        return ExtractConfig(**given)
+    if not isinstance(config, ExtractConfig):
+        raise TypeError(f"config must be an ExtractConfig, got {type(config).__name__}")
+    if given:
+        names = ", ".join(sorted(given))
+        raise TypeError(
+            f"extract() got config= and also {names}: pass the settings in one place, e.g. "
+            f"config=dataclasses.replace(config, {sorted(given)[0]}=...)"
+        )
+    return config
 
 
 def _load(data: DataArg, invalid: str, split: str | None, columns: Mapping[str, str] | None
@@ -233,20 +276,8 @@ def _extract(
     out_root: Path,
     ranks: _Ranks | None,
     shard: tuple[int, int] | str,
+    cfg: ExtractConfig,
     *,
-    dim: int,
-    projection: str,
-    lora: LoraSpec | None,
-    target_modules: Sequence[str] | None,
-    loss_on: str,
-    max_length: int,
-    batch_size: int,
-    max_batch_tokens: int | None,
-    normalize: str,
-    targets: str,
-    dtype: str,
-    seed: int,
-    shard_rows: int,
     resume: bool,
     progress: bool,
     dense_cache_bytes: int,
@@ -264,10 +295,10 @@ def _extract(
         store_dir = out_root / "parts" / f"part-{part[0]:04d}-of-{part[1]:04d}"
     records, fp = sync("read the data", lambda: _load(data, invalid, split, columns))[0]
 
-    with prepared_model(model, lora, target_modules) as (run, modules, lora_desc):
+    with prepared_model(model, cfg.lora, cfg.target_modules) as (run, modules, lora_desc):
         layers = [LayerSpec(n, m.in_features, m.out_features) for n, m in modules]
-        kw = {"cache_bytes": dense_cache_bytes} if projection == "dense" else {}
-        projector = make_projector(projection, layers, dim, seed, **kw)
+        kw = {"cache_bytes": dense_cache_bytes} if cfg.projection == "dense" else {}
+        projector = make_projector(cfg.projection, layers, cfg.dim, cfg.seed, **kw)
         cfg_model = getattr(model, "config", None)
         config = {
             "model": {
@@ -279,11 +310,7 @@ def _extract(
             "gradients": lora_desc,
             "layers": [[ly.name, ly.d_out, ly.d_in] for ly in layers],
             "projection": projector.describe(),
-            "loss_on": loss_on,
-            "max_length": int(max_length),
-            "normalize": normalize,
-            # only when sampled, so that stores made before this option still resume
-            **({"targets": {"kind": targets, "seed": int(seed)}} if targets != "given" else {}),
+            **cfg.manifest(),
             "templates": {"alpaca": ALPACA_PROMPT, "alpaca_input": ALPACA_PROMPT_WITH_INPUT},
             "data": {**fp, "records": len(records)},
         }
@@ -300,16 +327,11 @@ def _extract(
                 "torch": torch.__version__.split("+")[0],
             },
         }
-        run_kw = dict(
-            loss_on=loss_on, max_length=max_length, batch_size=batch_size,
-            max_batch_tokens=max_batch_tokens, normalize=normalize, dtype=dtype,
-            device=device, checkpoint_seconds=checkpoint_seconds,
-            sample_seed=int(seed) if targets == "sampled" else None,
-        )  # fmt: skip
+        run_kw = dict(device=device, checkpoint_seconds=checkpoint_seconds)
         if ranks is not None:
             store = _extract_shared(
-                ranks, run, tokenizer, records, out_root, config, extra, projector, modules,
-                shard_rows=shard_rows, resume=resume, progress=progress, **run_kw,
+                ranks, run, tokenizer, records, out_root, config, extra, projector, modules, cfg,
+                resume=resume, progress=progress, **run_kw,
             )  # fmt: skip
             if ranks.rank == 0:
                 _warn(progress, summarize(store))
@@ -325,8 +347,8 @@ def _extract(
             config,
             total_rows=len(records),
             dim=projector.dim,
-            dtype=dtype,
-            shard_rows=shard_rows,
+            dtype=cfg.dtype,
+            shard_rows=cfg.chunk_rows,  # the manifest's name: stores made before still resume
             part=part,
             extra=extra,
             resume=resume,
@@ -339,16 +361,12 @@ def _extract(
         if done:
             _say(progress, f"resuming {store_dir}: {len(done)} of {len(writer.chunks)} chunks done")
         _run_chunks(
-            run, tokenizer, records, writer, todo, projector, modules, progress=progress, **run_kw
-        )
+            run, tokenizer, records, writer, todo, projector, modules, cfg, progress=progress,
+            **run_kw,
+        )  # fmt: skip
         store = writer.finalize()
     _warn(progress, summarize(store))
     return store
-
-
-def _check_int(name: str, v: Any, lo: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
 
 
 def _name(data: Any) -> str:

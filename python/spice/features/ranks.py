@@ -24,6 +24,7 @@ from ..store import (
 )
 from ..store import config_mismatch_message as _mismatch
 from .chunks import _run_chunks, _say
+from .config import ExtractConfig
 from .records import Record, RecordError
 
 log = logging.getLogger("spice.features")
@@ -151,8 +152,8 @@ def _extract_shared(
     extra: dict,
     projector: Any,
     modules: Sequence[tuple[str, nn.Module]],
+    cfg: ExtractConfig,
     *,
-    shard_rows: int,
     resume: bool,
     progress: bool,
     **run_kw: Any,
@@ -162,8 +163,8 @@ def _extract_shared(
     rank, world = ranks.rank, ranks.world
     n = len(records)
     writer = SharedStoreWriter(
-        out_root, config, total_rows=n, dim=projector.dim, dtype=run_kw["dtype"],
-        shard_rows=shard_rows, rank=rank, world=world, extra=extra, resume=resume,
+        out_root, config, total_rows=n, dim=projector.dim, dtype=cfg.dtype,
+        shard_rows=cfg.chunk_rows, rank=rank, world=world, extra=extra, resume=resume,
     )  # fmt: skip
     n_chunks = len(writer.all_chunks)
 
@@ -175,9 +176,9 @@ def _extract_shared(
             )
         if world > n_chunks:
             raise ValueError(
-                f"{world} ranks but {n} records make only {n_chunks} chunk(s) of shard_rows="
-                f"{shard_rows} rows (--chunk-rows), a rank's unit of work: run with at most "
-                f"{n_chunks} ranks, or shard_rows <= {-(-n // world)}"
+                f"{world} ranks but {n} records make only {n_chunks} chunk(s) of chunk_rows="
+                f"{cfg.chunk_rows} rows (--chunk-rows), a rank's unit of work: run with at most "
+                f"{n_chunks} ranks, or chunk_rows <= {-(-n // world)}"
             )
 
     ranks.step("share the records", check_world)
@@ -185,9 +186,9 @@ def _extract_shared(
     mine = {
         "config": config,
         "dim": projector.dim,
-        "dtype": run_kw["dtype"],
-        "shard_rows": shard_rows,
-        "batching": [run_kw["batch_size"], run_kw["max_batch_tokens"]],
+        "dtype": cfg.dtype,
+        "chunk_rows": cfg.chunk_rows,
+        "batching": [cfg.batch_size, cfg.max_batch_tokens],
     }
     for r, theirs in enumerate(ranks.gather(json_norm(mine))):
         msg = _mismatch(out_root, theirs, json_norm(mine))
@@ -214,7 +215,7 @@ def _extract_shared(
                 f"resuming {out_root}: rank 0 has {len(done)} of its {len(writer.chunks)} chunks",
             )
         _run_chunks(
-            run, tokenizer, records, writer, todo, projector, modules,
+            run, tokenizer, records, writer, todo, projector, modules, cfg,
             progress=progress and rank == 0, who=f"rank 0 of {world}: ", **run_kw,
         )  # fmt: skip
         writer.close()
