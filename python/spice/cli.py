@@ -469,23 +469,10 @@ def _add_alias(p: argparse.ArgumentParser, flag: str, dest: str, **kw: Any) -> N
 def _add_settings(p: argparse.ArgumentParser) -> None:
     """The selection's flags, one per SelectOptions field that names one: its default, help,
     choices and range come from the field (spice/options.py), so they are declared once."""
-    from dataclasses import fields
-
+    from ._flags import add_flags
     from .options import SelectOptions
 
-    for f in fields(SelectOptions):
-        m = f.metadata
-        if not m["flag"]:
-            continue
-        kw: dict[str, Any] = {}
-        if m["choices"]:
-            kw["choices"] = list(m["choices"])
-        elif m["kind"] is not None:
-            hi = None if math.isinf(m["hi"]) else m["hi"]
-            kw["type"] = _number(m["kind"], m["lo"], hi, m["lo_open"], m["hi_open"])
-        p.add_argument(m["flag"], dest=f.name, default=f.default, help=m["help"], **kw)
-        for alias in m["aliases"]:
-            _add_alias(p, alias, f.name, **kw)
+    add_flags(p, SelectOptions, _number)
 
 
 def _quotas(text: str) -> dict[str, int | float]:

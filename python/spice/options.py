@@ -15,49 +15,17 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 import numpy as np
 
+from ._flags import setting as _setting
 from ._numerics import MAX_ALPHA_NORM2
 
 METHODS = ("naive", "lazy", "stochastic")
 OBJECTIVES = ("logdet", "diag-compat", "topk-compat")
 NORMALIZE = ("none", "unit")
-
-
-def _setting(
-    default: Any,
-    help: str,
-    *,
-    kind: type | None = None,
-    lo: float | None = None,
-    hi: float = math.inf,
-    lo_open: bool = False,
-    hi_open: bool = False,
-    optional: bool = False,
-    choices: tuple[str, ...] | None = None,
-    flag: str | None = None,
-    aliases: tuple[str, ...] = (),
-) -> Any:
-    """A field of :class:`SelectOptions`: its default and help, and for numbers ``kind`` (int or
-    float) in the interval lo..hi (open ends where asked; None allowed when ``optional``), for
-    strings the ``choices``. ``flag``: the command-line flag (None: not on the command line),
-    ``aliases``: older flags that set it too."""
-    meta = dict(
-        help=help,
-        kind=kind,
-        lo=lo,
-        hi=hi,
-        lo_open=lo_open,
-        hi_open=hi_open,
-        optional=optional,
-        choices=choices,
-        flag=flag,
-        aliases=aliases,
-    )
-    return field(default=default, metadata=meta)
 
 
 def check_number(
