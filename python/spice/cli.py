@@ -676,7 +676,9 @@ def _command_line(argv: Sequence[str], drop: tuple[str, ...] = ()) -> str:
     """The command as the user typed it (less the flags in ``drop``), quoted for a shell."""
     import shlex
 
-    here = Path(__file__).with_name("__main__.py").resolve()
+    from . import __file__ as package_init  # spice/__init__.py, wherever this module lives
+
+    here = Path(package_init).with_name("__main__.py").resolve()
     prog = "python -m spice" if sys.argv and Path(sys.argv[0]).resolve() == here else "spice"
     return " ".join([prog, *(shlex.quote(a) for a in argv if a not in drop)])
 
