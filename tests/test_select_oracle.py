@@ -241,3 +241,10 @@ def test_inverse_path_with_simd_widths_and_stale_bounds(lam, d):
     lazy = spice.select(G, 260, alpha=0.5, conflict_penalty=lam, method="lazy")
     assert_same(naive, ref, rtol=1e-8)
     assert_same(lazy, naive, rtol=0, atol=0)
+
+
+def test_reference_answers_by_key_as_it_did_as_a_dict():
+    ref = greedy_reference(gaussian(1, 12, 4), 5)
+    assert ref["indices"] is ref.indices and ref["logdet"] == ref.logdet
+    with pytest.raises(KeyError, match="spent"):
+        ref["spent"]  # the constrained oracle's old name for tokens

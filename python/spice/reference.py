@@ -48,6 +48,13 @@ class ReferenceSelection:
     def __len__(self) -> int:
         return int(self.indices.size)
 
+    def __getitem__(self, name: str) -> Any:
+        """``ref["indices"]`` as ``ref.indices``: the oracles returned dicts before, and scripts
+        (the wheel's test command among them) still index them so."""
+        if name not in self.__dataclass_fields__:
+            raise KeyError(name)
+        return getattr(self, name)
+
     def defined(self) -> dict[str, Any]:
         """The fields this oracle set (name -> value), ``indices`` first."""
         return {
