@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 
@@ -47,13 +48,8 @@ def ray_local():
 
 
 def assert_same(d: spice.Selection, one: spice.Selection) -> None:
-    """Identical picks and bit-identical per-pick numbers and log det."""
-    np.testing.assert_array_equal(d.indices, one.indices)
-    for f in ("gains", "base", "align", "conflict", "scores", "epsilon"):
-        a, b = getattr(d, f), getattr(one, f)
-        assert a.dtype == b.dtype == np.float64 and a.tobytes() == b.tobytes(), f
-    assert np.float64(d.logdet).tobytes() == np.float64(one.logdet).tobytes()
-    assert d.stop_reason == one.stop_reason
+    """Identical picks and bit-identical per-pick numbers and log det, from Ray."""
+    helpers.assert_same(d, one, rtol=0, atol=0)
     assert d.logdet <= d.opt_upper_bound
     assert d.params["backend"] == "ray" and d.params["mode"] == "exact"
 
