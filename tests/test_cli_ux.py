@@ -228,6 +228,7 @@ def test_data_identity_is_the_records_content(work, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_demo_replaces_its_own_folder(tmp_path, capsys):
     from spice.demo import run_demo
     from spice.store import FeatureStore

@@ -194,6 +194,7 @@ def setup(tmp_path_factory, saved_model_dir, record_factory, torch_one_thread):
     return d, data, single, model, tok
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_write_one_store_equal_one_process(setup, saved_model_dir):
     d, data, single, _, _ = setup
     logs = _launch(d / "worker.py", [str(saved_model_dir), str(data), str(d / "sharded"),
@@ -222,6 +223,7 @@ def test_torchrun_cli_writes_one_store_equal_one_process(setup, saved_model_dir)
     assert_same_store(out, want.path)
 
 
+@pytest.mark.slow
 def test_a_killed_rank_resumes_its_own_rows(setup, saved_model_dir, tmp_path):
     d, data, _, model, tok = setup
     want = extract(model, tok, data, tmp_path / "single", **KILL_KW)
@@ -270,6 +272,7 @@ def test_a_killed_rank_resumes_its_own_rows(setup, saved_model_dir, tmp_path):
     assert_same_store(out, want.path)
 
 
+@pytest.mark.slow
 def test_bad_setups_fail_on_every_rank(setup, saved_model_dir, tmp_path, record_factory,
                                        monkeypatch):  # fmt: skip
     d, data, single, model, tok = setup

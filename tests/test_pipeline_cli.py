@@ -13,6 +13,8 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
+pytestmark = pytest.mark.slow  # every test here runs the whole pipeline or the demo
+
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:

@@ -217,6 +217,7 @@ def test_k_much_larger_than_d_uses_the_inverse_path_exactly(lam):
         assert sel.logdet == pytest.approx(ref.logdet, rel=1e-10)
 
 
+@pytest.mark.slow
 def test_inverse_path_from_the_upper_triangle_only():
     """From d = 512 the M^{-1} bound reads, and the rank-32 folds write, only the upper triangle
     of M^{-1} (each row from the start of its block): against the brute-force reference, with
