@@ -15,6 +15,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+pytestmark = pytest.mark.slow  # each test runs a benchmark script end to end (minutes in all)
+
 
 def run_bench(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     import spice

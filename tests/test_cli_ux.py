@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import pytest
+from helpers import argv
 
 from spice.cli import build_parser, main
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
-
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 
 
 @pytest.fixture(scope="module")
@@ -33,25 +31,18 @@ def work(tmp_path_factory) -> Path:
     model = toy.tiny_llama(len(tok), seed=1)
     model.save_pretrained(d / "model")
     tok.save_pretrained(d / "model")
-    assert (
-        main(
-            [
-                "features",
-                "--model",
-                str(d / "model"),
-                "--data",
-                str(d / "data.jsonl"),
-                "--out",
-                str(d / "store"),
-                "--dim",
-                "64",
-                "--max-length",
-                "48",
-                "--quiet",
-            ]
+    rc = main(
+        argv(
+            "features",
+            "--quiet",
+            model=d / "model",
+            data=d / "data.jsonl",
+            out=d / "store",
+            dim=64,
+            max_length=48,
         )
-        == 0
     )
+    assert rc == 0
     return d
 
 
@@ -86,7 +77,7 @@ def test_version(capsys):
 
 
 @pytest.mark.parametrize(
-    "argv, needle",
+    "bad, needle",
     [
         (["features", "--dim", "0"], "argument --dim: 0 is out of range [1, inf]"),
         (["features", "--dim", "-5"], "argument --dim: -5 is out of range"),
@@ -110,34 +101,29 @@ def test_version(capsys):
         (["online", "--lr", "nan"], "argument --lr"),
     ],
 )
-def test_bad_numbers_are_refused_before_any_work(capsys, argv, needle):
+def test_bad_numbers_are_refused_before_any_work(capsys, bad, needle):
     base = {
         "features": ["--model", "m", "--data", "d", "--out", "o"],
         "select": ["--features", "f", "--data", "d", "--out", "o"],
         "online": ["--model", "m", "--data", "d", "--out", "o"],
-    }[argv[0]]
+    }[bad[0]]
     with pytest.raises(SystemExit) as e:
-        main([argv[0], *base, *argv[1:]])
+        main([bad[0], *base, *bad[1:]])
     assert e.value.code == 2
     assert needle in capsys.readouterr().err
 
 
 def test_multi_line_errors_are_printed_whole(work, capsys):
     rc = main(
-        [
+        argv(
             "features",
-            "--model",
-            str(work / "model"),
-            "--data",
-            str(work / "data.jsonl"),
-            "--out",
-            str(work / "store"),
-            "--dim",
-            "32",
-            "--max-length",
-            "48",
             "--quiet",
-        ]
+            model=work / "model",
+            data=work / "data.jsonl",
+            out=work / "store",
+            dim=32,
+            max_length=48,
+        )
     )
     err = capsys.readouterr().err
     err = err[err.index("spice: error:") :]
@@ -149,71 +135,40 @@ def test_multi_line_errors_are_printed_whole(work, capsys):
 
 def test_failed_runs_leave_no_output(work, capsys):
     sel = work / "never"
-    rc = main(
-        [
-            "select",
-            "--features",
-            str(work / "store"),
-            "--data",
-            str(work / "data.jsonl"),
-            "--k",
-            "500",
-            "--out",
-            str(sel),
-        ]
-    )
+    too_many = dict(features=work / "store", data=work / "data.jsonl", k=500)
+    rc = main(argv("select", **too_many, out=sel))
     assert rc == 1 and "out of range" in capsys.readouterr().err
     assert not sel.exists()
     assert not [p for p in work.iterdir() if p.name.startswith(".never")]  # no staging left
     keep = work / "mine"
     keep.mkdir()
     (keep / "notes.txt").write_text("mine")
-    rc = main(
-        [
-            "select",
-            "--features",
-            str(work / "store"),
-            "--data",
-            str(work / "data.jsonl"),
-            "--k",
-            "500",
-            "--out",
-            str(keep),
-        ]
-    )
+    rc = main(argv("select", **too_many, out=keep))
     assert rc == 1 and [p.name for p in keep.iterdir()] == ["notes.txt"]
     empty = work / "empty.jsonl"
     empty.write_text("\n")
     rc = main(
-        [
+        argv(
             "run",
-            "--model",
-            str(work / "model"),
-            "--data",
-            str(empty),
-            "--out",
-            str(work / "deep" / "run-empty"),
-            "--dim",
-            "16",
             "--quiet",
             "--no-report",
-        ]
+            model=work / "model",
+            data=empty,
+            out=work / "deep" / "run-empty",
+            dim=16,
+        )
     )
     assert rc == 1 and "holds no records" in capsys.readouterr().err
     assert not (work / "deep").exists()
     rc = main(
-        [
+        argv(
             "features",
-            "--model",
-            str(work / "model"),
-            "--data",
-            str(empty),
-            "--out",
-            str(work / "features-empty"),
-            "--dim",
-            "16",
             "--quiet",
-        ]
+            model=work / "model",
+            data=empty,
+            out=work / "features-empty",
+            dim=16,
+        )
     )
     assert rc == 1 and "holds no records" in capsys.readouterr().err
     assert not (work / "features-empty").exists()
@@ -222,20 +177,7 @@ def test_failed_runs_leave_no_output(work, capsys):
 def test_selection_appears_whole_and_only_on_success(work):
     out = work / "sel"
     assert (
-        main(
-            [
-                "select",
-                "--features",
-                str(work / "store"),
-                "--data",
-                str(work / "data.jsonl"),
-                "--k",
-                "6",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
+        main(argv("select", features=work / "store", data=work / "data.jsonl", k=6, out=out)) == 0
     )
     names = sorted(p.name for p in out.iterdir())
     assert names == [
@@ -259,7 +201,7 @@ def test_a_damaged_store_is_refused_naming_the_chunk(work, tmp_path, capsys):
     raw = bytearray((bad / "features.npy").read_bytes())
     raw[-7] ^= 0x10  # one bit of the last row
     (bad / "features.npy").write_bytes(bytes(raw))
-    args = ["select", "--features", str(bad), "--data", str(work / "data.jsonl"), "--k", "6"]
+    args = argv("select", features=bad, data=work / "data.jsonl", k=6)
     assert main([*args, "--out", str(tmp_path / "a")]) == 1
     err = capsys.readouterr().err
     assert "is damaged: chunk 0 (rows 0 to 59) does not match its checksum" in err
@@ -275,45 +217,18 @@ def test_data_identity_is_the_records_content(work, tmp_path):
         + "\n\n\n"
     )
     out = tmp_path / "sel"
-    assert (
-        main(
-            [
-                "select",
-                "--features",
-                str(work / "store"),
-                "--data",
-                str(spaced),
-                "--k",
-                "6",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(argv("select", features=work / "store", data=spaced, k=6, out=out)) == 0
     sel = json.loads((out / "selection.json").read_text())
     subset = (out / "subset.jsonl").read_text().splitlines()
     assert [json.loads(x) for x in subset] == [json.loads(lines[i]) for i in sel["indices"]]
     changed = tmp_path / "changed.jsonl"
     changed.write_text((work / "data.jsonl").read_text().replace('"output": "', '"output": "x', 1))
     assert (
-        main(
-            [
-                "select",
-                "--features",
-                str(work / "store"),
-                "--data",
-                str(changed),
-                "--k",
-                "6",
-                "--out",
-                str(tmp_path / "no"),
-            ]
-        )
-        == 1
+        main(argv("select", features=work / "store", data=changed, k=6, out=tmp_path / "no")) == 1
     )
 
 
+@pytest.mark.slow
 def test_demo_replaces_its_own_folder(tmp_path, capsys):
     from spice.demo import run_demo
     from spice.store import FeatureStore
@@ -356,36 +271,18 @@ def test_help_states_the_library_defaults():
 
 
 def test_debug_shows_the_traceback(work, capsys):
-    argv = [
-        "select",
-        "--features",
-        str(work / "store"),
-        "--data",
-        str(work / "data.jsonl"),
-        "--k",
-        "500",
-        "--out",
-        str(work / "dbg"),
-    ]
-    assert main(argv) == 1
+    args = argv(
+        "select", features=work / "store", data=work / "data.jsonl", k=500, out=work / "dbg"
+    )
+    assert main(args) == 1
     with pytest.raises(ValueError, match="out of range"):
-        main(["--debug", *argv])
+        main(["--debug", *args])
     assert not (work / "dbg").exists()
 
 
 def test_online_that_fails_early_leaves_no_folder(work, capsys):
     out = work / "online-never"
-    rc = main(
-        [
-            "online",
-            "--model",
-            str(work / "no-model"),
-            "--data",
-            str(work / "data.jsonl"),
-            "--out",
-            str(out),
-        ]
-    )
+    rc = main(argv("online", model=work / "no-model", data=work / "data.jsonl", out=out))
     assert rc == 1 and "does not exist" in capsys.readouterr().err
     assert not out.exists()
 
@@ -404,16 +301,9 @@ def test_new_extraction_options_reach_extract(work, monkeypatch):
 
     monkeypatch.setattr(driver, "extract", spy)
     monkeypatch.setattr(spice.features, "extract", spy, raising=False)  # the lazy name's cache
-    base = [
-        "features",
-        "--model",
-        str(work / "model"),
-        "--data",
-        str(work / "data.jsonl"),
-        "--out",
-        str(work / "never-f"),
-        "--quiet",
-    ]
+    base = argv(
+        "features", "--quiet", model=work / "model", data=work / "data.jsonl", out=work / "never-f"
+    )
     assert main(base) == 1
     assert (
         main(

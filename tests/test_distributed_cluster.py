@@ -61,6 +61,7 @@ def cluster():
         c.shutdown()
 
 
+@pytest.mark.slow
 def test_shards_are_spread_one_per_node_with_requests_that_fit(cluster, monkeypatch):
     # a request of floor(3 CPUs / 1 shard) = 3 fits no node: it would wait, here 60 s, then fail
     monkeypatch.setattr(sd, "_START_TIMEOUT_S", 60.0)
@@ -76,6 +77,7 @@ def test_shards_are_spread_one_per_node_with_requests_that_fit(cluster, monkeypa
     assert alone.params["placement"]["cpus_per_shard"] == 1.0
 
 
+@pytest.mark.slow
 def test_a_relative_store_path_is_resolved_on_the_driver(cluster, tmp_path, monkeypatch):
     G = clustered(4, 500, 12).astype(np.float16)  # the store's dtype
     write_store(tmp_path / "feats", G)
@@ -86,6 +88,7 @@ def test_a_relative_store_path_is_resolved_on_the_driver(cluster, tmp_path, monk
     assert d.params["source"] == f"store {tmp_path / 'feats'}"
 
 
+@pytest.mark.slow
 def test_a_stalled_shard_is_named_within_the_deadline(cluster, tmp_path):
     G = clustered(5, 450, 10)
     ck = tmp_path / "picks.json"
@@ -97,6 +100,7 @@ def test_a_stalled_shard_is_named_within_the_deadline(cluster, tmp_path):
     assert e.value.picks_done >= 6 and ck.exists()
 
 
+@pytest.mark.slow
 def test_a_stale_record_of_a_dead_cluster_starts_a_private_instance(tmp_path):
     # Ray's own ray.init() would try to join the address in ray_current_cluster for 30 s
     tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths live under it

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 
@@ -48,13 +49,8 @@ def ray_local():
 
 
 def assert_same(d: spice.Selection, one: spice.Selection) -> None:
-    """Identical picks and bit-identical per-pick numbers and log det."""
-    np.testing.assert_array_equal(d.indices, one.indices)
-    for f in ("gains", "base", "align", "conflict", "scores", "epsilon"):
-        a, b = getattr(d, f), getattr(one, f)
-        assert a.dtype == b.dtype == np.float64 and a.tobytes() == b.tobytes(), f
-    assert np.float64(d.logdet).tobytes() == np.float64(one.logdet).tobytes()
-    assert d.stop_reason == one.stop_reason
+    """Identical picks and bit-identical per-pick numbers and log det, from Ray."""
+    helpers.assert_same(d, one, rtol=0, atol=0)
     assert d.logdet <= d.opt_upper_bound
     assert d.params["backend"] == "ray" and d.params["mode"] == "exact"
 
@@ -233,6 +229,7 @@ def write_store(path: Path, rows: np.ndarray, part=(0, 1), shard_rows=128) -> Pa
     return path
 
 
+@pytest.mark.slow
 @needs_ray
 def test_exact_on_a_feature_store_and_on_store_parts(ray_local, tmp_path):
     G = clustered(11, 700, 16)
@@ -288,6 +285,7 @@ def test_bad_row_is_named_with_its_global_index(ray_local):
         sd.select(G, 10, shards=2)
 
 
+@pytest.mark.slow
 @needs_ray
 def test_stochastic_repeats_for_a_seed_and_is_a_valid_selection(ray_local):
     G = clustered(5, 2000, 16)
@@ -361,6 +359,7 @@ def test_module_imports_without_ray_and_says_what_to_install():
     assert "spice-select[ray]" in out.stdout
 
 
+@pytest.mark.slow
 @needs_ray
 def test_part_stores_are_numbered_by_the_rows_they_hold(ray_local, tmp_path):
     # --shard i/N parts hold chunks c mod N = i: part 0 rows 0..99, 200..299, ...; the picks
@@ -376,6 +375,7 @@ def test_part_stores_are_numbered_by_the_rows_they_hold(ray_local, tmp_path):
         sd.select([parts[0], parts[0], parts[1], parts[2]], 5)
 
 
+@pytest.mark.slow
 @needs_ray
 def test_a_start_up_failure_keeps_the_checkpoint_and_says_why(ray_local, tmp_path):
     G = clustered(5, 500, 12)
@@ -392,6 +392,7 @@ def test_a_start_up_failure_keeps_the_checkpoint_and_says_why(ray_local, tmp_pat
     assert_same(sd.select(G, 40, shards=2, conflict_penalty=0.1, checkpoint=ck), one)
 
 
+@pytest.mark.slow
 @needs_ray
 def test_a_smaller_k_does_not_shrink_the_checkpoint(ray_local, tmp_path):
     G = clustered(6, 400, 10)
@@ -461,6 +462,7 @@ def test_each_shard_asks_for_cpus_that_fit_on_one_node(nodes, shards, threads, w
     assert c <= max(nodes) and room >= shards
 
 
+@pytest.mark.slow
 @needs_ray
 def test_exact_with_spill_dirs_equals_one_machine(ray_local, tmp_path):
     # k > d: the w rows from M^{-1}; one directory per shard, then one for all

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import store_files
 
 import spice.features.chunks as ex  # the chunk runner: tests replace its batch_features
 from spice.features import LoraSpec, extract, merge_stores
@@ -111,10 +112,6 @@ dist.destroy_process_group()
 )
 
 
-def files(path: Path) -> dict[str, bytes]:
-    return {n: (path / n).read_bytes() for n in FILES}
-
-
 def assert_same_store(got: Path, want: Path) -> None:
     """Chunk by chunk (rows and the manifest's checksums), then every file byte for byte."""
     a, b = FeatureStore.open(got, verify=True), FeatureStore.open(want)
@@ -122,7 +119,7 @@ def assert_same_store(got: Path, want: Path) -> None:
     for ch in b.manifest["chunks"]:
         s = slice(ch["offset"], ch["offset"] + ch["rows"])
         assert np.asarray(a.features[s]).tobytes() == np.asarray(b.features[s]).tobytes()
-    assert files(got) == files(want)
+    assert store_files(got, FILES) == store_files(want, FILES)
     assert not (got / "shards").exists() and not (got / "parts").exists()
 
 
@@ -197,6 +194,7 @@ def setup(tmp_path_factory, saved_model_dir, record_factory, torch_one_thread):
     return d, data, single, model, tok
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_write_one_store_equal_one_process(setup, saved_model_dir):
     d, data, single, _, _ = setup
     logs = _launch(d / "worker.py", [str(saved_model_dir), str(data), str(d / "sharded"),
@@ -225,6 +223,7 @@ def test_torchrun_cli_writes_one_store_equal_one_process(setup, saved_model_dir)
     assert_same_store(out, want.path)
 
 
+@pytest.mark.slow
 def test_a_killed_rank_resumes_its_own_rows(setup, saved_model_dir, tmp_path):
     d, data, _, model, tok = setup
     want = extract(model, tok, data, tmp_path / "single", **KILL_KW)
@@ -273,6 +272,7 @@ def test_a_killed_rank_resumes_its_own_rows(setup, saved_model_dir, tmp_path):
     assert_same_store(out, want.path)
 
 
+@pytest.mark.slow
 def test_bad_setups_fail_on_every_rank(setup, saved_model_dir, tmp_path, record_factory,
                                        monkeypatch):  # fmt: skip
     d, data, single, model, tok = setup
@@ -291,7 +291,7 @@ def test_bad_setups_fail_on_every_rank(setup, saved_model_dir, tmp_path, record_
     monkeypatch.setattr(ex, "batch_features", crash)
     with pytest.raises(RuntimeError, match="simulated"):
         extract(model, tok, data, unfinished, **KW)
-    before = files(single.path)
+    before = store_files(single.path, FILES)
     args = [str(saved_model_dir), str(data), str(one), str(four), str(single.path),
             str(unfinished), str(tmp_path / "out-")]  # fmt: skip
     logs = _launch(d / "bad.py", args)
@@ -308,7 +308,7 @@ def test_bad_setups_fail_on_every_rank(setup, saved_model_dir, tmp_path, record_
         assert "NOERROR reuse" in log and "NOERROR" not in log.replace("NOERROR reuse", "")
         for case, (cls, text) in want.items():
             assert errs[case][0] == cls and text in errs[case][1], (rank, case, errs[case])
-    assert files(single.path) == before  # a mismatched store is left alone
+    assert store_files(single.path, FILES) == before  # a mismatched store is left alone
     assert not (tmp_path / "out-rows").exists() and not (tmp_path / "out-chunks").exists()
 
 
@@ -318,7 +318,7 @@ def test_parts_without_process_group_and_merge(setup):
     parts = [extract(model, tok, data, d / "manual", shard=(i, 2), **KW) for i in range(2)]
     assert [len(p) for p in parts] == [8, 6]  # chunks of 3 rows: 0, 2, 4 | 1, 3
     merged = merge_stores(d / "manual")
-    assert files(merged.path) == files(single.path)
+    assert store_files(merged.path, FILES) == store_files(single.path, FILES)
 
 
 def test_device_cuda_without_a_gpu_is_a_clear_error(setup, saved_model_dir, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import store_files
 
 import spice.features.chunks as ex  # the chunk runner: tests replace its batch_features
 from spice.features import LoraSpec, extract
@@ -21,10 +22,6 @@ KW = {
     "shard_rows": 5,
     "progress": False,
 }  # batches of 3 rows, whatever their length: the counts below rely on it
-
-
-def files(path):
-    return {n: (path / n).read_bytes() for n in ("features.npy", "index.jsonl", "manifest.json")}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +72,7 @@ def test_resume_after_crash_mid_chunk_is_byte_identical(
     calls["n"] = -1000  # no more crashes; count the batches of the resumed run
     store = extract(tiny_llama, tokenizer, data_file, out, **KW)
     assert calls["n"] == -1000 + 3  # only chunks 2 (2 batches) and 3 (1 batch) are computed
-    assert files(store.path) == files(reference.path)
+    assert store_files(store.path) == store_files(reference.path)
 
 
 def test_finished_store_is_reused(monkeypatch, tiny_llama, tokenizer, data_file, reference):
@@ -84,7 +81,7 @@ def test_finished_store_is_reused(monkeypatch, tiny_llama, tokenizer, data_file,
 
     monkeypatch.setattr(ex, "batch_features", boom)
     store = extract(tiny_llama, tokenizer, data_file, reference.path, **KW)
-    assert files(store.path) == files(reference.path)
+    assert store_files(store.path) == store_files(reference.path)
 
 
 @pytest.mark.parametrize(
@@ -101,11 +98,11 @@ def test_finished_store_is_reused(monkeypatch, tiny_llama, tokenizer, data_file,
     ],
 )
 def test_mismatched_manifest_is_refused(tiny_llama, tokenizer, data_file, reference, change, key):
-    before = files(reference.path)
+    before = store_files(reference.path)
     with pytest.raises(StoreMismatchError, match=key.replace(".", r"\.")) as e:
         extract(tiny_llama, tokenizer, data_file, reference.path, **{**KW, **change})
     assert "refusing" in str(e.value)
-    assert files(reference.path) == before
+    assert store_files(reference.path) == before
 
 
 def test_other_data_or_model_is_refused(tmp_path, tiny_qwen2, tiny_llama, tokenizer, data_file,
@@ -137,7 +134,7 @@ def test_partial_chunk_progress_survives_a_crash(
     calls["n"] = -1000
     store = extract(tiny_llama, tokenizer, data_file, out, **kw)
     assert calls["n"] == -1000 + 2  # the rest of chunk 2 (1 batch) and chunk 3 (1 batch)
-    assert files(store.path) == files(reference.path)
+    assert store_files(store.path) == store_files(reference.path)
 
 
 def test_a_damaged_partial_is_recomputed(tmp_path, monkeypatch, tiny_llama, tokenizer, data_file,
@@ -154,7 +151,7 @@ def test_a_damaged_partial_is_recomputed(tmp_path, monkeypatch, tiny_llama, toke
     calls["n"] = -1000
     store = extract(tiny_llama, tokenizer, data_file, out, **kw)
     assert calls["n"] == -1000 + 2 + 2 + 2 + 1  # nothing trusted from the damaged partial
-    assert files(store.path) == files(reference.path)
+    assert store_files(store.path) == store_files(reference.path)
 
 
 @pytest.mark.parametrize("budget", [None, 1, 7, 40])

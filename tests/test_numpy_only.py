@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ENV
 
 import spice
 from spice.features.records import data_fingerprint
 from spice.pipeline import select_to_dir
 from spice.store import FeatureStore, StoreError, StoreWriter
 
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 HOME = str(Path(spice.__file__).resolve().parents[1])  # the checkout's python/ (or site-packages)
 
 # A sitecustomize that makes the optional dependencies unimportable, as in a numpy-only install.

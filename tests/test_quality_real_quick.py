@@ -103,6 +103,7 @@ def _run(out: Path, *extra: str) -> subprocess.CompletedProcess:
                           timeout=900)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_real_quick_end_to_end_and_resume(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")

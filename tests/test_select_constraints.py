@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import assert_same
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -116,15 +117,7 @@ def test_core_matches_reference(seed, n, d, mode, lam, omega, method, capped):
     k = max(1, n // 2) if capped else n
     kw = kwargs(mode, cost, budget, labels, caps)
     sel = spice.select(G, k, conflict_penalty=lam, early_stop=omega, method=method, **kw)
-    ref = reference(G, k, mode, cost, budget, labels, caps, lam=lam, omega=omega)
-    np.testing.assert_array_equal(sel.indices, ref["indices"])
-    assert sel.stop_reason == ref["stop_reason"]
-    assert sel.safeguard == ref["safeguard"]
-    np.testing.assert_allclose(sel.gains, ref["gains"], rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(sel.scores, ref["scores"], rtol=1e-9, atol=1e-12)
-    assert sel.logdet == pytest.approx(ref["logdet"], rel=1e-9, abs=1e-12)
-    if mode != "quotas":
-        assert sel.tokens == ref["spent"]
+    assert_same(sel, reference(G, k, mode, cost, budget, labels, caps, lam=lam, omega=omega))
     check_feasible(sel, k, mode, cost, budget, labels, caps)
 
 
@@ -250,7 +243,7 @@ def test_the_single_row_safeguard_is_what_keeps_the_guarantee():
     budget = 100.0
     opt = brute_force_opt(G, n, "budget", cost, budget, None, None)
     plain = greedy_constrained_reference(G, n, cost=cost, budget=budget, safeguard=False)
-    assert plain["logdet"] < KNAPSACK_FACTOR * opt  # without the safeguard the factor fails
+    assert plain.logdet < KNAPSACK_FACTOR * opt  # without the safeguard the factor fails
     for method in ("naive", "lazy", "stochastic"):
         sel = spice.select(G, budget=budget, cost=cost, conflict_penalty=0.0, method=method)
         np.testing.assert_array_equal(sel.indices, [0])

@@ -7,6 +7,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from helpers import assert_same
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -77,7 +78,7 @@ def test_rank_deficient_input_is_fine():
         assert np.isfinite(sel.gains).all() and np.all(sel.gains > 0)
         if method != "stochastic":
             assert np.all(np.diff(sel.gains) <= 1e-12)
-            np.testing.assert_array_equal(sel.indices, greedy_reference(G, 20)["indices"])
+            np.testing.assert_array_equal(sel.indices, greedy_reference(G, 20).indices)
 
 
 def test_only_zero_rows_left_stops_exhausted():
@@ -131,7 +132,7 @@ def test_bfloat16_inputs():
 def test_float64_matches_reference():
     G = gaussian(5, 60, 7).astype(np.float64)
     sel = spice.select(G, 10, conflict_penalty=0.2)
-    np.testing.assert_array_equal(sel.indices, greedy_reference(G, 10, lam=0.2)["indices"])
+    assert_same(sel, greedy_reference(G, 10, lam=0.2))
 
 
 def test_memmap_identical_to_in_memory(tmp_path):
@@ -191,14 +192,14 @@ def test_every_kernel_table_agrees_with_reference(isa):
         "G = np.random.default_rng(3).standard_normal((60, 9)).astype(np.float16)\n"
         "s = spice.select(G, 9, conflict_penalty=0.3, method='lazy')\n"
         "r = greedy_reference(G, 9, lam=0.3)\n"
-        "assert s.indices.tolist() == r['indices'].tolist(), (s.indices, r['indices'])\n"
-        "np.testing.assert_allclose(s.gains, r['gains'], rtol=1e-9)\n"
+        "assert s.indices.tolist() == r.indices.tolist(), (s.indices, r.indices)\n"
+        "np.testing.assert_allclose(s.gains, r.gains, rtol=1e-9)\n"
         "G = np.random.default_rng(4).standard_normal((400, 100))\n"  # k > d: the inverse path
         "G[200:] *= 0.3\n"
         "s = spice.select(G, 260, conflict_penalty=0.3, method='lazy')\n"
         "r = greedy_reference(G, 260, lam=0.3)\n"
-        "assert s.indices.tolist() == r['indices'].tolist(), (s.indices, r['indices'])\n"
-        "np.testing.assert_allclose(s.gains, r['gains'], rtol=1e-8)\n"
+        "assert s.indices.tolist() == r.indices.tolist(), (s.indices, r.indices)\n"
+        "np.testing.assert_allclose(s.gains, r.gains, rtol=1e-8)\n"
     )
     env = dict(os.environ, SPICE_KERNELS=isa)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
@@ -227,9 +228,7 @@ def test_stochastic_is_seeded():
 def test_diag_compat_matches_transcription(seed, lam, alpha):
     G = gaussian(seed, 60, 8) * 0.7
     sel = spice.select(G, 15, alpha=alpha, conflict_penalty=lam, objective="diag-compat")
-    ref = diag_compat_reference(G, 15, alpha=alpha, lam=lam)
-    np.testing.assert_array_equal(sel.indices, ref["indices"])
-    np.testing.assert_allclose(sel.gains, ref["gains"], rtol=1e-9)
+    assert_same(sel, diag_compat_reference(G, 15, alpha=alpha, lam=lam))
     assert np.isnan(sel.opt_upper_bound)
     assert sel.logdet == pytest.approx(spice.logdet(G, sel.indices, alpha), rel=1e-12)
 
@@ -240,9 +239,7 @@ def test_topk_compat_matches_transcription(seed, omega):
     G = gaussian(seed, 80, 6)
     G[5] = G[9]  # a tie: lower index first
     sel = spice.select(G, 20, objective="topk-compat", early_stop=omega)
-    ref = topk_compat_reference(G, 20, omega=omega)
-    np.testing.assert_array_equal(sel.indices, ref["indices"])
-    np.testing.assert_allclose(sel.gains, ref["gains"], rtol=1e-9)
+    assert_same(sel, topk_compat_reference(G, 20, omega=omega))
 
 
 def test_progress_callback_and_cancel():

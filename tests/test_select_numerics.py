@@ -162,7 +162,7 @@ def test_repeated_row_at_large_alpha_is_not_in_the_span():
     ref = greedy_reference(G, 3, alpha=a)
     for method in METHODS:
         sel = spice.select(G, 3, alpha=a, conflict_penalty=0.0, method=method)
-        assert sel.indices.tolist() == [0, 2, 1] == ref["indices"].tolist()
+        assert sel.indices.tolist() == [0, 2, 1] == ref.indices.tolist()
         assert sel.stop_reason == "budget"
         expect = [math.log1p(a), math.log1p(a), math.log1p(a / (1 + a))]
         np.testing.assert_allclose(sel.gains, expect, rtol=1e-6)
@@ -187,8 +187,8 @@ def test_row_with_negligible_residual_and_gain_is_in_the_span():
     ref = greedy_reference(G, 2)
     for method in METHODS:
         sel = spice.select(G, 2, method=method)
-        assert sel.indices.tolist() == [0] == ref["indices"].tolist()
-        assert sel.stop_reason == "exhausted" == ref["stop_reason"]
+        assert sel.indices.tolist() == [0] == ref.indices.tolist()
+        assert sel.stop_reason == "exhausted" == ref.stop_reason
 
 
 # ---------------------------------------------------------------- spice.select: refused rows

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import store_files
 
 from spice.store import (
     FeatureStore,
@@ -44,10 +45,6 @@ def write(path, part=(0, 1), chunks=None, config=CONFIG, dtype="float16", shard_
         a, b = w.chunk_rows(c)
         w.write_chunk(c, data[a:b], index_rows(a, b))
     return w
-
-
-def files(path):
-    return {n: (path / n).read_bytes() for n in ("features.npy", "index.jsonl", "manifest.json")}
 
 
 def test_write_open_roundtrip(tmp_path):
@@ -94,7 +91,7 @@ def test_resume_keeps_complete_chunks_and_redoes_torn_ones(tmp_path):
         a, b = w2.chunk_rows(c)
         w2.write_chunk(c, data[a:b], index_rows(a, b))
     w2.finalize()
-    assert files(tmp_path / "s") == files(full.path)
+    assert store_files(tmp_path / "s") == store_files(full.path)
     w3 = StoreWriter(tmp_path / "t", CONFIG, total_rows=N, dim=D, shard_rows=5)
     w3.prepare()
     with pytest.raises(StoreIncompleteError, match="not written yet"):
@@ -103,7 +100,7 @@ def test_resume_keeps_complete_chunks_and_redoes_torn_ones(tmp_path):
 
 def test_mismatch_is_refused_not_overwritten(tmp_path):
     write(tmp_path / "s").finalize()
-    before = files(tmp_path / "s")
+    before = store_files(tmp_path / "s")
     other = {**CONFIG, "projection": {"kind": "dense", "dim": 6}}
     w = StoreWriter(tmp_path / "s", other, total_rows=N, dim=D, shard_rows=5)
     with pytest.raises(StoreMismatchError) as e:
@@ -117,7 +114,7 @@ def test_mismatch_is_refused_not_overwritten(tmp_path):
     with pytest.raises(StoreError, match="already exists"):
         w.prepare()
     assert StoreWriter(tmp_path / "s", CONFIG, total_rows=N, dim=D, shard_rows=5).prepare()
-    assert files(tmp_path / "s") == before
+    assert store_files(tmp_path / "s") == before
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "x.txt").write_text("x")
     with pytest.raises(StoreError, match="not empty"):
@@ -141,12 +138,12 @@ def test_merge_parts_is_byte_identical(tmp_path, n_parts):
     parts = [write(tmp_path / f"p{i}", part=(i, n_parts)).finalize() for i in range(n_parts)]
     assert sum(len(p) for p in parts) == N
     merged = merge_stores([p.path for p in reversed(parts)], tmp_path / "merged")
-    assert files(merged.path) == files(single.path)
+    assert store_files(merged.path) == store_files(single.path)
     # the layout extract() uses: out/parts/part-i-of-N, merged into out
     root = tmp_path / "root"
     for i in range(n_parts):
         write(root / "parts" / f"part-{i:04d}-of-{n_parts:04d}", part=(i, n_parts)).finalize()
-    assert files(merge_stores(root).path) == files(single.path)
+    assert store_files(merge_stores(root).path) == store_files(single.path)
 
 
 def test_merge_checks(tmp_path):

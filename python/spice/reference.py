@@ -5,10 +5,15 @@ solve, or two slogdets); ``greedy_numpy`` is the vectorised non-lazy algorithm o
 docs/algorithm.md §2 (the baseline the benchmarks compare against); the ``*_compat_reference``
 functions transcribe the authors' released selectors (docs/algorithm.md §8);
 ``greedy_constrained_reference`` is the greedy under a cost budget and group quotas (§11).
+
+The greedy oracles return a :class:`ReferenceSelection`: the fields of :class:`spice.Selection`
+that an oracle defines, under the same names, so a test compares ``spice.select(...)`` with
+``greedy_reference(...)`` field by field.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -16,6 +21,50 @@ import numpy as np
 # "In the span of S" as in the core: the residual q <= REL_TINY ||g||^2 and the gain alpha q <=
 # GAIN_TINY (a repeated row at a large alpha ||g||^2 has a tiny relative residual but gain ~log 2).
 from ._numerics import ETA, GAIN_TINY, REL_TINY
+
+
+@dataclass(frozen=True)
+class ReferenceSelection:
+    """An oracle's picks, with the names and meanings of :class:`spice.Selection`'s fields.
+
+    Only what the oracle computes is set; a field it does not define is None (the compatibility
+    transcriptions define no ``logdet`` or ``stop_reason``, ``tokens`` is set only with a cost).
+    The bounds, counters and timings of a ``Selection`` have no meaning here and are absent.
+    """
+
+    indices: np.ndarray
+    gains: np.ndarray
+    stop_reason: str | None = None
+    logdet: float | None = None
+    base: np.ndarray | None = None
+    epsilon: np.ndarray | None = None
+    align: np.ndarray | None = None
+    conflict: np.ndarray | None = None
+    penalty: np.ndarray | None = None
+    scores: np.ndarray | None = None
+    tokens: float | None = None
+    safeguard: bool | None = None
+
+    def __len__(self) -> int:
+        return int(self.indices.size)
+
+    def __getitem__(self, name: str) -> Any:
+        """``ref["indices"]`` as ``ref.indices``: the oracles returned dicts before, and scripts
+        (the wheel's test command among them) still index them so."""
+        if name not in self.__dataclass_fields__:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def defined(self) -> dict[str, Any]:
+        """The fields this oracle set (name -> value), ``indices`` first."""
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
+
+
+def _logdet(G: np.ndarray, S: list[int], alpha: float) -> float:
+    """log det(I + α G_S G_Sᵀ) by slogdet, 0 for the empty set."""
+    return float(np.linalg.slogdet(np.eye(len(S)) + alpha * G[S] @ G[S].T)[1]) if S else 0.0
 
 
 def _conflict(G: np.ndarray, S: list[int], norms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -34,13 +83,14 @@ def greedy_reference(
     lam: float = 0.0,
     omega: float | None = None,
     gain: str = "solve",
-) -> dict[str, Any]:
+) -> ReferenceSelection:
     """Greedy SPICE with every Δ recomputed from its definition.
 
     gain="solve": Δ_x = log(1 + α g_xᵀ M⁻¹ g_x) with M = I + α G_SᵀG_S solved directly;
     gain="slogdet": Δ_x = logdet(I + α G_{S+x} G_{S+x}ᵀ) − logdet(I + α G_S G_Sᵀ).
-    Ties go to the lowest index. Returns indices, gains, base, align, conflict, scores, logdet,
-    stop_reason.
+    Ties go to the lowest index. Sets every per-pick field (gains, base, epsilon, align, conflict,
+    penalty, scores), ``logdet`` (by slogdet of the chosen set) and ``stop_reason`` ("budget",
+    "early_stop" or "exhausted").
     """
     G = np.asarray(G, dtype=np.float64)
     n, d = G.shape
@@ -83,13 +133,19 @@ def greedy_reference(
             ("scores", score),
         ):
             out[name].append(float(arr[j]))
-    res: dict[str, Any] = {name: np.array(v) for name, v in out.items()}
-    res["indices"] = np.array(S, dtype=np.int64)
-    res["logdet"] = (
-        float(np.linalg.slogdet(np.eye(len(S)) + alpha * G[S] @ G[S].T)[1]) if S else 0.0
+    arr = {name: np.array(v, dtype=np.float64) for name, v in out.items()}
+    return ReferenceSelection(
+        indices=np.array(S, dtype=np.int64),
+        gains=arr["gains"],
+        base=arr["base"],
+        epsilon=arr["gains"] - arr["base"],
+        align=arr["align"],
+        conflict=arr["conflict"],
+        penalty=lam * arr["conflict"],
+        scores=arr["scores"],
+        logdet=_logdet(G, S, alpha),
+        stop_reason=stop,
     )
-    res["stop_reason"] = stop
-    return res
 
 
 def _rank(score: np.ndarray, cost: np.ndarray) -> np.ndarray:
@@ -108,7 +164,7 @@ def greedy_constrained_reference(
     groups: Any = None,
     caps: Any = None,
     safeguard: bool = True,
-) -> dict[str, Any]:
+) -> ReferenceSelection:
     """Greedy SPICE under a cost budget and group quotas, every Δ recomputed by a linear solve
     (docs/algorithm.md §11).
 
@@ -118,8 +174,10 @@ def greedy_constrained_reference(
     score/cost (score·cost for a score <= 0), else by score; ties go to the lowest index. Early
     stop compares Δ/cost (Δ without cost) with ω times the first pick's. With ``cost`` and
     ``safeguard``, the best single row that fits alone (largest log(1 + α‖g‖²)) replaces the set
-    when it beats the greedy's summed scores. Returns indices, gains, scores, spent, logdet,
-    stop_reason ("budget", "early_stop", "exhausted", "filled") and safeguard.
+    when it beats the greedy's summed scores (then that row is the whole set, its gain and score
+    log(1 + α‖g‖²), align and conflict 0). Sets every per-pick field, ``logdet``, ``stop_reason``
+    ("budget", "early_stop", "exhausted", "filled"), ``safeguard`` and, with ``cost``, ``tokens``
+    (the summed cost of the picks, in pick order).
     """
     G = np.asarray(G, dtype=np.float64)
     n, d = G.shape
@@ -133,6 +191,7 @@ def greedy_constrained_reference(
     S: list[int] = []
     gains: list[float] = []
     scores: list[float] = []
+    aligns: list[float] = []
     spent = 0.0
     stop = "budget"
 
@@ -148,7 +207,7 @@ def greedy_constrained_reference(
         else:  # M = I: q is the squared norm, exactly (the single-row safeguard compares it)
             q = norms2.copy()
         delta = np.log1p(alpha * q)
-        _, conflict = _conflict(G, S, norms)
+        align, conflict = _conflict(G, S, norms)
         score = delta - lam * conflict
         ok = np.array([fits(i) for i in range(n)], dtype=bool)
         ok[S] = False
@@ -165,6 +224,7 @@ def greedy_constrained_reference(
         S.append(j)
         gains.append(float(delta[j]))
         scores.append(float(score[j]))
+        aligns.append(float(align[j]))
         spent += c[j] if cost is not None else 0.0
         if used is not None:
             used[grp[j]] += 1  # type: ignore[index]
@@ -177,16 +237,25 @@ def greedy_constrained_reference(
             j = int(np.flatnonzero(alone)[np.argmax(base[alone])])
             if base[j] > sum(scores):
                 S, gains, scores, spent = [j], [float(base[j])], [float(base[j])], float(c[j])
+                aligns = [0.0]
                 used_safeguard = True
-    return {
-        "indices": np.array(S, dtype=np.int64),
-        "gains": np.array(gains),
-        "scores": np.array(scores),
-        "spent": spent,
-        "logdet": float(np.linalg.slogdet(np.eye(len(S)) + alpha * G[S] @ G[S].T)[1]) if S else 0.0,
-        "stop_reason": stop,
-        "safeguard": used_safeguard,
-    }
+    g = np.array(gains, dtype=np.float64)
+    a = np.array(aligns, dtype=np.float64)
+    conf = np.maximum(0.0, -a)
+    return ReferenceSelection(
+        indices=np.array(S, dtype=np.int64),
+        gains=g,
+        base=base[S],
+        epsilon=g - base[S],
+        align=a,
+        conflict=conf,
+        penalty=lam * conf,
+        scores=np.array(scores, dtype=np.float64),
+        tokens=spent if cost is not None else None,
+        logdet=_logdet(G, S, alpha),
+        stop_reason=stop,
+        safeguard=used_safeguard,
+    )
 
 
 def greedy_numpy(
@@ -248,17 +317,20 @@ def greedy_numpy(
     }
 
 
-def diag_compat_reference(G: Any, k: int, alpha: float = 1.0, lam: float = 0.0) -> dict[str, Any]:
+def diag_compat_reference(
+    G: Any, k: int, alpha: float = 1.0, lam: float = 0.0
+) -> ReferenceSelection:
     """The authors' released diagonal-Fisher greedy with the hinge-cosine penalty
     (docs/algorithm.md §8). Like their loop it takes min(k, n) rows whatever the scores: a zero
     row (gain 0, cosine 0, score 0) is picked once every other row scores below it. Ties go to
-    the lowest index."""
+    the lowest index. Sets ``indices``, ``gains`` (this objective's own) and ``scores``."""
     G = np.asarray(G, dtype=np.float64)
     n, d = G.shape
     norms = np.linalg.norm(G, axis=1)
     den = np.ones(d)
     S: list[int] = []
     gains: list[float] = []
+    scores: list[float] = []
     for _ in range(k):
         s = (G**2 / den).sum(axis=1)
         delta = np.log(1.0 + alpha * s)
@@ -270,14 +342,20 @@ def diag_compat_reference(G: Any, k: int, alpha: float = 1.0, lam: float = 0.0) 
         j = int(np.argmax(score))
         S.append(j)
         gains.append(float(delta[j]))
+        scores.append(float(score[j]))
         den = den + alpha * (np.abs(G[j]) * G[j]) ** 2
-    return {"indices": np.array(S, dtype=np.int64), "gains": np.array(gains)}
+    return ReferenceSelection(
+        indices=np.array(S, dtype=np.int64),
+        gains=np.array(gains, dtype=np.float64),
+        scores=np.array(scores, dtype=np.float64),
+    )
 
 
 def topk_compat_reference(
     G: Any, k: int, alpha: float = 1.0, omega: float | None = None
-) -> dict[str, Any]:
-    """The authors' default selector: top-k by log(1 + α‖g‖²) (stable: ties to lower index)."""
+) -> ReferenceSelection:
+    """The authors' default selector: top-k by log(1 + α‖g‖²) (stable: ties to lower index).
+    Sets ``indices`` and ``gains``."""
     G = np.asarray(G, dtype=np.float64)
     base = np.log(1.0 + alpha * (G**2).sum(axis=1))
     order = np.argsort(-base, kind="stable")
@@ -288,7 +366,7 @@ def topk_compat_reference(
         cut = np.flatnonzero(~keep)
         if cut.size:
             order = order[: cut[0]]
-    return {"indices": order.astype(np.int64), "gains": base[order]}
+    return ReferenceSelection(indices=order.astype(np.int64), gains=base[order])
 
 
 def dpp_map_greedy(L: np.ndarray, k: int) -> list[int]:

@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import argv, spice_cli
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-
-
-def spice_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run(
-        [sys.executable, "-m", "spice", *args], env=ENV, capture_output=True, text=True, timeout=300
-    )
-    if check and out.returncode != 0:
-        raise AssertionError(f"spice {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
-    return out
+pytestmark = pytest.mark.slow  # every test here runs the whole pipeline or the demo
 
 
 @pytest.fixture(scope="module")
@@ -44,32 +33,18 @@ def workdir(tmp_path_factory) -> Path:
 def test_features_select_report_end_to_end(workdir):
     d = workdir
     spice_cli(
-        "features",
-        "--model",
-        str(d / "model"),
-        "--data",
-        str(d / "data.jsonl"),
-        "--out",
-        str(d / "store"),
-        "--dim",
-        "128",
-        "--max-length",
-        "48",
-        "--quiet",
+        *argv(
+            "features",
+            "--quiet",
+            model=d / "model",
+            data=d / "data.jsonl",
+            out=d / "store",
+            dim=128,
+            max_length=48,
+        )
     )
-    out = spice_cli(
-        "select",
-        "--features",
-        str(d / "store"),
-        "--data",
-        str(d / "data.jsonl"),
-        "--k",
-        "8",
-        "--penalty",
-        "0.2",
-        "--out",
-        str(d / "sel"),
-    )
+    select = argv("select", features=d / "store", data=d / "data.jsonl", k=8, penalty=0.2)
+    out = spice_cli(*select, "--out", str(d / "sel"))
     assert "selected 8 of 80" in out.stdout
     sel = json.loads((d / "sel" / "selection.json").read_text())
     lines = (d / "data.jsonl").read_text().splitlines()
@@ -90,22 +65,7 @@ def test_features_select_report_end_to_end(workdir):
     # rerun with the same inputs gives identical files (here with the w rows spilled to disk)
     first = {p.name: p.read_bytes() for p in (d / "sel").iterdir() if p.name != "timing.json"}
     (d / "spill").mkdir()
-    spice_cli(
-        "select",
-        "--features",
-        str(d / "store"),
-        "--data",
-        str(d / "data.jsonl"),
-        "--k",
-        "8",
-        "--penalty",
-        "0.2",
-        "--out",
-        str(d / "sel"),
-        "--overwrite",
-        "--spill-dir",
-        str(d / "spill"),
-    )
+    spice_cli(*select, "--overwrite", "--out", str(d / "sel"), "--spill-dir", str(d / "spill"))
     assert list((d / "spill").iterdir()) == []
     again = {p.name: p.read_bytes() for p in (d / "sel").iterdir() if p.name != "timing.json"}
     assert first == again
@@ -116,70 +76,23 @@ def test_features_select_report_end_to_end(workdir):
 
 def test_failures_are_one_line(workdir):
     d = workdir
-    r = spice_cli(
-        "select",
-        "--features",
-        str(d / "store"),
-        "--data",
-        str(d / "data.jsonl"),
-        "--k",
-        "8",
-        "--out",
-        str(d / "sel"),
-        check=False,
-    )
+    select = dict(features=d / "store", data=d / "data.jsonl")
+    r = spice_cli(*argv("select", **select, k=8, out=d / "sel"), check=False)
     assert r.returncode == 1 and "--overwrite" in r.stderr and "Traceback" not in r.stderr
-    r = spice_cli(
-        "select",
-        "--features",
-        str(d / "store"),
-        "--data",
-        str(d / "data.jsonl"),
-        "--k",
-        "500",
-        "--out",
-        str(d / "big"),
-        check=False,
-    )
+    r = spice_cli(*argv("select", **select, k=500, out=d / "big"), check=False)
     assert r.returncode == 1 and "out of range" in r.stderr
     other = d / "other.jsonl"
     other.write_text((d / "data.jsonl").read_text().replace("Add", "Sum", 1))
-    r = spice_cli(
-        "select",
-        "--features",
-        str(d / "store"),
-        "--data",
-        str(other),
-        "--k",
-        "3",
-        "--out",
-        str(d / "o"),
-        check=False,
-    )
+    r = spice_cli(*argv("select", features=d / "store", data=other, k=3, out=d / "o"), check=False)
     assert r.returncode == 1 and "other data" in r.stderr
     bad = d / "bad.jsonl"
     bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": 3\n')
     r = spice_cli(
-        "features",
-        "--model",
-        str(d / "model"),
-        "--data",
-        str(bad),
-        "--out",
-        str(d / "bs"),
-        "--quiet",
-        check=False,
+        *argv("features", "--quiet", model=d / "model", data=bad, out=d / "bs"), check=False
     )
     assert r.returncode == 1 and "bad.jsonl:2" in r.stderr
     r = spice_cli(
-        "features",
-        "--model",
-        str(d / "nope"),
-        "--data",
-        str(d / "data.jsonl"),
-        "--out",
-        str(d / "x"),
-        check=False,
+        *argv("features", model=d / "nope", data=d / "data.jsonl", out=d / "x"), check=False
     )
     assert r.returncode == 1 and "nope" in r.stderr and "Traceback" not in r.stderr
 
