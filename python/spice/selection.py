@@ -6,6 +6,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -217,8 +218,7 @@ def select(
     -------
     Selection
     """
-    from . import gpu as _gpu  # imports neither CuPy nor torch
-
+    # 1. validate the settings and constraints given (nothing touches G yet)
     if device not in (None, "cpu", "cuda"):
         raise ValueError(f"device must be None, 'cpu' or 'cuda', got {device!r}")
     opts = _options_of(
@@ -238,6 +238,42 @@ def select(
     wanted = _constraints_of(constraints, budget=budget, cost=cost, groups=groups, quotas=quotas)
     if k is None and wanted.budget is None:
         raise TypeError("select() needs k (a row count or fraction) unless budget= is given")
+    # 2. the rows as the backend reads them, k and the constraints checked against them
+    inp = _prepare_input(G, k, device, opts, wanted, verify)
+    cb = _progress_hook(progress)
+    # 3. the greedy, on the GPU or in the C++ core
+    t0 = time.perf_counter()
+    raw, norms2 = _run_core(inp, opts, cb, base_out)
+    elapsed = time.perf_counter() - t0
+    # 4. the result
+    return _assemble(inp, opts, raw, norms2, elapsed)
+
+
+@dataclass(frozen=True, eq=False)
+class _Input:
+    """One call's rows as its backend reads them, with the sizes and constraints checked
+    against them."""
+
+    arr: Any  # numpy array or memmap (CPU), CuPy array (GPU)
+    code: int  # dtype code of arr (spice._inputs)
+    on_gpu: bool
+    n: int
+    k: int  # the cap on picks, resolved to a count
+    cons: CoreConstraints
+
+
+def _prepare_input(
+    G: Any,
+    k: int | float | None,
+    device: str | None,
+    opts: SelectOptions,
+    wanted: Constraints,
+    verify: bool,
+) -> _Input:
+    """Verify a FeatureStore, read G where it is to run (no copy where none is needed),
+    resolve k and check the constraints for its n rows and that the backend takes them."""
+    from . import gpu as _gpu  # imports neither CuPy nor torch
+
     if verify and isinstance(G, FeatureStore):
         G.verify_for_selection()
     on_gpu = device == "cuda" or (device is None and _gpu.is_cuda_array(G))
@@ -247,63 +283,73 @@ def select(
         arr, code = as_features(G, bf16=opts.bf16)
     n, _ = arr.shape
     kk = resolve_k(n if k is None else k, n)
-    a, objective = opts.alpha, opts.objective
-    method, seps, normalize = opts.method, opts.stochastic_eps, opts.normalize
-    unit = normalize == "unit"
     cons = wanted.for_rows(n, kk, k is not None)
-    if cons.active and (on_gpu or objective != "logdet"):
+    if cons.active and (on_gpu or opts.objective != "logdet"):
         raise ValueError(
             "budget and quotas run in the CPU core with the log-det objective "
-            f"(here: {'the GPU' if on_gpu else objective!r})"
+            f"(here: {'the GPU' if on_gpu else opts.objective!r})"
         )
-    nthreads = opts.threads or 0
+    return _Input(arr, code, on_gpu, n, kk, cons)
+
+
+def _progress_hook(progress: bool | ProgressFn | None) -> Any:
+    """The callable the backend calls with its progress, or None."""
     cb: Any = _Bar() if progress is True else (progress or None)
     if cb is not None and not callable(cb):
         raise TypeError("progress must be True, False/None or a callable")
     if cb is not None:
         cb = _checked_progress(cb)
+    return cb
 
-    t0 = time.perf_counter()
-    if base_out is not None and on_gpu:
+
+def _run_core(
+    inp: _Input, opts: SelectOptions, cb: Any, base_out: np.ndarray | None
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Run the greedy on ``inp``'s backend. Returns the backend's raw result and, on the CPU,
+    the n rows' raw squared norms (from the core's own norms pass, for the picks'
+    percentiles; None on the GPU). A refused row is a ValueError naming it."""
+    from . import gpu as _gpu  # imports neither CuPy nor torch
+
+    arr, code, n = inp.arr, inp.code, inp.n
+    if base_out is not None and inp.on_gpu:
         raise ValueError("base_out is filled by the CPU backend only")
     spill = ""
     if opts.spill_dir is not None:
-        if on_gpu:
+        if inp.on_gpu:
             raise ValueError("spill_dir is for the CPU backend only")
         spill = opts.spill_dir
         if not os.path.isdir(spill):
             raise ValueError(f"spill_dir {spill!r} is not an existing directory")
-    # the raw rows' squared norms, from the core's own norms pass (for the picks' percentiles)
-    norms2 = None if on_gpu else np.empty(n)
-    if on_gpu:
+    norms2 = None if inp.on_gpu else np.empty(n)
+    if inp.on_gpu:
         raw = _gpu.select_gpu(
             arr,
-            kk,
-            a,
+            inp.k,
+            opts.alpha,
             opts.conflict_penalty,
             opts.core_early_stop,
-            method,
+            opts.method,
             opts.seed64,
-            seps,
-            objective=objective,
+            opts.stochastic_eps,
+            objective=opts.objective,
             progress=cb,
             code=code,
-            normalize=normalize,
+            normalize=opts.normalize,
         )
     else:
         core_opts = _core.Options(
-            k=kk,
-            alpha=a,
+            k=inp.k,
+            alpha=opts.alpha,
             conflict_penalty=opts.conflict_penalty,
             early_stop=opts.core_early_stop,
-            method=method,
-            objective=objective,
+            method=opts.method,
+            objective=opts.objective,
             seed=opts.seed64,
-            stochastic_eps=seps,
-            threads=nthreads,
+            stochastic_eps=opts.stochastic_eps,
+            threads=opts.threads or 0,
             spill_dir=spill,
-            budget=cons.budget or 0.0,
-            unit_rows=unit,
+            budget=inp.cons.budget or 0.0,
+            unit_rows=opts.normalize == "unit",
         )
         raw = _core.select(
             arr,
@@ -313,14 +359,26 @@ def select(
             interval_s=0.2,
             base_out=base_out,
             norm2_out=norms2,
-            cost=cons.cost,
-            groups=cons.groups,
-            quotas=cons.quotas,
+            cost=inp.cons.cost,
+            groups=inp.cons.groups,
+            quotas=inp.cons.quotas,
         )
-    elapsed = time.perf_counter() - t0
     if raw["bad_row"] >= 0:
-        raise ValueError(_bad_row_message(arr, code, int(raw["bad_row"]), a, unit))
+        unit = opts.normalize == "unit"
+        raise ValueError(_bad_row_message(arr, code, int(raw["bad_row"]), opts.alpha, unit))
+    return raw, norms2
 
+
+def _assemble(
+    inp: _Input,
+    opts: SelectOptions,
+    raw: dict[str, Any],
+    norms2: np.ndarray | None,
+    elapsed: float,
+) -> Selection:
+    """The Selection of a run: the backend's per-pick arrays, the set's log det and its
+    certificate, the settings, the a-priori guarantee and the constraints' accounting."""
+    cons, a, objective = inp.cons, opts.alpha, opts.objective
     gains = raw["gains"]
     base = raw["base"]
     conflict = raw["conflict"]
@@ -330,7 +388,7 @@ def select(
     else:
         from .analysis import logdet as _logdet
 
-        ld = _logdet(arr, idx, a, bf16=(code == 3))
+        ld = _logdet(inp.arr, idx, a, bf16=(inp.code == 3))
     ub = float(raw["opt_upper_bound"])
     if math.isfinite(ub):
         ratio = ld / ub if ub > 0 else 1.0
@@ -340,12 +398,12 @@ def select(
         alpha=a,
         conflict_penalty=opts.conflict_penalty,
         early_stop=opts.early_stop,
-        method=method,
+        method=opts.method,
         objective=objective,
         seed=opts.seed,
-        stochastic_eps=seps,
+        stochastic_eps=opts.stochastic_eps,
         backend=raw.get("backend", "cpu"),
-        normalize=normalize,
+        normalize=opts.normalize,
     )
     stop = str(raw["stop_reason"])
     factor, note = guarantee(
@@ -353,9 +411,9 @@ def select(
         conflict_penalty=opts.conflict_penalty,
         early_stop=opts.core_early_stop,
         objective=objective,
-        method=method,
+        method=opts.method,
         stop=stop,
-        capped=kk < n,
+        capped=inp.k < inp.n,
     )
     return Selection(
         indices=idx,
@@ -371,8 +429,8 @@ def select(
         opt_upper_bound=ub,
         certified_ratio=ratio,
         evaluations=int(raw["evaluations"]),
-        n=n,
-        k=kk,
+        n=inp.n,
+        k=inp.k,
         params=params,
         elapsed_s=elapsed,
         dot_products=int(raw.get("dot_products", 0)),
