@@ -6,7 +6,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -24,7 +24,8 @@ from .options import (
     check_options,
     resolve_k,
 )
-from .report import high_norm_warning, percentiles_of
+from .report import percentiles_of
+from .result import Selection
 from .store import FeatureStore
 
 __all__ = [
@@ -39,192 +40,6 @@ __all__ = [
 ]
 
 ProgressFn = Callable[[int, int, int, float], Optional[bool]]
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The result of :func:`select`; every per-pick array is in pick order, length ``len(self)``.
-
-    Attributes
-    ----------
-    indices : int64 array
-        Row indices of the picks, in the order they were picked.
-    gains : float64 array
-        Δ_t, the information gain log(1 + α g_jᵀ M⁻¹ g_j) of each pick when it was picked (for the
-        compatibility objectives: that objective's own gain).
-    base : float64 array
-        log(1 + α‖g_j‖²), the gain the pick would have had alone.
-    epsilon : float64 array
-        ε_t = Δ_t − base_t ≤ 0: the diminishing-returns part of the gain.
-    align, conflict, penalty, scores : float64 arrays
-        Cosine of the pick to the mean of earlier picks, max(0, −align), λ·conflict and
-        Δ_t − λ·conflict (the score that was maximised).
-    logdet : float
-        F(S) = log det(I + α G_Sᵀ G_S) of the chosen set, exact, float64.
-    stop_reason : str
-        "budget" (k picks), "early_stop" (SPICE+ rule), "exhausted" (every candidate left is a
-        zero row or in span(S): residual q <= 1e-10·‖g‖² and gain α·q <= 1e-10), "filled" (with a
-        token budget or quotas: no row left fits them) or "cancelled" (the progress callback
-        returned False).
-    opt_upper_bound : float
-        Upper bound on the largest log-det of any set of ``len(self)`` rows (Minoux bound); with a
-        budget or quotas, of any set that satisfies them (and has at most k rows). NaN for the
-        compatibility objectives.
-    certified_ratio : float
-        ``logdet / opt_upper_bound``: the selection is at least this fraction of optimal.
-    guarantee : float
-        The a-priori factor of this run (NaN when none is stated; ``guarantee_note`` says why):
-        1 − 1/e for plain greedy at λ = 0 (against the best set of the same size), (1 − 1/e)/2 for
-        the token budget, 1/2 for quotas (docs/algorithm.md §11).
-    tokens : float or None
-        With ``cost``: the summed cost of the picks (tokens when cost is token counts), at most
-        ``budget``. None otherwise.
-    budget : float or None
-        The cost budget the run had, if any.
-    group_counts : dict or None
-        With ``groups``: {label: picks} for every label of ``groups``.
-    safeguard : bool
-        The best single row that fits the budget scored more than the cost-benefit greedy's
-        whole set and replaced it (the "modified greedy").
-    evaluations : int
-        Candidate refreshes performed (naive: every live candidate at every step; lazy: the
-        queue's pops, a stale candidate being caught up at most 256 steps per pop).
-    norm_percentile : float64 array or None
-        Per pick, where its raw gradient norm sits among the n rows' norms, in percent (mid-rank:
-        ties count half; :func:`spice.report.norm_percentiles`). None from the GPU and the
-        distributed backends (G is not on this host).
-    dot_products : int
-        Catch-up dot products g_i·w_s performed (naive: about n·k; what laziness saves), plus
-        the M⁻¹ bounds that lazy and stochastic greedy take once k > d, each counted as d/2
-        length-d dot products (d of them when d < 512).
-    """
-
-    indices: np.ndarray
-    gains: np.ndarray
-    base: np.ndarray
-    epsilon: np.ndarray
-    align: np.ndarray
-    conflict: np.ndarray
-    penalty: np.ndarray
-    scores: np.ndarray
-    logdet: float
-    stop_reason: str
-    opt_upper_bound: float
-    certified_ratio: float
-    evaluations: int
-    n: int
-    k: int
-    params: dict = field(default_factory=dict)
-    elapsed_s: float = 0.0
-    dot_products: int = 0
-    guarantee: float = float("nan")
-    guarantee_note: str = ""
-    tokens: float | None = None
-    budget: float | None = None
-    group_counts: dict | None = None
-    safeguard: bool = False
-    norm_percentile: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return int(self.indices.size)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dictionary (lists of Python floats and ints)."""
-        out: dict[str, Any] = {}
-        for name in (
-            "indices",
-            "gains",
-            "base",
-            "epsilon",
-            "align",
-            "conflict",
-            "penalty",
-            "scores",
-        ):
-            out[name] = getattr(self, name).tolist()
-        for name in ("logdet", "opt_upper_bound", "certified_ratio", "guarantee"):
-            v = float(getattr(self, name))
-            out[name] = v if math.isfinite(v) else None
-        out.update(
-            stop_reason=self.stop_reason,
-            evaluations=self.evaluations,
-            dot_products=self.dot_products,
-            n=self.n,
-            k=self.k,
-            params=dict(self.params),
-            elapsed_s=self.elapsed_s,
-            guarantee_note=self.guarantee_note,
-        )
-        if self.budget is not None or self.group_counts is not None:
-            out["constraints"] = dict(
-                tokens=self.tokens,
-                budget=self.budget,
-                group_counts=None
-                if self.group_counts is None
-                else {str(g): c for g, c in self.group_counts.items()},
-                safeguard=self.safeguard,
-            )
-        if self.norm_percentile is not None:
-            out["norm_percentile"] = self.norm_percentile.tolist()
-        return out
-
-    def subset(self, dataset: Any, *, keep_in_memory: bool = True) -> Any:
-        """The picked rows of ``dataset`` (a ``datasets.Dataset`` of the ``n`` rows the selection
-        was made from), in pick order: ``dataset.select(self.indices)`` flattened
-        (``flatten_indices``), so nothing refers back to the full data. ``keep_in_memory=False``
-        lets ``datasets`` write its cache file next to the dataset's own files instead.
-
-        Raises:
-            ValueError: the dataset does not have ``n`` rows.
-            TypeError: a ``DatasetDict`` (pass one split) or anything but a Dataset.
-        """
-        from .hfdata import subset_of
-
-        return subset_of(dataset, self.indices, self.n, keep_in_memory)
-
-    def summary(self) -> str:
-        """A few human-readable lines about the run; the last warns when the picks' median
-        gradient-norm percentile is above 80% (picks mostly among the pool's largest gradients)."""
-        m = len(self)
-        conf = self.conflict[1:] if m > 1 else self.conflict
-        cap = f"at most {self.k} rows" if self.budget is not None else f"budget {self.k}"
-        lines = [f"selected {m} of {self.n} rows ({cap}, stop: {self.stop_reason})"]
-        lines[0] += f", rows: {'unit' if self.params.get('normalize') == 'unit' else 'raw'}"
-        if self.budget is not None:
-            lines.append(
-                f"tokens: {self.tokens:.10g} of a budget of {self.budget:.10g}"
-                + (" (the best single row beat the greedy set)" if self.safeguard else "")
-            )
-        if self.group_counts is not None:
-            lines.append(
-                "picks per group: " + ", ".join(f"{g}: {c}" for g, c in self.group_counts.items())
-            )
-        lines += [
-            f"log det F(S) = {self.logdet:.6g}"
-            + (
-                f"; OPT <= {self.opt_upper_bound:.6g} (certified ratio {self.certified_ratio:.4f})"
-                if math.isfinite(self.opt_upper_bound)
-                else ""
-            ),
-        ]
-        if self.budget is not None or self.group_counts is not None:
-            g = self.guarantee
-            lines.append(
-                f"guarantee: {g:.4f} ({self.guarantee_note})"
-                if math.isfinite(g)
-                else f"guarantee: none stated ({self.guarantee_note})"
-            )
-        if m:
-            lines.append(
-                f"gain Δ: first {self.gains[0]:.4g}, last {self.gains[-1]:.4g}; "
-                f"conflict among picks: mean {float(np.mean(conf)) if conf.size else 0.0:.4g}, "
-                f"negative-aligned {float(np.mean(self.align[1:] < 0)) if m > 1 else 0.0:.1%}"
-            )
-        lines.append(f"{self.evaluations} candidate evaluations, {self.elapsed_s:.3f} s")
-        warn = high_norm_warning(self.norm_percentile)
-        if warn:
-            lines.append(warn)
-        return "\n".join(lines)
 
 
 def _bad_row_message(arr: np.ndarray, code: int, row: int, alpha: float, unit: bool) -> str:
@@ -403,8 +218,7 @@ def select(
     -------
     Selection
     """
-    from . import gpu as _gpu  # imports neither CuPy nor torch
-
+    # 1. validate the settings and constraints given (nothing touches G yet)
     if device not in (None, "cpu", "cuda"):
         raise ValueError(f"device must be None, 'cpu' or 'cuda', got {device!r}")
     opts = _options_of(
@@ -424,6 +238,42 @@ def select(
     wanted = _constraints_of(constraints, budget=budget, cost=cost, groups=groups, quotas=quotas)
     if k is None and wanted.budget is None:
         raise TypeError("select() needs k (a row count or fraction) unless budget= is given")
+    # 2. the rows as the backend reads them, k and the constraints checked against them
+    inp = _prepare_input(G, k, device, opts, wanted, verify)
+    cb = _progress_hook(progress)
+    # 3. the greedy, on the GPU or in the C++ core
+    t0 = time.perf_counter()
+    raw, norms2 = _run_core(inp, opts, cb, base_out)
+    elapsed = time.perf_counter() - t0
+    # 4. the result
+    return _assemble(inp, opts, raw, norms2, elapsed)
+
+
+@dataclass(frozen=True, eq=False)
+class _Input:
+    """One call's rows as its backend reads them, with the sizes and constraints checked
+    against them."""
+
+    arr: Any  # numpy array or memmap (CPU), CuPy array (GPU)
+    code: int  # dtype code of arr (spice._inputs)
+    on_gpu: bool
+    n: int
+    k: int  # the cap on picks, resolved to a count
+    cons: CoreConstraints
+
+
+def _prepare_input(
+    G: Any,
+    k: int | float | None,
+    device: str | None,
+    opts: SelectOptions,
+    wanted: Constraints,
+    verify: bool,
+) -> _Input:
+    """Verify a FeatureStore, read G where it is to run (no copy where none is needed),
+    resolve k and check the constraints for its n rows and that the backend takes them."""
+    from . import gpu as _gpu  # imports neither CuPy nor torch
+
     if verify and isinstance(G, FeatureStore):
         G.verify_for_selection()
     on_gpu = device == "cuda" or (device is None and _gpu.is_cuda_array(G))
@@ -433,63 +283,73 @@ def select(
         arr, code = as_features(G, bf16=opts.bf16)
     n, _ = arr.shape
     kk = resolve_k(n if k is None else k, n)
-    a, objective = opts.alpha, opts.objective
-    method, seps, normalize = opts.method, opts.stochastic_eps, opts.normalize
-    unit = normalize == "unit"
     cons = wanted.for_rows(n, kk, k is not None)
-    if cons.active and (on_gpu or objective != "logdet"):
+    if cons.active and (on_gpu or opts.objective != "logdet"):
         raise ValueError(
             "budget and quotas run in the CPU core with the log-det objective "
-            f"(here: {'the GPU' if on_gpu else objective!r})"
+            f"(here: {'the GPU' if on_gpu else opts.objective!r})"
         )
-    nthreads = opts.threads or 0
+    return _Input(arr, code, on_gpu, n, kk, cons)
+
+
+def _progress_hook(progress: bool | ProgressFn | None) -> Any:
+    """The callable the backend calls with its progress, or None."""
     cb: Any = _Bar() if progress is True else (progress or None)
     if cb is not None and not callable(cb):
         raise TypeError("progress must be True, False/None or a callable")
     if cb is not None:
         cb = _checked_progress(cb)
+    return cb
 
-    t0 = time.perf_counter()
-    if base_out is not None and on_gpu:
+
+def _run_core(
+    inp: _Input, opts: SelectOptions, cb: Any, base_out: np.ndarray | None
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Run the greedy on ``inp``'s backend. Returns the backend's raw result and, on the CPU,
+    the n rows' raw squared norms (from the core's own norms pass, for the picks'
+    percentiles; None on the GPU). A refused row is a ValueError naming it."""
+    from . import gpu as _gpu  # imports neither CuPy nor torch
+
+    arr, code, n = inp.arr, inp.code, inp.n
+    if base_out is not None and inp.on_gpu:
         raise ValueError("base_out is filled by the CPU backend only")
     spill = ""
     if opts.spill_dir is not None:
-        if on_gpu:
+        if inp.on_gpu:
             raise ValueError("spill_dir is for the CPU backend only")
         spill = opts.spill_dir
         if not os.path.isdir(spill):
             raise ValueError(f"spill_dir {spill!r} is not an existing directory")
-    # the raw rows' squared norms, from the core's own norms pass (for the picks' percentiles)
-    norms2 = None if on_gpu else np.empty(n)
-    if on_gpu:
+    norms2 = None if inp.on_gpu else np.empty(n)
+    if inp.on_gpu:
         raw = _gpu.select_gpu(
             arr,
-            kk,
-            a,
+            inp.k,
+            opts.alpha,
             opts.conflict_penalty,
             opts.core_early_stop,
-            method,
+            opts.method,
             opts.seed64,
-            seps,
-            objective=objective,
+            opts.stochastic_eps,
+            objective=opts.objective,
             progress=cb,
             code=code,
-            normalize=normalize,
+            normalize=opts.normalize,
         )
     else:
         core_opts = _core.Options(
-            k=kk,
-            alpha=a,
+            k=inp.k,
+            alpha=opts.alpha,
             conflict_penalty=opts.conflict_penalty,
             early_stop=opts.core_early_stop,
-            method=method,
-            objective=objective,
+            method=opts.method,
+            objective=opts.objective,
             seed=opts.seed64,
-            stochastic_eps=seps,
-            threads=nthreads,
+            stochastic_eps=opts.stochastic_eps,
+            threads=opts.threads or 0,
             spill_dir=spill,
-            budget=cons.budget or 0.0,
-            unit_rows=unit,
+            budget=inp.cons.budget or 0.0,
+            unit_rows=opts.normalize == "unit",
         )
         raw = _core.select(
             arr,
@@ -499,14 +359,26 @@ def select(
             interval_s=0.2,
             base_out=base_out,
             norm2_out=norms2,
-            cost=cons.cost,
-            groups=cons.groups,
-            quotas=cons.quotas,
+            cost=inp.cons.cost,
+            groups=inp.cons.groups,
+            quotas=inp.cons.quotas,
         )
-    elapsed = time.perf_counter() - t0
     if raw["bad_row"] >= 0:
-        raise ValueError(_bad_row_message(arr, code, int(raw["bad_row"]), a, unit))
+        unit = opts.normalize == "unit"
+        raise ValueError(_bad_row_message(arr, code, int(raw["bad_row"]), opts.alpha, unit))
+    return raw, norms2
 
+
+def _assemble(
+    inp: _Input,
+    opts: SelectOptions,
+    raw: dict[str, Any],
+    norms2: np.ndarray | None,
+    elapsed: float,
+) -> Selection:
+    """The Selection of a run: the backend's per-pick arrays, the set's log det and its
+    certificate, the settings, the a-priori guarantee and the constraints' accounting."""
+    cons, a, objective = inp.cons, opts.alpha, opts.objective
     gains = raw["gains"]
     base = raw["base"]
     conflict = raw["conflict"]
@@ -516,7 +388,7 @@ def select(
     else:
         from .analysis import logdet as _logdet
 
-        ld = _logdet(arr, idx, a, bf16=(code == 3))
+        ld = _logdet(inp.arr, idx, a, bf16=(inp.code == 3))
     ub = float(raw["opt_upper_bound"])
     if math.isfinite(ub):
         ratio = ld / ub if ub > 0 else 1.0
@@ -526,12 +398,12 @@ def select(
         alpha=a,
         conflict_penalty=opts.conflict_penalty,
         early_stop=opts.early_stop,
-        method=method,
+        method=opts.method,
         objective=objective,
         seed=opts.seed,
-        stochastic_eps=seps,
+        stochastic_eps=opts.stochastic_eps,
         backend=raw.get("backend", "cpu"),
-        normalize=normalize,
+        normalize=opts.normalize,
     )
     stop = str(raw["stop_reason"])
     factor, note = guarantee(
@@ -539,9 +411,9 @@ def select(
         conflict_penalty=opts.conflict_penalty,
         early_stop=opts.core_early_stop,
         objective=objective,
-        method=method,
+        method=opts.method,
         stop=stop,
-        capped=kk < n,
+        capped=inp.k < inp.n,
     )
     return Selection(
         indices=idx,
@@ -557,8 +429,8 @@ def select(
         opt_upper_bound=ub,
         certified_ratio=ratio,
         evaluations=int(raw["evaluations"]),
-        n=n,
-        k=kk,
+        n=inp.n,
+        k=inp.k,
         params=params,
         elapsed_s=elapsed,
         dot_products=int(raw.get("dot_products", 0)),

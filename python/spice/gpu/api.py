@@ -21,8 +21,8 @@ def select_gpu(
     G: Any,
     k: int,
     alpha: float = 1.0,
-    lam: float = 0.0,
-    omega: float = 0.0,
+    conflict_penalty: float = 0.0,
+    early_stop: float | None = None,
     method: str = "lazy",
     seed: int = 0,
     stochastic_eps: float = 0.01,
@@ -40,9 +40,10 @@ def select_gpu(
     no copy). Equal gains (every unit row's first gain is log(1 + α)) may then be ordered by the
     copy's round-off, so the GPU's first pick can differ from the CPU's.
 
-    ``k`` is a count in [0, n] or a fraction, ``lam`` >= 0, ``omega`` in (0, 1) or 0 (off); they
-    are checked by the CPU path's own validation (same messages). ``code`` is the dtype code when
-    ``G`` came from :func:`as_device_features` (it is derived otherwise).
+    ``k`` is a count in [0, n] or a fraction, ``conflict_penalty`` >= 0, ``early_stop`` in
+    (0, 1), or None or 0 (off); they are checked by the CPU path's own validation (same
+    messages). ``code`` is the dtype code when ``G`` came from :func:`as_device_features` (it is
+    derived otherwise).
     Adds ``"backend": "cuda:cupy"`` and ``"device"`` (the GPU's name) to the result.
 
     Raises
@@ -55,12 +56,12 @@ def select_gpu(
     from ..options import check_normalize, check_options, resolve_k
 
     # Every setting but k (whose range needs n) is checked before CuPy is looked for.
-    _, alpha, lam, omega, stochastic_eps, seed = check_options(
+    _, alpha, conflict_penalty, core_early_stop, stochastic_eps, seed = check_options(
         0,
         0,
         alpha=alpha,
-        conflict_penalty=lam,
-        early_stop=omega or None,
+        conflict_penalty=conflict_penalty,
+        early_stop=early_stop or None,  # 0 is off here, as in the core
         method=method,
         objective=objective,
         stochastic_eps=stochastic_eps,
@@ -89,8 +90,8 @@ def select_gpu(
             ops,
             int(k),
             float(alpha),
-            float(lam),
-            float(omega),
+            float(conflict_penalty),
+            float(core_early_stop),
             method,
             int(seed) & 0xFFFFFFFFFFFFFFFF,
             float(stochastic_eps),
@@ -107,8 +108,8 @@ def emulate(
     G: Any,
     k: int,
     alpha: float = 1.0,
-    lam: float = 0.0,
-    omega: float = 0.0,
+    conflict_penalty: float = 0.0,
+    early_stop: float | None = None,
     method: str = "lazy",
     seed: int = 0,
     stochastic_eps: float = 0.01,
@@ -118,7 +119,8 @@ def emulate(
 ) -> dict[str, Any]:
     """The GPU driver's exact control flow on the host (numpy emulation of the kernels).
 
-    For tests and debugging only: slow, float64, ``backend == "numpy-emulation"``.
+    For tests and debugging only: slow, float64, ``backend == "numpy-emulation"``. The settings
+    are not checked; ``early_stop`` None or 0 is off.
     """
     from .._inputs import as_features
 
@@ -127,8 +129,8 @@ def emulate(
         _NumpyOps(arr, code),
         int(k),
         float(alpha),
-        float(lam),
-        float(omega),
+        float(conflict_penalty),
+        0.0 if early_stop is None else float(early_stop),
         method,
         int(seed) & 0xFFFFFFFFFFFFFFFF,
         float(stochastic_eps),

@@ -133,7 +133,7 @@ class _CupyOps:
         snorm: Any,
         t: int,
         alpha: float,
-        lam: float,
+        conflict_penalty: float,
         count: bool,
     ) -> Candidate:
         m = self.n if cand is None else int(cand.size)
@@ -160,7 +160,7 @@ class _CupyOps:
                 st.align,
                 st.score,
                 np.float64(alpha),
-                np.float64(lam),
+                np.float64(conflict_penalty),
                 self.part_score,
                 self.part_idx,
                 self.evals_dev if count else N,

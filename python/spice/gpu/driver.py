@@ -63,15 +63,17 @@ class _Driver:
         ops: Any,
         k: int,
         alpha: float,
-        lam: float,
-        omega: float,
+        conflict_penalty: float,
+        core_early_stop: float,
         progress: ProgressFn | None,
         minv_factor: float,
         lazy_batch: int,
     ) -> None:
         self.ops, self.xp = ops, ops.xp
         self.n, self.d = ops.n, ops.d
-        self.k, self.alpha, self.lam, self.omega = k, alpha, lam, omega
+        self.k, self.alpha = k, alpha
+        self.conflict_penalty = conflict_penalty
+        self.core_early_stop = core_early_stop  # 0: off
         self.progress = progress
         self.minv_factor = minv_factor
         self.lazy_batch = lazy_batch
@@ -104,7 +106,7 @@ class _Driver:
         self.wbuf = xp.zeros(dp, dtype=xp.float64)
         self.sbuf = xp.zeros(dp, dtype=xp.float64)
         self.wvec: Any = None  # w_{t-1} as the step kernel reads it
-        self.svec: Any = None  # s as the step kernel reads it (lambda > 0)
+        self.svec: Any = None  # s as the step kernel reads it (conflict_penalty > 0)
         self.minv: Any = None
         lim = self.minv_factor * d
         self.minv_at = (
@@ -113,13 +115,17 @@ class _Driver:
         return -1
 
     def conflict_arg(self) -> Any:
-        return self.svec if (self.lam > 0 and self.t > 0) else None
+        return self.svec if (self.conflict_penalty > 0 and self.t > 0) else None
 
     def stop_before(self, c: Candidate) -> bool:
         if c.index < 0 or not (c.score > -np.inf):
             self.stop = "exhausted"
             return True
-        if self.omega > 0 and self.t >= 1 and c.gain <= self.omega * self.gains[0]:
+        if (
+            self.core_early_stop > 0
+            and self.t >= 1
+            and c.gain <= self.core_early_stop * self.gains[0]
+        ):
             self.stop = "early_stop"
             return True
         return False
@@ -143,7 +149,7 @@ class _Driver:
             Wt = self.W[:t]
             v = Wt.T @ (Wt @ self.g64)
             self.wvec = ops.finish_w(self.g64, v, scale, self.W[t], self.wbuf)
-        if self.lam > 0:
+        if self.conflict_penalty > 0:
             self.svec = ops.step_vec(self.s, self.sbuf)
         self.t = t + 1
         if self.minv is None and self.t == self.minv_at:
@@ -192,7 +198,15 @@ class _Driver:
                     ops.catchup(RT, min(SB, t - s0), s0, cc, b - a, self.tq, st.q)
             self.tq[cand] = t
         out = ops.step(
-            st, cand, None, self.conflict_arg(), self.SN[t : t + 1], t, self.alpha, self.lam, True
+            st,
+            cand,
+            None,
+            self.conflict_arg(),
+            self.SN[t : t + 1],
+            t,
+            self.alpha,
+            self.conflict_penalty,
+            True,
         )
         self.ub[cand] = st.delta[cand]
         return out
@@ -212,7 +226,7 @@ class _Driver:
                 self.SN[t : t + 1],
                 t,
                 self.alpha,
-                self.lam,
+                self.conflict_penalty,
                 True,
             )
             qt = t
@@ -230,7 +244,7 @@ class _Driver:
                 self.SN[self.t : self.t + 1],
                 self.t,
                 self.alpha,
-                self.lam,
+                self.conflict_penalty,
                 False,
             )
 
@@ -348,7 +362,7 @@ class _Driver:
             n2 = np.asarray(_host(xp, st.norm2[di]), dtype=np.float64)
         else:
             base = n2 = np.zeros(0)
-        if self.lam > 0:
+        if self.conflict_penalty > 0:
             align = np.asarray(self.align_step, dtype=np.float64)
         else:
             A = np.asarray(_host(xp, self.A))[:m]
@@ -380,8 +394,8 @@ def _run(
     ops: Any,
     k: int,
     alpha: float,
-    lam: float,
-    omega: float,
+    conflict_penalty: float,
+    core_early_stop: float,
     method: str,
     seed: int,
     stochastic_eps: float,
@@ -390,7 +404,9 @@ def _run(
     lazy_batch: int = 0,
 ) -> dict[str, Any]:
     """The greedy on an ops object (``_CupyOps`` or ``_NumpyOps``); returns the core's keys."""
-    drv = _Driver(ops, k, alpha, lam, omega, progress, minv_factor, lazy_batch)
+    drv = _Driver(
+        ops, k, alpha, conflict_penalty, core_early_stop, progress, minv_factor, lazy_batch
+    )
     bad = drv.setup()
     if bad >= 0:
         empty = np.zeros(0)

@@ -51,7 +51,7 @@ class _NumpyOps:
         snorm: Any,
         t: int,
         alpha: float,
-        lam: float,
+        conflict_penalty: float,
         count: bool,
     ) -> Candidate:
         idx = np.arange(self.n) if cand is None else np.asarray(cand)
@@ -78,7 +78,7 @@ class _NumpyOps:
             with np.errstate(all="ignore"):
                 al = (a / t) / (np.sqrt(n2) * (sn / t) + ETA)
         cf = np.where(al < 0.0, -al, 0.0)
-        sc = dl - lam * cf
+        sc = dl - conflict_penalty * cf
         st.delta[live] = dl
         st.state[live[dead]] = DEAD
         ok = ~dead

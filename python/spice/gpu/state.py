@@ -18,7 +18,7 @@ class Candidate(NamedTuple):
     """
 
     index: int
-    score: float  # gain - lambda * conflict, the value maximised
+    score: float  # gain - conflict_penalty * conflict, the value maximised
     gain: float  # Delta = log(1 + alpha q)
     align: float  # cosine to the mean of the earlier picks
     q: float  # residual g^T M^-1 g at this step
