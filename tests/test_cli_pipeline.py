@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from helpers import argv, spice_cli
 
 pytest.importorskip("torch")

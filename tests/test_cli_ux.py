@@ -10,9 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import argv
 
 from spice.cli import build_parser, main
+
+from helpers import argv
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")

@@ -13,13 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import helpers
 import numpy as np
 import pytest
 
 import spice
 import spice.distributed as sd
 
+import helpers
 from select_data import clustered, gaussian
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None

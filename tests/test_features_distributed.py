@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import store_files
 
 import spice.features.chunks as ex  # the chunk runner: tests replace its batch_features
 from spice.features import LoraSpec, extract, merge_stores
 from spice.store import FeatureStore, StoreIncompleteError
+
+from helpers import store_files
 
 pytest_plugins = ["features_fixtures"]
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

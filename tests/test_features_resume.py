@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import store_files
 
 import spice.features.chunks as ex  # the chunk runner: tests replace its batch_features
 from spice.features import LoraSpec, extract
 from spice.store import FeatureStore, StoreIncompleteError, StoreMismatchError
+
+from helpers import store_files
 
 pytest_plugins = ["features_fixtures"]
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

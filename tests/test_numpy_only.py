@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ENV
 
 import spice
 from spice.features.records import data_fingerprint
 from spice.pipeline import select_to_dir
 from spice.store import FeatureStore, StoreError, StoreWriter
+
+from helpers import ENV
 
 HOME = str(Path(spice.__file__).resolve().parents[1])  # the checkout's python/ (or site-packages)
 

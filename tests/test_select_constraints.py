@@ -9,7 +9,6 @@ import math
 
 import numpy as np
 import pytest
-from helpers import assert_same
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +16,7 @@ import spice
 from spice.constraints import KNAPSACK_FACTOR, MATROID_FACTOR
 from spice.reference import greedy_constrained_reference
 
+from helpers import assert_same
 from select_data import clustered
 
 SETTINGS = settings(max_examples=40, deadline=None)

@@ -7,7 +7,6 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from helpers import assert_same
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -15,6 +14,7 @@ from hypothesis.extra import numpy as hnp
 import spice
 from spice.reference import diag_compat_reference, greedy_reference, topk_compat_reference
 
+from helpers import assert_same
 from select_data import clustered, gaussian
 
 

@@ -5,13 +5,13 @@ import math
 
 import numpy as np
 import pytest
-from helpers import assert_same
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import spice
 from spice.reference import dpp_map_greedy, greedy_reference
 
+from helpers import assert_same
 from select_data import clustered, gaussian
 
 SETTINGS = settings(max_examples=25, deadline=None)

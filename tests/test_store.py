@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import store_files
 
 from spice.store import (
     FeatureStore,
@@ -19,6 +18,8 @@ from spice.store import (
     StoreWriter,
     merge_stores,
 )
+
+from helpers import store_files
 
 CONFIG = {"model": {"params_sha256": "abc"}, "projection": {"kind": "factorized", "dim": 6}}
 N, D = 23, 6
