@@ -272,6 +272,9 @@ def test_failure_without_checkpoint_says_how_to_keep_the_picks(ray_local):
         sd.select(G, 20, shards=2, _fail_at=(0, 3))
     # the whole of Ray's report, not its first line: how the worker died
     assert "Worker exit type" in str(e.value), str(e.value)
+    # one of spice's errors, still a RuntimeError for code that caught that before
+    assert isinstance(e.value, spice.SpiceError) and isinstance(e.value, RuntimeError)
+    assert sd.ShardFailedError is spice.errors.ShardFailedError
 
 
 @needs_ray

@@ -34,9 +34,10 @@ from __future__ import annotations
 # ``spice.distributed.<name>``. A test that patches a module-level value patches it in the module
 # that reads it (``spice.distributed.api._START_TIMEOUT_S``), so that one is not re-exported here.
 # ruff: noqa: F401
+from ..errors import ShardFailedError
 from .api import MODES, select
 from .checkpoint import _PICK_FIELDS, CHECKPOINT_FORMAT, _run_key, _save_checkpoint
-from .coordinator import ShardFailedError, _Run
+from .coordinator import _Run
 from .partition import PARTITION_FACTOR
 from .plan import _fit_cpus
 from .shard import _Shard

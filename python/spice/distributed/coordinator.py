@@ -12,36 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ShardFailedError
 from .checkpoint import _PICK_FIELDS, _save_checkpoint
 
 _PING_TIMEOUT_S = 30.0  # one deadline for all shards' answers when a failure is diagnosed
-
-
-class ShardFailedError(RuntimeError):
-    """A shard's Ray actor died, failed, or did not answer in time during a distributed selection.
-
-    Attributes: ``shard`` (its number), ``rows`` (its global ``(first, last + 1)``),
-    ``picks_done`` (picks made before the failure), ``checkpoint`` (the file holding them, or
-    None) and ``cause`` (the exception raised on the shard, e.g. a StoreError, when there was
-    one; the message also carries it, or the last lines of Ray's report).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        shard: int,
-        rows: tuple,
-        picks_done: int,
-        checkpoint: Any,
-        cause: BaseException | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.shard = shard
-        self.rows = rows
-        self.picks_done = picks_done
-        self.checkpoint = checkpoint
-        self.cause = cause
 
 
 def _cause(ray: Any, err: BaseException) -> tuple[str, BaseException | None]:
