@@ -16,7 +16,7 @@ from ..constraints import Constraints, guarantee
 from ..selection import Selection, check_options
 from .checkpoint import _PICK_FIELDS, _load_checkpoint, _run_key
 from .connect import _connect
-from .coordinator import _Run
+from .coordinator import _ExactSteps, _Run, _StochasticSteps
 from .partition import _partition
 from .plan import _abs, _fit_cpus, _node_cpus, _plan, _spill_dirs
 from .shard import _Shard
@@ -306,9 +306,10 @@ def select(
         t_ready = t_loop - t_start  # actors started, rows mapped, norms computed, picks replayed
         try:
             if mode == "exact":
-                stop = run.exact(kk, omega, cb, t_start)
+                steps: Any = _ExactSteps(run)
             else:
-                stop = run.stochastic(kk, omega, cb, t_start, n, seps, seed64)
+                steps = _StochasticSteps(run, n, kk, seps, seed64)
+            stop = run.greedy(steps, kk, omega, cb, t_start)
         except BaseException:
             # Ctrl-C, a failed progress callable, a dead shard: the picks made are greedy
             # picks all the same, so they are kept (a shard failure has saved them already)

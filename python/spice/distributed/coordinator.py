@@ -244,14 +244,16 @@ class _Run:
                 held[s] = row
         return [c for c, _ in replies]
 
-    def exact(self, kk: int, omega: float, cb: Any, t_start: float) -> str:
-        """The greedy from the current step to k; returns the stop reason."""
-        actors, p = self.actors, self.picks
+    def greedy(self, steps: Any, kk: int, omega: float, cb: Any, t_start: float) -> str:
+        """The greedy from the current step to k, exact or stochastic as ``steps`` (an
+        :class:`_ExactSteps` or :class:`_StochasticSteps`) asks the shards for candidates;
+        returns the stop reason."""
+        p = self.picks
         t = len(p["indices"])
         if t >= kk:
             return "budget"
-        held: list[np.ndarray | None] = [None] * len(actors)  # each shard's candidate's row
-        cands = self.take(self.gather([x.best_with_row.remote() for x in actors]), held)
+        held: list[np.ndarray | None] = [None] * len(self.actors)  # each shard's candidate's row
+        cands = steps.first(held, t)
         last_cb = time.monotonic()
         while True:
             best = None  # (score, global index, shard, candidate)
@@ -271,18 +273,8 @@ class _Run:
                 p[f].append(v)
             t += 1
             want = t < kk
-            # one hop: the owner sent the row with its candidate; the step that applies the
-            # pick brings back every shard's next candidate, with its row where it changed
-            row = held[o]
-            cands = self.take(
-                self.gather(
-                    [
-                        x.step.remote(row, q, int(local) if s == o else -1, want)
-                        for s, x in enumerate(actors)
-                    ]
-                ),
-                held,
-            )
+            # one hop: the owner sent the row with its candidate, so no fetch from the owner
+            cands = steps.next(held, held[o], q, o, int(local), t, want)
             now = time.monotonic()
             if self.ckpt is not None and now - self.last_save >= self.every:
                 self.save()
@@ -293,62 +285,73 @@ class _Run:
             if not want:
                 return "budget"
 
-    def stochastic(
-        self, kk: int, omega: float, cb: Any, t_start: float, n: int, eps: float, seed: int
-    ) -> str:
-        """Stochastic greedy over the shards: each step a uniform sample of the rows left, split
-        between the shards by a multivariate hypergeometric draw (so the union is a uniform
-        subset), each shard drawing its part with its own seed; both seeded by (seed, step)."""
-        actors, p = self.actors, self.picks
-        sample = max(1, math.ceil((n / max(1, kk)) * math.log(1.0 / eps)))
-        counts = self.gather([x.remaining.remote() for x in actors])
-        held: list[np.ndarray | None] = [None] * len(actors)
-        last_cb = time.monotonic()
-        t = len(p["indices"])
-        while t < kk:
-            r = int(sum(counts))
-            rng = np.random.default_rng([seed, t])
-            m = min(sample, r)
-            split = rng.multivariate_hypergeometric(np.asarray(counts, dtype=np.int64), m)
-            seeds = rng.integers(0, 2**63, size=len(actors))
-            cands = self.take(
-                self.gather(
-                    [x.sample.remote(int(split[s]), int(seeds[s])) for s, x in enumerate(actors)]
+
+class _ExactSteps:
+    """The exact greedy's calls: each shard's best candidate, and per pick one step that applies
+    it and brings back every shard's next candidate, with its row where it changed."""
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+
+    def first(self, held: list, t: int) -> list:
+        run = self.run
+        return run.take(run.gather([x.best_with_row.remote() for x in run.actors]), held)
+
+    def next(self, held: list, row: Any, q: float, o: int, local: int, t: int, want: bool) -> list:
+        run = self.run
+        return run.take(
+            run.gather(
+                [
+                    x.step.remote(row, q, local if s == o else -1, want)
+                    for s, x in enumerate(run.actors)
+                ]
+            ),
+            held,
+        )
+
+
+class _StochasticSteps:
+    """Stochastic greedy over the shards: each step a uniform sample of the rows left, split
+    between the shards by a multivariate hypergeometric draw (so the union is a uniform
+    subset), each shard drawing its part with its own seed; both seeded by (seed, step)."""
+
+    def __init__(self, run: _Run, n: int, kk: int, eps: float, seed: int) -> None:
+        self.run = run
+        self.seed = seed
+        self.sample_size = max(1, math.ceil((n / max(1, kk)) * math.log(1.0 / eps)))
+        self.counts: list = []  # rows each shard has left to sample from
+
+    def first(self, held: list, t: int) -> list:
+        run = self.run
+        self.counts = run.gather([x.remaining.remote() for x in run.actors])
+        return self.draw(held, t)
+
+    def next(self, held: list, row: Any, q: float, o: int, local: int, t: int, want: bool) -> list:
+        run = self.run
+        self.counts = run.gather(
+            [x.apply.remote(row, q, local if s == o else -1) for s, x in enumerate(run.actors)]
+        )
+        return self.draw(held, t) if want else []
+
+    def draw(self, held: list, t: int) -> list:
+        """The best candidate of each shard's part of step t's sample, with its row."""
+        run, actors, counts = self.run, self.run.actors, self.counts
+        r = int(sum(counts))
+        rng = np.random.default_rng([self.seed, t])
+        m = min(self.sample_size, r)
+        split = rng.multivariate_hypergeometric(np.asarray(counts, dtype=np.int64), m)
+        seeds = rng.integers(0, 2**63, size=len(actors))
+        cands = run.take(
+            run.gather(
+                [x.sample.remote(int(split[s]), int(seeds[s])) for s, x in enumerate(actors)]
+            ),
+            held,
+        )
+        if all(c is None for c in cands) and m < r:  # the sample all dead: every row left
+            cands = run.take(
+                run.gather(
+                    [x.sample.remote(int(counts[s]), int(seeds[s])) for s, x in enumerate(actors)]
                 ),
                 held,
             )
-            if all(c is None for c in cands) and m < r:  # the sample all dead: every row left
-                cands = self.take(
-                    self.gather(
-                        [
-                            x.sample.remote(int(counts[s]), int(seeds[s]))
-                            for s, x in enumerate(actors)
-                        ]
-                    ),
-                    held,
-                )
-            best = None
-            for s, c in enumerate(cands):
-                if c is not None:
-                    g = self.glob(s, int(c[0]))
-                    if best is None or c[1] > best[0] or (c[1] == best[0] and g < best[1]):
-                        best = (c[1], g, s, c)
-            if best is None:
-                return "exhausted"
-            _, g, o, c = best
-            local, score, delta, base, align, conflict, q = c
-            if omega > 0.0 and t >= 1 and delta <= omega * p["gains"][0]:
-                return "early_stop"
-            for f, v in zip(_PICK_FIELDS, (g, q, score, delta, base, align, conflict)):
-                p[f].append(v)
-            t += 1
-            row = held[o]  # sent with the sample's candidate: no fetch from the owner
-            counts = self.gather(
-                [x.apply.remote(row, q, int(local) if s == o else -1) for s, x in enumerate(actors)]
-            )
-            now = time.monotonic()
-            if cb is not None and (now - last_cb >= 0.2 or t == kk):
-                last_cb = now
-                if not cb(t, kk, 0, time.perf_counter() - t_start):
-                    return "cancelled"
-        return "budget"
+        return cands
