@@ -3,9 +3,10 @@ run, and the Selection it returns."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,52 +147,22 @@ def select(
         Ray is not installed.
     """
     t_start = time.perf_counter()
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
-    if method not in ("lazy", "naive") and mode == "exact":
-        raise ValueError(
-            f"mode='exact' runs the exact greedy (method 'lazy' or 'naive', the same picks); "
-            f"got method={method!r}"
-        )
-    if objective != "logdet":
-        raise ValueError(f"the distributed selection runs the log-det objective, not {objective!r}")
-    if device not in (None, "cpu"):
-        raise ValueError("the distributed selection runs on CPUs (device=None or 'cpu')")
-    if base_out is not None:
-        raise ValueError("base_out is not supported by spice.distributed.select")
-    if budget is not None or cost is not None or groups is not None or quotas is not None:
-        raise ValueError(
-            "token budgets and quotas are not supported by spice.distributed.select yet; "
-            "use spice.select"
-        )
-    if k is None:
-        raise TypeError("select() needs k (a row count or fraction)")
-    if threads is not None and (
-        isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1
-    ):
-        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
-    if shard_timeout is not None and not (
-        isinstance(shard_timeout, (int, float))
-        and not isinstance(shard_timeout, bool)
-        and shard_timeout > 0
-    ):
-        raise ValueError(
-            f"shard_timeout must be a number of seconds > 0 or None, got {shard_timeout!r}"
-        )
-    if not (isinstance(checkpoint_every, (int, float)) and checkpoint_every >= 0):
-        raise ValueError(
-            f"checkpoint_every must be a number of seconds >= 0, got {checkpoint_every!r}"
-        )
-    cb: Any = None
-    if progress is True:
-        from ..selection import _Bar
-
-        cb = _Bar()
-    elif progress:
-        if not callable(progress):
-            raise TypeError("progress must be True, False/None or a callable")
-        user_cb = progress
-        cb = lambda *a: progress_says_continue(user_cb, user_cb(*a))  # noqa: E731
+    _check_args(
+        mode=mode,
+        method=method,
+        objective=objective,
+        device=device,
+        base_out=base_out,
+        budget=budget,
+        cost=cost,
+        groups=groups,
+        quotas=quotas,
+        k=k,
+        threads=threads,
+        shard_timeout=shard_timeout,
+        checkpoint_every=checkpoint_every,
+    )
+    cb = _progress_callable(progress)
 
     specs, n, d, code, what = _plan(source, shards, bf16)
     kk, a, lam, omega, seps, seed64 = check_options(
@@ -248,103 +219,17 @@ def select(
     s_count = len(specs)
     cpus, nthreads, strategy = _fit_cpus(_node_cpus(ray), s_count, threads)
     options = dict(k=kk, alpha=a, lam=lam, omega=omega, threads=nthreads)
-    from ray.util.placement_group import (  # type: ignore[import-not-found]
-        placement_group,
-        remove_placement_group,
-    )
-    from ray.util.scheduling_strategies import (  # type: ignore[import-not-found]
-        PlacementGroupSchedulingStrategy,
-    )
+    with _placed(ray, s_count, cpus, strategy) as (pg, actors):
+        run = _Run(ray, actors, specs, ckpt, key, checkpoint_every, shard_timeout)
+        run.kept = kept
+        run.resumable = mode == "exact"
+        infos, isa = _start(run, pg, specs, cpus, bf16, options, spills, _fail_at, a, code)
+        if mode == "exact":
+            steps: Any = _ExactSteps(run)
+        else:
+            steps = _StochasticSteps(run, n, kk, seps, seed64)
+        stop, tops, stats, t_ready, t_loop = _run_greedy(run, done, steps, kk, omega, cb, t_start)
 
-    # one bundle per shard, on distinct nodes where there are enough: a node's memory bandwidth
-    # and page cache serve one shard, and one lost node loses one shard
-    pg = placement_group([{"CPU": cpus}] * s_count, strategy=strategy)
-    remote_cls = ray.remote(max_restarts=0, max_task_retries=0)(_Shard)
-    actors: list = []
-    run = _Run(ray, actors, specs, ckpt, key, checkpoint_every, shard_timeout)
-    run.kept = kept
-    run.resumable = mode == "exact"
-    try:
-        if not pg.wait(timeout_seconds=_START_TIMEOUT_S):
-            raise RuntimeError(
-                f"Ray could not place {s_count} shards of {cpus:g} CPU(s) each ({strategy}) "
-                f"within {_START_TIMEOUT_S:g} s on nodes with {_node_cpus(ray)} CPUs: other "
-                "jobs hold them? (threads=... asks for fewer)"
-            )
-        for s, (spec, lo, hi, _) in enumerate(specs):
-            fail = None
-            if _fail_at is not None and _fail_at[0] == s:
-                fail = (_fail_at[1], _fail_at[2] if len(_fail_at) > 2 else "exit")
-            where = PlacementGroupSchedulingStrategy(
-                placement_group=pg, placement_group_bundle_index=s
-            )
-            actors.append(
-                remote_cls.options(num_cpus=cpus, scheduling_strategy=where).remote(
-                    spec, lo, hi, bf16, dict(options, spill_dir=spills[s]), fail
-                )
-            )
-        infos = run.gather(
-            [x.open.remote() for x in actors], timeout=_START_TIMEOUT_S, starting=True
-        )
-        run.hosts = {s: i["host"] for s, i in enumerate(infos)}
-        isas = {i["isa"] for i in infos}
-        if len(isas) > 1:
-            raise RuntimeError(
-                "the shards run different kernel families "
-                f"({', '.join(sorted(isas))}): their dot products would round differently; set "
-                "SPICE_KERNELS to the same family (generic, avx2, avx512) on every node"
-            )
-        bad = [(run.glob(s, i["bad_row"]), s) for s, i in enumerate(infos) if i["bad_row"] >= 0]
-        if bad:
-            g, s = min(bad)
-            row = run.gather([actors[s].row.remote(run.owner(g)[1])], [s])[0]
-            raise ValueError(describe_bad_row(row[None, :], code, 0, a, row_name=g))
-        run.picks = {f: list(v) for f, v in done.items()}
-        if done["indices"]:
-            run.replay()
-        t_loop = time.perf_counter()
-        t_ready = t_loop - t_start  # actors started, rows mapped, norms computed, picks replayed
-        try:
-            if mode == "exact":
-                steps: Any = _ExactSteps(run)
-            else:
-                steps = _StochasticSteps(run, n, kk, seps, seed64)
-            stop = run.greedy(steps, kk, omega, cb, t_start)
-        except BaseException:
-            # Ctrl-C, a failed progress callable, a dead shard: the picks made are greedy
-            # picks all the same, so they are kept (a shard failure has saved them already)
-            run.save()
-            raise
-        t_loop = time.perf_counter() - t_loop
-        tops = run.gather([x.top_gains.remote(len(run.picks["indices"])) for x in actors])
-        stats = run.gather([x.stats.remote() for x in actors])
-        run.save(complete=True)
-    finally:
-        for x in actors:
-            try:
-                ray.kill(x)
-            except Exception:  # noqa: BLE001 (already gone)
-                pass
-        try:
-            remove_placement_group(pg)
-        except Exception:  # noqa: BLE001 (the cluster is gone: nothing to free)
-            pass
-
-    p = run.picks
-    m = len(p["indices"])
-    ld = 0.0
-    for g in p["gains"]:  # in pick order, as the core sums them
-        ld += g
-    merged = sorted((float(v) for t in tops for v in t), reverse=True)[:m]
-    ub = ld
-    if merged:
-        extra = 0.0
-        for v in merged:
-            extra += v
-        ub = ld + extra
-    gains = np.asarray(p["gains"], dtype=np.float64)
-    base = np.asarray(p["base"], dtype=np.float64)
-    conflict = np.asarray(p["conflict"], dtype=np.float64)
     if mode == "stochastic":
         method = "stochastic"
     params = dict(
@@ -359,7 +244,7 @@ def select(
         mode=mode,
         shards=s_count,
         source=what,
-        kernel_isa=isas.pop(),
+        kernel_isa=isa,
         cluster=how,
         placement=dict(
             strategy=strategy,
@@ -375,12 +260,225 @@ def select(
         start_s=t_ready,  # seconds before the first pick
         picks_s=t_loop,  # seconds of the greedy loop
     )
+    return _selection(run.picks, tops, stats, stop, n, kk, lam, omega, params, t_start)
+
+
+def _check_args(
+    *,
+    mode: str,
+    method: str,
+    objective: str,
+    device: str | None,
+    base_out: Any,
+    budget: Any,
+    cost: Any,
+    groups: Any,
+    quotas: Any,
+    k: Any,
+    threads: Any,
+    shard_timeout: Any,
+    checkpoint_every: Any,
+) -> None:
+    """The checks that need no data: modes and options this selection runs, and the numbers."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    if method not in ("lazy", "naive") and mode == "exact":
+        raise ValueError(
+            f"mode='exact' runs the exact greedy (method 'lazy' or 'naive', the same picks); "
+            f"got method={method!r}"
+        )
+    if objective != "logdet":
+        raise ValueError(f"the distributed selection runs the log-det objective, not {objective!r}")
+    if device not in (None, "cpu"):
+        raise ValueError("the distributed selection runs on CPUs (device=None or 'cpu')")
+    if base_out is not None:
+        raise ValueError("base_out is not supported by spice.distributed.select")
+    if budget is not None or cost is not None or groups is not None or quotas is not None:
+        raise ValueError(
+            "token budgets and quotas are not supported by spice.distributed.select yet; "
+            "use spice.select"
+        )
+    if k is None:
+        raise TypeError("select() needs k (a row count or fraction)")
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1
+    ):
+        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    if shard_timeout is not None and not (
+        isinstance(shard_timeout, (int, float))
+        and not isinstance(shard_timeout, bool)
+        and shard_timeout > 0
+    ):
+        raise ValueError(
+            f"shard_timeout must be a number of seconds > 0 or None, got {shard_timeout!r}"
+        )
+    if not (isinstance(checkpoint_every, (int, float)) and checkpoint_every >= 0):
+        raise ValueError(
+            f"checkpoint_every must be a number of seconds >= 0, got {checkpoint_every!r}"
+        )
+
+
+def _progress_callable(progress: Any) -> Any:
+    """The callable the loop calls with (picks, k, evaluations, seconds), or None."""
+    cb: Any = None
+    if progress is True:
+        from ..selection import _Bar
+
+        cb = _Bar()
+    elif progress:
+        if not callable(progress):
+            raise TypeError("progress must be True, False/None or a callable")
+        user_cb = progress
+        cb = lambda *a: progress_says_continue(user_cb, user_cb(*a))  # noqa: E731
+    return cb
+
+
+@contextlib.contextmanager
+def _placed(ray: Any, s_count: int, cpus: float, strategy: str) -> Iterator[tuple[Any, list]]:
+    """A placement group of one bundle per shard, placed, and the list its actors go in; on the
+    way out (done, failed or interrupted) the actors are killed and the group removed."""
+    from ray.util.placement_group import (  # type: ignore[import-not-found]
+        placement_group,
+        remove_placement_group,
+    )
+
+    # one bundle per shard, on distinct nodes where there are enough: a node's memory bandwidth
+    # and page cache serve one shard, and one lost node loses one shard
+    pg = placement_group([{"CPU": cpus}] * s_count, strategy=strategy)
+    actors: list = []
+    try:
+        if not pg.wait(timeout_seconds=_START_TIMEOUT_S):
+            raise RuntimeError(
+                f"Ray could not place {s_count} shards of {cpus:g} CPU(s) each ({strategy}) "
+                f"within {_START_TIMEOUT_S:g} s on nodes with {_node_cpus(ray)} CPUs: other "
+                "jobs hold them? (threads=... asks for fewer)"
+            )
+        yield pg, actors
+    finally:
+        for x in actors:
+            try:
+                ray.kill(x)
+            except Exception:  # noqa: BLE001 (already gone)
+                pass
+        try:
+            remove_placement_group(pg)
+        except Exception:  # noqa: BLE001 (the cluster is gone: nothing to free)
+            pass
+
+
+def _start(
+    run: _Run,
+    pg: Any,
+    specs: list,
+    cpus: float,
+    bf16: bool,
+    options: dict,
+    spills: list[str],
+    fail_at: tuple | None,
+    alpha: float,
+    code: int,
+) -> tuple[list[dict], str]:
+    """Start one actor per shard in its bundle, have each map its rows and build its engine;
+    returns what each reports and the kernel family they share. A bad row is named here."""
+    from ray.util.scheduling_strategies import (  # type: ignore[import-not-found]
+        PlacementGroupSchedulingStrategy,
+    )
+
+    remote_cls = run.ray.remote(max_restarts=0, max_task_retries=0)(_Shard)
+    actors = run.actors
+    for s, (spec, lo, hi, _) in enumerate(specs):
+        fail = None
+        if fail_at is not None and fail_at[0] == s:
+            fail = (fail_at[1], fail_at[2] if len(fail_at) > 2 else "exit")
+        where = PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=s)
+        actors.append(
+            remote_cls.options(num_cpus=cpus, scheduling_strategy=where).remote(
+                spec, lo, hi, bf16, dict(options, spill_dir=spills[s]), fail
+            )
+        )
+    infos = run.gather([x.open.remote() for x in actors], timeout=_START_TIMEOUT_S, starting=True)
+    run.hosts = {s: i["host"] for s, i in enumerate(infos)}
+    isas = {i["isa"] for i in infos}
+    if len(isas) > 1:
+        raise RuntimeError(
+            "the shards run different kernel families "
+            f"({', '.join(sorted(isas))}): their dot products would round differently; set "
+            "SPICE_KERNELS to the same family (generic, avx2, avx512) on every node"
+        )
+    bad = [(run.glob(s, i["bad_row"]), s) for s, i in enumerate(infos) if i["bad_row"] >= 0]
+    if bad:
+        g, s = min(bad)
+        row = run.gather([actors[s].row.remote(run.owner(g)[1])], [s])[0]
+        raise ValueError(describe_bad_row(row[None, :], code, 0, alpha, row_name=g))
+    return infos, isas.pop()
+
+
+def _run_greedy(
+    run: _Run,
+    done: dict[str, list],
+    steps: Any,
+    kk: int,
+    omega: float,
+    cb: Any,
+    t_start: float,
+) -> tuple[str, list, list, float, float]:
+    """Replay the checkpoint's picks, run the greedy to k, then gather each shard's top gains
+    (for the bound) and counters and write the final checkpoint. Returns (stop reason, tops,
+    stats, seconds before the first pick, seconds of the loop)."""
+    actors = run.actors
+    run.picks = {f: list(v) for f, v in done.items()}
+    if done["indices"]:
+        run.replay()
+    t_loop = time.perf_counter()
+    t_ready = t_loop - t_start  # actors started, rows mapped, norms computed, picks replayed
+    try:
+        stop = run.greedy(steps, kk, omega, cb, t_start)
+    except BaseException:
+        # Ctrl-C, a failed progress callable, a dead shard: the picks made are greedy
+        # picks all the same, so they are kept (a shard failure has saved them already)
+        run.save()
+        raise
+    t_loop = time.perf_counter() - t_loop
+    tops = run.gather([x.top_gains.remote(len(run.picks["indices"])) for x in actors])
+    stats = run.gather([x.stats.remote() for x in actors])
+    run.save(complete=True)
+    return stop, tops, stats, t_ready, t_loop
+
+
+def _selection(
+    p: dict[str, list],
+    tops: list,
+    stats: list,
+    stop: str,
+    n: int,
+    kk: int,
+    lam: float,
+    omega: float,
+    params: dict,
+    t_start: float,
+) -> Selection:
+    """The Selection of the picks: log det summed in pick order as the core sums it, and
+    Minoux's bound from the shards' top remaining gains merged."""
+    m = len(p["indices"])
+    ld = 0.0
+    for g in p["gains"]:  # in pick order, as the core sums them
+        ld += g
+    merged = sorted((float(v) for t in tops for v in t), reverse=True)[:m]
+    ub = ld
+    if merged:
+        extra = 0.0
+        for v in merged:
+            extra += v
+        ub = ld + extra
+    gains = np.asarray(p["gains"], dtype=np.float64)
+    base = np.asarray(p["base"], dtype=np.float64)
+    conflict = np.asarray(p["conflict"], dtype=np.float64)
     factor, note = guarantee(
         Constraints(),
         lam=lam,
         omega=omega,
-        objective=objective,
-        method=method,
+        objective=params["objective"],
+        method=params["method"],
         stop=stop,
         capped=kk < n,
     )
