@@ -32,7 +32,7 @@ from __future__ import annotations
 
 # Re-exports: the public names (__all__) and the internals tests and bench/ reach as
 # ``spice.distributed.<name>``. A test that patches a module-level value patches it in the module
-# that reads it (``spice.distributed.api._START_TIMEOUT_S``), so that one is not re-exported here.
+# that reads it (``spice.distributed.connect._START_TIMEOUT_S``), so that one is not re-exported.
 # ruff: noqa: F401
 from ..errors import ShardFailedError
 from .api import MODES, select
