@@ -13,7 +13,8 @@ import numpy as np
 
 from .._inputs import progress_says_continue
 from ..constraints import Constraints, guarantee
-from ..selection import Selection, check_options
+from ..options import check_options
+from ..selection import Selection
 from .checkpoint import _PICK_FIELDS, _load_checkpoint, _run_key
 from .connect import _connect, _placed, _start
 from .coordinator import _ExactSteps, _Run, _StochasticSteps
