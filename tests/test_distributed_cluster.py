@@ -64,7 +64,7 @@ def cluster():
 @pytest.mark.slow
 def test_shards_are_spread_one_per_node_with_requests_that_fit(cluster, monkeypatch):
     # a request of floor(3 CPUs / 1 shard) = 3 fits no node: it would wait, here 60 s, then fail
-    monkeypatch.setattr(sd, "_START_TIMEOUT_S", 60.0)
+    monkeypatch.setattr(sd.connect, "_START_TIMEOUT_S", 60.0)
     G = clustered(3, 600, 12)
     one = spice.select(G, 30, conflict_penalty=0.1, method="lazy")
     d = sd.select(G, 30, shards=3, conflict_penalty=0.1)

@@ -269,6 +269,9 @@ def test_failure_without_checkpoint_says_how_to_keep_the_picks(ray_local):
         sd.select(G, 20, shards=2, _fail_at=(0, 3))
     # the whole of Ray's report, not its first line: how the worker died
     assert "Worker exit type" in str(e.value), str(e.value)
+    # one of spice's errors, still a RuntimeError for code that caught that before
+    assert isinstance(e.value, spice.SpiceError) and isinstance(e.value, RuntimeError)
+    assert sd.ShardFailedError is spice.errors.ShardFailedError
 
 
 @needs_ray
@@ -504,7 +507,7 @@ def test_a_shard_with_spill_dir_keeps_its_w_rows_in_a_file_there(tmp_path):
 
 def test_a_spill_dir_the_shard_cannot_write_is_named(tmp_path, monkeypatch):
     opts = dict(k=2, alpha=1.0, lam=0.0, omega=0.0, threads=1, spill_dir=str(tmp_path))
-    monkeypatch.setattr(sd.os, "access", lambda p, m: False)  # root may write anywhere
+    monkeypatch.setattr(os, "access", lambda p, m: False)  # root may write anywhere
     sh = sd._Shard(("array", gaussian(0, 10, 4)), 0, 10, False, opts, None)
     with pytest.raises(PermissionError, match="is not writable on node"):
         sh.open()

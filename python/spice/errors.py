@@ -9,10 +9,13 @@ without importing the module that raises it.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "SpiceError",
     "PipelineError",
     "RecordError",
+    "ShardFailedError",
     "StoreError",
     "StoreIncompleteError",
     "StoreMismatchError",
@@ -47,3 +50,30 @@ class RecordError(SpiceError, ValueError):
 
 class PipelineError(SpiceError, RuntimeError):
     """A user-facing failure of the job (bad path, mismatched store, existing output)."""
+
+
+class ShardFailedError(SpiceError, RuntimeError):
+    """A shard's Ray actor died, failed, or did not answer in time during a distributed selection.
+
+    Attributes: ``shard`` (its number), ``rows`` (its global ``(first, last + 1)``),
+    ``picks_done`` (picks made before the failure), ``checkpoint`` (the file holding them, or
+    None) and ``cause`` (the exception raised on the shard, e.g. a StoreError, when there was
+    one; the message also carries it, or the last lines of Ray's report).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        shard: int,
+        rows: tuple,
+        picks_done: int,
+        checkpoint: Any,
+        cause: BaseException | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.shard = shard
+        self.rows = rows
+        self.picks_done = picks_done
+        self.checkpoint = checkpoint
+        self.cause = cause
