@@ -13,7 +13,7 @@ memory map of a feature store is mapped in place, only that block is read) and a
 it (``spice._core.Stepper``). Per pick the coordinator takes the best exact candidate over the
 shards (ties to the lowest row), whose row came with it, and sends it to every shard, which applies
 the pick from the row itself and answers with its next candidate: one round trip a pick;
-docs/algorithm.md §12 explains why that reproduces one machine bit for bit and what each pick
+docs/distributed.md explains why that reproduces one machine bit for bit and what each pick
 sends.
 
 The shards are placed by a Ray placement group, one bundle per shard of CPUs that fit on one
