@@ -75,7 +75,7 @@ def run(n: int, d: int, frac: float, lam: float, prefix: int | None) -> list[dic
         )
     )
     with peak_extra() as m:
-        ref = greedy_numpy(G, kk, lam=lam)
+        ref = greedy_numpy(G, kk, conflict_penalty=lam)
     agree = int(np.sum(ref["indices"] == lazy.indices[: len(ref["indices"])]))
     rows.append(
         dict(

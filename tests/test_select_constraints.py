@@ -52,7 +52,7 @@ def reference(G, k, mode, cost, budget, labels, caps, **kw):
         cost=cost if on_cost else None,
         budget=budget if on_cost else None,
         groups=labels if on_groups else None,
-        caps=caps if on_groups else None,
+        quotas=caps if on_groups else None,
         **kw,
     )
 
@@ -117,7 +117,10 @@ def test_core_matches_reference(seed, n, d, mode, lam, omega, method, capped):
     k = max(1, n // 2) if capped else n
     kw = kwargs(mode, cost, budget, labels, caps)
     sel = spice.select(G, k, conflict_penalty=lam, early_stop=omega, method=method, **kw)
-    assert_same(sel, reference(G, k, mode, cost, budget, labels, caps, lam=lam, omega=omega))
+    assert_same(
+        sel,
+        reference(G, k, mode, cost, budget, labels, caps, conflict_penalty=lam, early_stop=omega),
+    )
     check_feasible(sel, k, mode, cost, budget, labels, caps)
 
 
