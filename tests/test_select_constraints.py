@@ -210,7 +210,7 @@ def test_naive_equals_lazy_bit_for_bit(mode, lam):
         g, q = labels.astype(np.int32), np.array([40, 200, 5, 400], dtype=np.int64)
     budget = 0.5 * cost.sum() if c is not None else 0.0
     for batch, chunk in ((1, 0), (3, 1), (64, 7)):
-        opts = _core.Options(k=500, lam=lam, batch=batch, chunk=chunk, budget=budget)
+        opts = _core.Options(k=500, conflict_penalty=lam, batch=batch, chunk=chunk, budget=budget)
         r = _core.select(A, code, opts, cost=c, groups=g, quotas=q)
         np.testing.assert_array_equal(r["indices"], naive.indices)
         np.testing.assert_array_equal(r["gains"], naive.gains)

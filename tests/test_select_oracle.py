@@ -79,9 +79,9 @@ def test_lazy_batch_and_chunk_sizes_do_not_change_picks(n, d, k, dtype):
     from spice._inputs import as_features
 
     G, code = as_features(clustered(3, n, d).astype(dtype))
-    naive = _core.select(G, code, _core.Options(k=k, lam=0.1, method="naive"))
+    naive = _core.select(G, code, _core.Options(k=k, conflict_penalty=0.1, method="naive"))
     runs = [
-        _core.select(G, code, _core.Options(k=k, lam=0.1, batch=batch, chunk=chunk))
+        _core.select(G, code, _core.Options(k=k, conflict_penalty=0.1, batch=batch, chunk=chunk))
         for batch, chunk in ((1, 0), (3, 1), (64, 7), (5, 100), (0, 0), (0, 10**9))
     ]
     for r in runs:
@@ -100,7 +100,8 @@ def test_lazy_batches_stay_near_one_at_a_time_work(lam):
 
     G, code = as_features(clustered(3, 3000, 64))
     one, auto = (
-        _core.select(G, code, _core.Options(k=300, lam=lam, batch=batch)) for batch in (1, 0)
+        _core.select(G, code, _core.Options(k=300, conflict_penalty=lam, batch=batch))
+        for batch in (1, 0)
     )
     np.testing.assert_array_equal(auto["indices"], one["indices"])
     assert auto["evaluations"] <= 2 * one["evaluations"]
