@@ -62,7 +62,7 @@ def shard_steps(G: np.ndarray, k: int, shards: int, lam: float) -> dict:
     n, d = G.shape
     code = {np.float32: 0, np.float64: 1, np.float16: 2}[G.dtype.type]
     cuts = [n * i // shards for i in range(shards + 1)]
-    opts = _core.Options(k=k, alpha=1.0, lam=lam, omega=0.0, threads=1)
+    opts = _core.Options(k=k, alpha=1.0, conflict_penalty=lam, early_stop=0.0, threads=1)
     st = [
         _core.Stepper(np.ascontiguousarray(G[cuts[s] : cuts[s + 1]]), code, opts)
         for s in range(shards)

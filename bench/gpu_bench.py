@@ -63,8 +63,8 @@ def make_features(cp, n: int, d: int, seed: int = 0, rank: int = 256):
     return out
 
 
-def time_naive_step(cp, G, alpha: float, lam: float, reps: int = 20) -> float:
-    """Seconds per fused naive step over all of G (w and, if lam > 0, s dots)."""
+def time_naive_step(cp, G, alpha: float, conflict_penalty: float, reps: int = 20) -> float:
+    """Seconds per fused naive step over all of G (w and, if conflict_penalty > 0, s dots)."""
     from spice import _inputs
 
     ops = gpu._CupyOps(cp, G, _inputs.F16)
@@ -75,21 +75,27 @@ def time_naive_step(cp, G, alpha: float, lam: float, reps: int = 20) -> float:
     sn = cp.ones(1, dtype=cp.float64)
     q0 = st.q.copy()
     for _ in range(3):
-        ops.step(st, None, w, s if lam > 0 else None, sn, 5, alpha, lam, False)
+        ops.step(
+            st, None, w, s if conflict_penalty > 0 else None, sn, 5, alpha, conflict_penalty, False
+        )
     start, stop = cp.cuda.Event(), cp.cuda.Event()
     total = 0.0
     for _ in range(reps):
         cp.copyto(st.q, q0)
         st.state.fill(0)
         start.record()
-        ops.step(st, None, w, s if lam > 0 else None, sn, 5, alpha, lam, False)
+        ops.step(
+            st, None, w, s if conflict_penalty > 0 else None, sn, 5, alpha, conflict_penalty, False
+        )
         stop.record()
         stop.synchronize()
         total += cp.cuda.get_elapsed_time(start, stop) * 1e-3
     return total / reps
 
 
-def timed_run(cp, G, k: int, method: str, alpha: float, lam: float, cap_s: float) -> dict:
+def timed_run(
+    cp, G, k: int, method: str, alpha: float, conflict_penalty: float, cap_s: float
+) -> dict:
     marks: list[tuple[int, float]] = []
 
     def progress(picks, budget, evals, elapsed):
@@ -97,7 +103,7 @@ def timed_run(cp, G, k: int, method: str, alpha: float, lam: float, cap_s: float
         return elapsed < cap_s
 
     t0 = time.perf_counter()
-    raw = gpu.select_gpu(G, k, alpha, lam, 0.0, method, 0, 0.01, progress=progress)
+    raw = gpu.select_gpu(G, k, alpha, conflict_penalty, 0.0, method, 0, 0.01, progress=progress)
     wall = time.perf_counter() - t0
     picks = len(raw["indices"])
     if raw["stop_reason"] == "cancelled" and len(marks) >= 2 and picks < k:
@@ -121,7 +127,7 @@ def main() -> int:
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "RESULTS_gpu.md"))
     ap.add_argument("--cap-naive", type=float, default=float(os.environ.get("CAP_NAIVE", 75)))
     ap.add_argument("--cap-lazy", type=float, default=float(os.environ.get("CAP_LAZY", 30)))
-    ap.add_argument("--lam", type=float, default=0.1)
+    ap.add_argument("--conflict-penalty", type=float, default=0.1)
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     args = ap.parse_args()
 
@@ -145,7 +151,8 @@ def main() -> int:
         f"Device: {dev}; CuPy {cp.__version__}; copy bandwidth {bw / 1e12:.3f} TB/s "
         "(device-to-device copy, bytes read + written). Features: float16, gradient-like "
         "(rank-256 decaying part + noise), alpha = 10 / median ||g||^2, "
-        f"conflict_penalty = {args.lam}. Floor of a naive step = bytes of G / copy bandwidth.",
+        f"conflict_penalty = {args.conflict_penalty}. "
+        "Floor of a naive step = bytes of G / copy bandwidth.",
         "",
         "| features | k | naive step | floor | % of bandwidth | method | picks | wall s | "
         "projected full run s | stop | evaluations |",
@@ -162,7 +169,7 @@ def main() -> int:
             f"{name}: features made in {time.perf_counter() - t:.1f} s; alpha = {alpha:.4g}",
             flush=True,
         )
-        step = time_naive_step(cp, G, alpha, args.lam)
+        step = time_naive_step(cp, G, alpha, args.conflict_penalty)
         step0 = time_naive_step(cp, G, alpha, 0.0)
         floor = n * d * G.dtype.itemsize / bw
         print(
@@ -172,7 +179,7 @@ def main() -> int:
             flush=True,
         )
         for method, cap in (("naive", args.cap_naive), ("lazy", args.cap_lazy)):
-            r = timed_run(cp, G, k, method, alpha, args.lam, cap)
+            r = timed_run(cp, G, k, method, alpha, args.conflict_penalty, cap)
             print(f"{name} {method}: {r}", flush=True)
             lines.append(
                 f"| {name} | {k} | {step * 1e3:.3f} ms (λ=0: {step0 * 1e3:.3f} ms) | "

@@ -152,7 +152,7 @@ def bench_vs_numpy(n: int, d: int, k: int, prefix: int, gemm_m: int = 2048) -> N
         lazy = spice.select(G, k, conflict_penalty=0.1, method="lazy")
     pk = min(prefix, k)
     t = time.perf_counter()
-    ref = greedy_numpy(G, pk, lam=0.1)
+    ref = greedy_numpy(G, pk, conflict_penalty=0.1)
     tn = (time.perf_counter() - t) * k / pk
     same = int(np.sum(ref["indices"] == lazy.indices[:pk]))
     print(

@@ -75,7 +75,7 @@ def run(n: int, d: int, frac: float, lam: float, prefix: int | None) -> list[dic
         )
     )
     with peak_extra() as m:
-        ref = greedy_numpy(G, kk, lam=lam)
+        ref = greedy_numpy(G, kk, conflict_penalty=lam)
     agree = int(np.sum(ref["indices"] == lazy.indices[: len(ref["indices"])]))
     rows.append(
         dict(
@@ -108,14 +108,14 @@ def main() -> int:
         default=1000,
         help="steps run by non-lazy methods when n*k > 1e8 (then extrapolated)",
     )
-    ap.add_argument("--lam", type=float, default=0.1)
+    ap.add_argument("--conflict-penalty", type=float, default=0.1)
     args = ap.parse_args()
     configs = (
         [(2000, 64)] if args.quick else [(10**4, 256), (10**4, 1024), (10**5, 256), (10**5, 1024)]
     )
     print(
         f"# spice {spice.__version__}, kernels {spice.kernel_isa()}, "
-        f"{os.cpu_count()} CPUs, λ = {args.lam}, k = 10%"
+        f"{os.cpu_count()} CPUs, λ = {args.conflict_penalty}, k = 10%"
     )
     print(
         "| n | d | k | method | time (s) | vs numpy | extra memory / G | evaluations "
@@ -124,7 +124,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for n, d in configs:
         prefix = args.prefix if n * n // 10 > 10**8 else None
-        rows = run(n, d, 0.1, args.lam, prefix)
+        rows = run(n, d, 0.1, args.conflict_penalty, prefix)
         base = rows[-1]["s"]
         for r in rows:
             star = "*" if r["extrap"] else ""

@@ -194,14 +194,6 @@ PYBIND11_MODULE(_core, m) {
            py::arg("stochastic_eps") = 0.01, py::arg("threads") = 0, py::arg("batch") = 0,
            py::arg("chunk") = 0, py::arg("spill_dir") = std::string(), py::arg("budget") = 0.0,
            py::arg("unit_rows") = false)
-      // The former keywords lam/omega, as a second overload (pybind11 takes the overload whose
-      // keywords all match), until every caller passes the public names.
-      .def(py::init(&make_options), py::kw_only(), py::arg("k") = 0, py::arg("alpha") = 1.0,
-           py::arg("lam") = 0.0, py::arg("omega") = 0.0, py::arg("method") = "lazy",
-           py::arg("objective") = "logdet", py::arg("seed") = 0, py::arg("stochastic_eps") = 0.01,
-           py::arg("threads") = 0, py::arg("batch") = 0, py::arg("chunk") = 0,
-           py::arg("spill_dir") = std::string(), py::arg("budget") = 0.0,
-           py::arg("unit_rows") = false)
       .def_readwrite("k", &spice::Options::k)
       .def_readwrite("alpha", &spice::Options::alpha)
       .def_readwrite("conflict_penalty", &spice::Options::lambda)

@@ -63,7 +63,7 @@ def stepped(G, k, shards, lam, omega=0.0, alpha=1.0, replay=((), ())):
     n = G.shape[0]
     code = {np.float32: 0, np.float64: 1, np.float16: 2}[G.dtype.type]
     cuts = [n * i // shards for i in range(shards + 1)]
-    opts = _core.Options(k=k, alpha=alpha, lam=lam, omega=omega, threads=1)
+    opts = _core.Options(k=k, alpha=alpha, conflict_penalty=lam, early_stop=omega, threads=1)
     st = [_core.Stepper(G[cuts[s] : cuts[s + 1]], code, opts) for s in range(shards)]
 
     def apply(g, q, local, o):
@@ -490,7 +490,7 @@ def test_a_shard_with_spill_dir_keeps_its_w_rows_in_a_file_there(tmp_path):
     # in-process: the shard's engine maps an unlinked file in its spill_dir (seen in the
     # process's mappings), and picks as the plain shard does
     G = clustered(2, 200, 6)
-    opts = dict(k=30, alpha=1.0, lam=0.1, omega=0.0, threads=1, spill_dir="")
+    opts = dict(k=30, alpha=1.0, conflict_penalty=0.1, early_stop=0.0, threads=1, spill_dir="")
     plain = sd._Shard(("array", G), 0, 200, False, opts, None)
     spilled = sd._Shard(("array", G), 0, 200, False, dict(opts, spill_dir=str(tmp_path)), None)
     plain.open(), spilled.open()
@@ -506,7 +506,9 @@ def test_a_shard_with_spill_dir_keeps_its_w_rows_in_a_file_there(tmp_path):
 
 
 def test_a_spill_dir_the_shard_cannot_write_is_named(tmp_path, monkeypatch):
-    opts = dict(k=2, alpha=1.0, lam=0.0, omega=0.0, threads=1, spill_dir=str(tmp_path))
+    opts = dict(
+        k=2, alpha=1.0, conflict_penalty=0.0, early_stop=0.0, threads=1, spill_dir=str(tmp_path)
+    )
     monkeypatch.setattr(os, "access", lambda p, m: False)  # root may write anywhere
     sh = sd._Shard(("array", gaussian(0, 10, 4)), 0, 10, False, opts, None)
     with pytest.raises(PermissionError, match="is not writable on node"):
@@ -515,7 +517,14 @@ def test_a_spill_dir_the_shard_cannot_write_is_named(tmp_path, monkeypatch):
 
 def test_a_spill_dir_without_room_for_the_w_rows_is_named_with_its_node(tmp_path):
     # k x d x 8 bytes (here 32 PB) cannot be reserved: refused before any pick, node named
-    opts = dict(k=10**15, alpha=1.0, lam=0.0, omega=0.0, threads=1, spill_dir=str(tmp_path))
+    opts = dict(
+        k=10**15,
+        alpha=1.0,
+        conflict_penalty=0.0,
+        early_stop=0.0,
+        threads=1,
+        spill_dir=str(tmp_path),
+    )
     sh = sd._Shard(("array", gaussian(0, 10, 4)), 0, 10, False, opts, None)
     with pytest.raises(RuntimeError, match=r"reserve 32000000000000000 bytes.*on node .*k = "):
         sh.open()
@@ -528,7 +537,7 @@ def test_threads_that_fit_no_node_are_refused():
 
 def test_a_shard_checks_its_node_before_mapping_rows(tmp_path):
     # in-process (no Ray): what each node checks before any pick, named with the node
-    opts = dict(k=2, alpha=1.0, lam=0.0, omega=0.0, threads=1, spill_dir="")
+    opts = dict(k=2, alpha=1.0, conflict_penalty=0.0, early_stop=0.0, threads=1, spill_dir="")
     gone = sd._Shard(("store", str(tmp_path / "gone")), 0, 10, False, opts, None)
     with pytest.raises(FileNotFoundError, match=r"gone does not exist on node .*mounted"):
         gone.open()

@@ -25,7 +25,7 @@ from helpers import store_files
 pytest_plugins = ["features_fixtures"]
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-KW = {"dim": 80, "lora": LoraSpec(r=4, init="random"), "batch_size": 4, "shard_rows": 3,
+KW = {"dim": 80, "lora": LoraSpec(r=4, init="random"), "batch_size": 4, "chunk_rows": 3,
       "progress": False}  # fmt: skip
 # batches of 2 rows whatever their length, and a checkpoint after every batch: the row counts of
 # the kill test rely on it. 14 rows, chunks of 3: rank 0 has chunks 0, 2, 4; rank 1 has 1 and 3.
@@ -43,7 +43,7 @@ rank = int(os.environ["RANK"])
 model_dir = sys.argv[1]
 model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
 tok = AutoTokenizer.from_pretrained(model_dir)
-kw = dict(dim=80, lora=LoraSpec(r=4, init="random"), batch_size=4, shard_rows=3, progress=False)
+kw = dict(dim=80, lora=LoraSpec(r=4, init="random"), batch_size=4, chunk_rows=3, progress=False)
 """
 
 # one store written in place by both ranks: no part stores, no merge, no copy of the rows
@@ -95,7 +95,7 @@ data, one, four, done, unfinished = sys.argv[2:7]
 dist.init_process_group("gloo")
 pre = sys.argv[7]
 cases = {  # case: (data, out, options)
-    "rows": (one, pre + "rows", kw), "chunks": (four, pre + "chunks", {**kw, "shard_rows": 4}),
+    "rows": (one, pre + "rows", kw), "chunks": (four, pre + "chunks", {**kw, "chunk_rows": 4}),
     "store": (data, done, {**kw, "dim": 64}), "ranks": (data, pre + "ranks", {**kw, "seed": rank}),
     "single": (data, unfinished, kw), "reuse": (data, done, kw),  # finished: returned as is
 }

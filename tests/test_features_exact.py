@@ -78,7 +78,7 @@ def test_batched_equals_slow_loop(tmp_path, tiny_llama, tokenizer, records, proj
     dim = 256
     store = extract(
         tiny_llama, tokenizer, recs, tmp_path / "s", dim=dim, projection=projection, lora=lora,
-        target_modules=targets, batch_size=5, dtype="float32", progress=False, shard_rows=7,
+        target_modules=targets, batch_size=5, dtype="float32", progress=False, chunk_rows=7,
     )  # fmt: skip
     want = reference_features(
         tiny_llama, tokenizer, recs, lora=lora, target_modules=targets, projection=projection,

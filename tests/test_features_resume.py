@@ -20,7 +20,7 @@ KW = {
     "lora": LoraSpec(r=4),
     "batch_size": 3,
     "max_batch_tokens": None,
-    "shard_rows": 5,
+    "chunk_rows": 5,
     "progress": False,
 }  # batches of 3 rows, whatever their length: the counts below rely on it
 
@@ -94,7 +94,7 @@ def test_finished_store_is_reused(monkeypatch, tiny_llama, tokenizer, data_file,
         ({"lora": LoraSpec(r=2)}, "config.gradients.r"),
         ({"loss_on": "all"}, "config.loss_on"),
         ({"max_length": 64}, "config.max_length"),
-        ({"shard_rows": 4}, "shard_rows"),
+        ({"chunk_rows": 4}, "shard_rows"),
         ({"dtype": "float32"}, "dtype"),
     ],
 )

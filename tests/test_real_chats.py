@@ -92,7 +92,7 @@ def test_every_conversation_is_accounted_for(tmp_path, chats, tiny_llama, chat_t
         dim=64,
         lora=LoraSpec(r=2),
         max_length=48,
-        shard_rows=16,
+        chunk_rows=16,
         progress=True,
         dtype="float32",
     )

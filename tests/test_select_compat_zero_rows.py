@@ -32,7 +32,7 @@ def test_zero_rows_match_the_transcription(seed, lam):
     G[rng.choice(24, 9, replace=False)] = 0.0
     for k in (10, 20, 24):  # a zero row is taken when the nonzero ones run out, too
         sel = spice.select(G, k, conflict_penalty=lam, objective="diag-compat")
-        ref = diag_compat_reference(G, k, lam=lam)
+        ref = diag_compat_reference(G, k, conflict_penalty=lam)
         np.testing.assert_array_equal(sel.indices, ref.indices)
         np.testing.assert_allclose(sel.gains, ref.gains, rtol=1e-9, atol=0)
         np.testing.assert_allclose(sel.scores, ref.scores, rtol=1e-9, atol=1e-12)

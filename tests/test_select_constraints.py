@@ -52,7 +52,7 @@ def reference(G, k, mode, cost, budget, labels, caps, **kw):
         cost=cost if on_cost else None,
         budget=budget if on_cost else None,
         groups=labels if on_groups else None,
-        caps=caps if on_groups else None,
+        quotas=caps if on_groups else None,
         **kw,
     )
 
@@ -117,7 +117,10 @@ def test_core_matches_reference(seed, n, d, mode, lam, omega, method, capped):
     k = max(1, n // 2) if capped else n
     kw = kwargs(mode, cost, budget, labels, caps)
     sel = spice.select(G, k, conflict_penalty=lam, early_stop=omega, method=method, **kw)
-    assert_same(sel, reference(G, k, mode, cost, budget, labels, caps, lam=lam, omega=omega))
+    assert_same(
+        sel,
+        reference(G, k, mode, cost, budget, labels, caps, conflict_penalty=lam, early_stop=omega),
+    )
     check_feasible(sel, k, mode, cost, budget, labels, caps)
 
 
@@ -207,7 +210,7 @@ def test_naive_equals_lazy_bit_for_bit(mode, lam):
         g, q = labels.astype(np.int32), np.array([40, 200, 5, 400], dtype=np.int64)
     budget = 0.5 * cost.sum() if c is not None else 0.0
     for batch, chunk in ((1, 0), (3, 1), (64, 7)):
-        opts = _core.Options(k=500, lam=lam, batch=batch, chunk=chunk, budget=budget)
+        opts = _core.Options(k=500, conflict_penalty=lam, batch=batch, chunk=chunk, budget=budget)
         r = _core.select(A, code, opts, cost=c, groups=g, quotas=q)
         np.testing.assert_array_equal(r["indices"], naive.indices)
         np.testing.assert_array_equal(r["gains"], naive.gains)

@@ -41,7 +41,7 @@ def test_group_labels_of_any_type_are_enforced_exactly(make):
     quotas = {lab[g]: int(caps[g]) for g in range(3)}
     # the oracle numbers groups in sorted-label order; so does np.unique
     order = sorted(range(3), key=lambda g: lab[g])
-    ref = greedy_constrained_reference(G, 8, groups=dense, caps=caps)
+    ref = greedy_constrained_reference(G, 8, groups=dense, quotas=caps)
     sel = spice.select(G, 8, groups=labels, quotas=quotas)
     np.testing.assert_array_equal(sel.indices, ref.indices)
     assert sel.group_counts == {lab[g]: int(np.sum(dense[sel.indices] == g)) for g in order}
@@ -86,7 +86,7 @@ def test_quotas_beyond_int64_are_capped_at_k(big, as_array):
     sel = spice.select(G, 7, groups=labels, quotas=quotas)
     same = spice.select(G, 7, groups=labels, quotas={0: 7, 1: 1})
     np.testing.assert_array_equal(sel.indices, same.indices)
-    ref = greedy_constrained_reference(G, 7, groups=labels, caps=[7, 1])
+    ref = greedy_constrained_reference(G, 7, groups=labels, quotas=[7, 1])
     np.testing.assert_array_equal(sel.indices, ref.indices)
 
 
@@ -105,7 +105,7 @@ def test_costs_at_the_ends_of_float64_rank_as_in_ordinary_units(unit, lam):
     cost = m * unit
     if unit != 1e-307:
         assert np.all(cost / unit == m)  # the scaled costs are exact
-    ref = greedy_constrained_reference(G, 16, lam=lam, cost=m, budget=B)
+    ref = greedy_constrained_reference(G, 16, conflict_penalty=lam, cost=m, budget=B)
     plain = spice.select(G, 16, conflict_penalty=lam, budget=B, cost=m)
     sel = spice.select(G, 16, conflict_penalty=lam, budget=B * unit, cost=cost)
     np.testing.assert_array_equal(plain.indices, ref.indices)

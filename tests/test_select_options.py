@@ -197,33 +197,29 @@ def test_constraints_check_the_rows_when_the_selection_runs():
     assert not Constraints().active and q.active
 
 
-def test_guarantee_takes_either_constraints_and_the_former_keyword_names():
-    """The public Constraints and the checked one state the same guarantee; lam/omega, the
-    former keywords, still mean conflict_penalty/early_stop."""
+def test_guarantee_takes_either_constraints_and_only_the_public_names():
+    """The public Constraints and the checked one state the same guarantee; the former keywords
+    lam/omega are gone (a TypeError, not a silent default)."""
     core = Constraints(groups=[0, 1], quotas={0: 1}).for_rows(2, 2)
     kw = dict(objective="logdet", method="lazy", stop="budget", capped=False)
     assert guarantee(Constraints(), conflict_penalty=0.0, **kw)[0] == pytest.approx(1 - 1 / math.e)
     assert guarantee(core, conflict_penalty=0.0, **kw)[0] == 0.5
     assert math.isnan(guarantee(core, conflict_penalty=0.5, **kw)[0])
-    assert guarantee(core, lam=0.5, **kw)[1] == guarantee(core, conflict_penalty=0.5, **kw)[1]
     early = guarantee(core, conflict_penalty=0.0, early_stop=0.3, **kw)
-    assert guarantee(core, conflict_penalty=0.0, omega=0.3, **kw)[1] == early[1]
-    assert "early stop" in early[1]
+    assert math.isnan(early[0]) and "early stop" in early[1]
+    for former in ("lam", "omega"):
+        with pytest.raises(TypeError):
+            guarantee(core, **{former: 0.5}, **kw)
 
 
 def test_the_core_options_take_the_public_names():
-    """The binding's keywords are the public vocabulary; the former lam/omega still build the
-    same Options (a second overload), and a mix of the two is refused."""
-    new = _core.Options(k=4, conflict_penalty=0.5, early_stop=0.25)
-    old = _core.Options(k=4, lam=0.5, omega=0.25)
-    for o in (new, old):
-        assert (o.conflict_penalty, o.early_stop) == (0.5, 0.25)
-    G = gaussian(3, 40, 5)
-    a = _core.select(G, 0, new)
-    b = _core.select(G, 0, old)
-    np.testing.assert_array_equal(a["indices"], b["indices"])
-    with pytest.raises(TypeError):
-        _core.Options(k=4, lam=0.5, early_stop=0.25)
+    """The binding's keywords are the public vocabulary, read back under the same names; the
+    former lam/omega are refused."""
+    o = _core.Options(k=4, conflict_penalty=0.5, early_stop=0.25)
+    assert (o.conflict_penalty, o.early_stop) == (0.5, 0.25)
+    for former in ("lam", "omega"):
+        with pytest.raises(TypeError):
+            _core.Options(k=4, **{former: 0.5})
 
 
 def test_every_setting_has_a_select_keyword():

@@ -31,7 +31,7 @@ def test_matches_reference_greedy(seed, n, d, lam, omega, alpha, method):
     G = gaussian(seed, n, d)
     k = min(n, 1 + seed % n)
     sel = spice.select(G, k, alpha=alpha, conflict_penalty=lam, early_stop=omega, method=method)
-    assert_same(sel, greedy_reference(G, k, alpha=alpha, lam=lam, omega=omega))
+    assert_same(sel, greedy_reference(G, k, alpha=alpha, conflict_penalty=lam, early_stop=omega))
 
 
 @settings(max_examples=8, deadline=None)
@@ -39,7 +39,7 @@ def test_matches_reference_greedy(seed, n, d, lam, omega, alpha, method):
 def test_matches_slogdet_brute_force(seed, lam):
     G = gaussian(seed, 14, 5)
     sel = spice.select(G, 6, alpha=0.7, conflict_penalty=lam, method="lazy")
-    ref = greedy_reference(G, 6, alpha=0.7, lam=lam, gain="slogdet")
+    ref = greedy_reference(G, 6, alpha=0.7, conflict_penalty=lam, gain="slogdet")
     assert_same(sel, ref, rtol=1e-8, atol=1e-10)
 
 
@@ -79,9 +79,9 @@ def test_lazy_batch_and_chunk_sizes_do_not_change_picks(n, d, k, dtype):
     from spice._inputs import as_features
 
     G, code = as_features(clustered(3, n, d).astype(dtype))
-    naive = _core.select(G, code, _core.Options(k=k, lam=0.1, method="naive"))
+    naive = _core.select(G, code, _core.Options(k=k, conflict_penalty=0.1, method="naive"))
     runs = [
-        _core.select(G, code, _core.Options(k=k, lam=0.1, batch=batch, chunk=chunk))
+        _core.select(G, code, _core.Options(k=k, conflict_penalty=0.1, batch=batch, chunk=chunk))
         for batch, chunk in ((1, 0), (3, 1), (64, 7), (5, 100), (0, 0), (0, 10**9))
     ]
     for r in runs:
@@ -100,7 +100,8 @@ def test_lazy_batches_stay_near_one_at_a_time_work(lam):
 
     G, code = as_features(clustered(3, 3000, 64))
     one, auto = (
-        _core.select(G, code, _core.Options(k=300, lam=lam, batch=batch)) for batch in (1, 0)
+        _core.select(G, code, _core.Options(k=300, conflict_penalty=lam, batch=batch))
+        for batch in (1, 0)
     )
     np.testing.assert_array_equal(auto["indices"], one["indices"])
     assert auto["evaluations"] <= 2 * one["evaluations"]
@@ -210,7 +211,7 @@ def test_penalty_changes_picks_on_conflicting_data():
 def test_k_much_larger_than_d_uses_the_inverse_path_exactly(lam):
     # t >= d switches u = M^{-1} g to an explicit d x d inverse; picks and gains must not move.
     G = gaussian(21, 160, 6)
-    ref = greedy_reference(G, 90, alpha=0.8, lam=lam)
+    ref = greedy_reference(G, 90, alpha=0.8, conflict_penalty=lam)
     for method in ("naive", "lazy"):
         sel = spice.select(G, 90, alpha=0.8, conflict_penalty=lam, method=method)
         assert_same(sel, ref, atol=1e-13)
@@ -224,7 +225,7 @@ def test_inverse_path_from_the_upper_triangle_only():
     k - d = 88 steps (two folds) past the explicit inverse's start, for naive and lazy."""
     G = np.random.default_rng(4).standard_normal((700, 520)).astype(np.float32)
     G[350:] *= 0.3
-    ref = greedy_reference(G, 608, lam=0.3)
+    ref = greedy_reference(G, 608, conflict_penalty=0.3)
     for method in ("naive", "lazy"):
         assert_same(spice.select(G, 608, conflict_penalty=0.3, method=method), ref)
 
@@ -237,7 +238,7 @@ def test_inverse_path_with_simd_widths_and_stale_bounds(lam, d):
     # u = M^{-1} g from the upper triangle.
     G = np.random.default_rng(4).standard_normal((400, d))
     G[200:] *= 0.3
-    ref = greedy_reference(G, 260, alpha=0.5, lam=lam)
+    ref = greedy_reference(G, 260, alpha=0.5, conflict_penalty=lam)
     naive = spice.select(G, 260, alpha=0.5, conflict_penalty=lam, method="naive")
     lazy = spice.select(G, 260, alpha=0.5, conflict_penalty=lam, method="lazy")
     assert_same(naive, ref, rtol=1e-8)

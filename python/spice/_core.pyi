@@ -1,6 +1,6 @@
 """Type stub for the compiled module spice._core (csrc/bindings.cpp)."""
 
-from typing import Any, Callable, overload
+from typing import Any, Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -15,8 +15,7 @@ class Options:
     budget: the cost budget, used when select() gets a cost array. unit_rows: select on
     g_i / ||g_i|| (zero rows stay zero and are never picked), G read in place, each dot product
     scaled in float64; log-det objective only, refused by Stepper. conflict_penalty: the
-    penalty λ >= 0; early_stop: SPICE+'s ω in (0, 1), 0 for off. The former keywords lam/omega
-    are accepted (a second overload) until every caller passes the public names.
+    penalty λ >= 0; early_stop: SPICE+'s ω in (0, 1), 0 for off.
     """
 
     k: int
@@ -33,7 +32,6 @@ class Options:
     spill_dir: str
     budget: float
     unit_rows: bool
-    @overload
     def __init__(
         self,
         *,
@@ -41,25 +39,6 @@ class Options:
         alpha: float = 1.0,
         conflict_penalty: float = 0.0,
         early_stop: float = 0.0,
-        method: str = "lazy",
-        objective: str = "logdet",
-        seed: int = 0,
-        stochastic_eps: float = 0.01,
-        threads: int = 0,
-        batch: int = 0,
-        chunk: int = 0,
-        spill_dir: str = "",
-        budget: float = 0.0,
-        unit_rows: bool = False,
-    ) -> None: ...
-    @overload
-    def __init__(
-        self,
-        *,
-        k: int = 0,
-        alpha: float = 1.0,
-        lam: float = 0.0,
-        omega: float = 0.0,
         method: str = "lazy",
         objective: str = "logdet",
         seed: int = 0,

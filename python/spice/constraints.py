@@ -274,28 +274,25 @@ def guarantee(
     method: str,
     stop: str,
     capped: bool,
-    lam: float | None = None,
-    omega: float | None = None,
 ) -> tuple[float, str]:
     """The a-priori factor a run carries (NaN when none is stated) and a line saying why.
 
     Only the plain information objective (λ = 0) is monotone submodular; the conflict penalty
     depends on the order of the picks, so no factor is stated with it. ``early_stop``: ω, None
-    or 0 when off. ``capped``: the row cap k is below n (it can bind). ``lam``/``omega``: the
-    former names of ``conflict_penalty``/``early_stop``, until every caller passes the new ones.
+    or 0 when off. ``capped``: the row cap k is below n (it can bind).
     """
-    lam = conflict_penalty if conflict_penalty is not None else (lam or 0.0)
-    omega = (early_stop if early_stop is not None else omega) or 0.0
+    conflict_penalty = conflict_penalty or 0.0
+    early_stop = early_stop or 0.0
     nan = float("nan")
     if objective != "logdet":
         return nan, "compatibility objective: no guarantee"
     if method == "stochastic":
         return nan, "stochastic greedy: no deterministic guarantee stated"
-    if lam > 0:
+    if conflict_penalty > 0:
         return nan, "conflict penalty λ > 0: the objective is not submodular; no factor stated"
     if not cons.active:
         return CARDINALITY_FACTOR, "greedy, monotone submodular: vs the best set of its size"
-    if omega > 0:
+    if early_stop > 0:
         return nan, "early stop ended the run before the constraints did: no factor stated"
     if stop == "cancelled":
         return nan, "cancelled run: no factor stated"

@@ -80,8 +80,8 @@ def greedy_reference(
     G: Any,
     k: int,
     alpha: float = 1.0,
-    lam: float = 0.0,
-    omega: float | None = None,
+    conflict_penalty: float = 0.0,
+    early_stop: float | None = None,
     gain: str = "solve",
 ) -> ReferenceSelection:
     """Greedy SPICE with every Δ recomputed from its definition.
@@ -114,14 +114,14 @@ def greedy_reference(
                 delta[x] = np.linalg.slogdet(np.eye(len(T)) + alpha * G[T] @ G[T].T)[1] - cur
             q = np.expm1(np.maximum(delta, 0.0)) / alpha
         align, conflict = _conflict(G, S, norms)
-        score = delta - lam * conflict
+        score = delta - conflict_penalty * conflict
         eligible = ((q > REL_TINY * norms2) | (alpha * q > GAIN_TINY)) & (delta > 0)
         eligible[S] = False
         if not eligible.any():
             stop = "exhausted"
             break
         j = int(np.flatnonzero(eligible)[np.argmax(score[eligible])])
-        if omega is not None and S and delta[j] <= omega * out["gains"][0]:
+        if early_stop is not None and S and delta[j] <= early_stop * out["gains"][0]:
             stop = "early_stop"
             break
         S.append(j)
@@ -141,7 +141,7 @@ def greedy_reference(
         epsilon=arr["gains"] - arr["base"],
         align=arr["align"],
         conflict=arr["conflict"],
-        penalty=lam * arr["conflict"],
+        penalty=conflict_penalty * arr["conflict"],
         scores=arr["scores"],
         logdet=_logdet(G, S, alpha),
         stop_reason=stop,
@@ -157,12 +157,12 @@ def greedy_constrained_reference(
     G: Any,
     k: int,
     alpha: float = 1.0,
-    lam: float = 0.0,
-    omega: float | None = None,
+    conflict_penalty: float = 0.0,
+    early_stop: float | None = None,
     cost: Any = None,
     budget: float | None = None,
     groups: Any = None,
-    caps: Any = None,
+    quotas: Any = None,
     safeguard: bool = True,
 ) -> ReferenceSelection:
     """Greedy SPICE under a cost budget and group quotas, every Δ recomputed by a linear solve
@@ -170,7 +170,7 @@ def greedy_constrained_reference(
 
     At each step the candidates are the rows not picked, not in span(S), whose cost added to the
     spent cost (float64, in pick order) stays within ``budget`` and whose group (``groups``: ints
-    in [0, len(caps))) has fewer than ``caps[g]`` picks. With ``cost`` they are ranked by
+    in [0, len(quotas))) has fewer than ``quotas[g]`` picks. With ``cost`` they are ranked by
     score/cost (score·cost for a score <= 0), else by score; ties go to the lowest index. Early
     stop compares Δ/cost (Δ without cost) with ω times the first pick's. With ``cost`` and
     ``safeguard``, the best single row that fits alone (largest log(1 + α‖g‖²)) replaces the set
@@ -183,7 +183,7 @@ def greedy_constrained_reference(
     n, d = G.shape
     c = np.ones(n) if cost is None else np.asarray(cost, dtype=np.float64)
     grp = None if groups is None else np.asarray(groups, dtype=np.int64)
-    cap = None if caps is None else np.asarray(caps, dtype=np.int64)
+    cap = None if quotas is None else np.asarray(quotas, dtype=np.int64)
     used = None if cap is None else np.zeros(cap.size, dtype=np.int64)
     norms2 = np.einsum("ij,ij->i", G, G)
     norms = np.sqrt(norms2)
@@ -208,7 +208,7 @@ def greedy_constrained_reference(
             q = norms2.copy()
         delta = np.log1p(alpha * q)
         align, conflict = _conflict(G, S, norms)
-        score = delta - lam * conflict
+        score = delta - conflict_penalty * conflict
         ok = np.array([fits(i) for i in range(n)], dtype=bool)
         ok[S] = False
         eligible = ok & ((q > REL_TINY * norms2) | (alpha * q > GAIN_TINY)) & (delta > 0)
@@ -217,8 +217,8 @@ def greedy_constrained_reference(
             break
         key = _rank(score, c) if cost is not None else score
         j = int(np.flatnonzero(eligible)[np.argmax(key[eligible])])
-        if omega is not None and S:
-            if delta[j] / c[j] <= omega * (gains[0] / c[S[0]]):
+        if early_stop is not None and S:
+            if delta[j] / c[j] <= early_stop * (gains[0] / c[S[0]]):
                 stop = "early_stop"
                 break
         S.append(j)
@@ -249,7 +249,7 @@ def greedy_constrained_reference(
         epsilon=g - base[S],
         align=a,
         conflict=conf,
-        penalty=lam * conf,
+        penalty=conflict_penalty * conf,
         scores=np.array(scores, dtype=np.float64),
         tokens=spent if cost is not None else None,
         logdet=_logdet(G, S, alpha),
@@ -262,8 +262,8 @@ def greedy_numpy(
     G: np.ndarray,
     k: int,
     alpha: float = 1.0,
-    lam: float = 0.0,
-    omega: float | None = None,
+    conflict_penalty: float = 0.0,
+    early_stop: float | None = None,
 ) -> dict[str, Any]:
     """The non-lazy Sherman–Morrison greedy of docs/algorithm.md §2, vectorised with numpy.
 
@@ -289,16 +289,16 @@ def greedy_numpy(
         delta = np.log1p(alpha * q)
         alive &= (q > REL_TINY * norms2) | (alpha * q > GAIN_TINY)
         score = delta.copy()
-        if lam > 0 and t > 0:
+        if conflict_penalty > 0 and t > 0:
             a = (G @ s.astype(dt)).astype(np.float64)
             align = (a / t) / (norms * (np.linalg.norm(s) / t) + ETA)
-            score -= lam * np.maximum(0.0, -align)
+            score -= conflict_penalty * np.maximum(0.0, -align)
         score[~alive] = -np.inf
         j = int(np.argmax(score))
         if not np.isfinite(score[j]):
             stop = "exhausted"
             break
-        if omega is not None and t > 0 and delta[j] <= omega * gains[0]:
+        if early_stop is not None and t > 0 and delta[j] <= early_stop * gains[0]:
             stop = "early_stop"
             break
         g = G[j].astype(np.float64)
@@ -318,7 +318,7 @@ def greedy_numpy(
 
 
 def diag_compat_reference(
-    G: Any, k: int, alpha: float = 1.0, lam: float = 0.0
+    G: Any, k: int, alpha: float = 1.0, conflict_penalty: float = 0.0
 ) -> ReferenceSelection:
     """The authors' released diagonal-Fisher greedy with the hinge-cosine penalty
     (docs/algorithm.md §8). Like their loop it takes min(k, n) rows whatever the scores: a zero
@@ -335,7 +335,7 @@ def diag_compat_reference(
         s = (G**2 / den).sum(axis=1)
         delta = np.log(1.0 + alpha * s)
         _, conflict = _conflict(G, S, norms)
-        score = delta - lam * conflict
+        score = delta - conflict_penalty * conflict
         score[S] = -np.inf
         if len(S) == n:
             break
@@ -352,7 +352,7 @@ def diag_compat_reference(
 
 
 def topk_compat_reference(
-    G: Any, k: int, alpha: float = 1.0, omega: float | None = None
+    G: Any, k: int, alpha: float = 1.0, early_stop: float | None = None
 ) -> ReferenceSelection:
     """The authors' default selector: top-k by log(1 + α‖g‖²) (stable: ties to lower index).
     Sets ``indices`` and ``gains``."""
@@ -360,8 +360,8 @@ def topk_compat_reference(
     base = np.log(1.0 + alpha * (G**2).sum(axis=1))
     order = np.argsort(-base, kind="stable")
     order = order[base[order] > 0][:k]
-    if omega is not None and order.size:
-        keep = base[order] > omega * base[order[0]]
+    if early_stop is not None and order.size:
+        keep = base[order] > early_stop * base[order[0]]
         keep[0] = True
         cut = np.flatnonzero(~keep)
         if cut.size:

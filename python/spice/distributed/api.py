@@ -163,7 +163,8 @@ def select(
     cb = _progress_callable(progress)
 
     specs, n, d, code, what = _plan(source, shards, bf16)
-    kk, a, lam, omega, seps, seed64 = check_options(
+    # early_stop stays the caller's (None when off, for params); the core takes 0.0 for off
+    kk, a, conflict_penalty, early_stop_or_0, seps, seed64 = check_options(
         n,
         k,
         alpha=alpha,
@@ -192,7 +193,7 @@ def select(
             kk,
             dict(
                 alpha=a,
-                conflict_penalty=lam,
+                conflict_penalty=conflict_penalty,
                 early_stop=early_stop,
                 method=method,
                 seed=seed,
@@ -205,7 +206,7 @@ def select(
             t_start,
             what,
         )
-    key = _run_key(n, d, code, a, lam, omega)
+    key = _run_key(n, d, code, a, conflict_penalty, early_stop_or_0)
     ckpt = Path(_abs(checkpoint)) if checkpoint is not None else None
     kept: dict[str, list] = {f: [] for f in _PICK_FIELDS}
     if ckpt is not None and ckpt.exists():
@@ -216,7 +217,13 @@ def select(
     ray, how = _connect(address)
     s_count = len(specs)
     cpus, nthreads, strategy = _fit_cpus(_node_cpus(ray), s_count, threads)
-    options = dict(k=kk, alpha=a, lam=lam, omega=omega, threads=nthreads)
+    options = dict(
+        k=kk,
+        alpha=a,
+        conflict_penalty=conflict_penalty,
+        early_stop=early_stop_or_0,
+        threads=nthreads,
+    )
     with _placed(ray, s_count, cpus, strategy) as (pg, actors):
         run = _Run(ray, actors, specs, ckpt, key, checkpoint_every, shard_timeout)
         run.kept = kept
@@ -226,13 +233,15 @@ def select(
             steps: Any = _ExactSteps(run)
         else:
             steps = _StochasticSteps(run, n, kk, seps, seed64)
-        stop, tops, stats, t_ready, t_loop = _run_greedy(run, done, steps, kk, omega, cb, t_start)
+        stop, tops, stats, t_ready, t_loop = _run_greedy(
+            run, done, steps, kk, early_stop_or_0, cb, t_start
+        )
 
     if mode == "stochastic":
         method = "stochastic"
     params = dict(
         alpha=a,
-        conflict_penalty=lam,
+        conflict_penalty=conflict_penalty,
         early_stop=early_stop,
         method=method,
         objective=objective,
@@ -258,7 +267,9 @@ def select(
         start_s=t_ready,  # seconds before the first pick
         picks_s=t_loop,  # seconds of the greedy loop
     )
-    return _selection(run.picks, tops, stats, stop, n, kk, lam, omega, params, t_start)
+    return _selection(
+        run.picks, tops, stats, stop, n, kk, conflict_penalty, early_stop_or_0, params, t_start
+    )
 
 
 def _check_args(
@@ -336,7 +347,7 @@ def _run_greedy(
     done: dict[str, list],
     steps: Any,
     kk: int,
-    omega: float,
+    early_stop: float,
     cb: Any,
     t_start: float,
 ) -> tuple[str, list, list, float, float]:
@@ -350,7 +361,7 @@ def _run_greedy(
     t_loop = time.perf_counter()
     t_ready = t_loop - t_start  # actors started, rows mapped, norms computed, picks replayed
     try:
-        stop = run.greedy(steps, kk, omega, cb, t_start)
+        stop = run.greedy(steps, kk, early_stop, cb, t_start)
     except BaseException:
         # Ctrl-C, a failed progress callable, a dead shard: the picks made are greedy
         # picks all the same, so they are kept (a shard failure has saved them already)
@@ -370,8 +381,8 @@ def _selection(
     stop: str,
     n: int,
     kk: int,
-    lam: float,
-    omega: float,
+    conflict_penalty: float,
+    early_stop: float,
     params: dict,
     t_start: float,
 ) -> Selection:
@@ -393,8 +404,8 @@ def _selection(
     conflict = np.asarray(p["conflict"], dtype=np.float64)
     factor, note = guarantee(
         Constraints(),
-        lam=lam,
-        omega=omega,
+        conflict_penalty=conflict_penalty,
+        early_stop=early_stop,
         objective=params["objective"],
         method=params["method"],
         stop=stop,
@@ -407,7 +418,7 @@ def _selection(
         epsilon=gains - base,
         align=np.asarray(p["align"], dtype=np.float64),
         conflict=conflict,
-        penalty=lam * conflict,
+        penalty=conflict_penalty * conflict,
         scores=np.asarray(p["scores"], dtype=np.float64),
         logdet=ld,
         stop_reason=stop,

@@ -11,8 +11,18 @@ CHECKPOINT_FORMAT = "spice-distributed-picks"
 _PICK_FIELDS = ("indices", "q", "scores", "gains", "base", "align", "conflict")
 
 
-def _run_key(n: int, d: int, code: int, alpha: float, lam: float, omega: float) -> dict:
-    return dict(n=n, d=d, dtype_code=code, alpha=alpha, conflict_penalty=lam, early_stop=omega)
+def _run_key(
+    n: int, d: int, code: int, alpha: float, conflict_penalty: float, early_stop: float
+) -> dict:
+    # these key names are written into checkpoint files: renaming one breaks resuming them
+    return dict(
+        n=n,
+        d=d,
+        dtype_code=code,
+        alpha=alpha,
+        conflict_penalty=conflict_penalty,
+        early_stop=early_stop,
+    )
 
 
 def _load_checkpoint(path: Path, key: dict) -> dict[str, list]:

@@ -244,7 +244,7 @@ class _Run:
                 held[s] = row
         return [c for c, _ in replies]
 
-    def greedy(self, steps: Any, kk: int, omega: float, cb: Any, t_start: float) -> str:
+    def greedy(self, steps: Any, kk: int, early_stop: float, cb: Any, t_start: float) -> str:
         """The greedy from the current step to k, exact or stochastic as ``steps`` (an
         :class:`_ExactSteps` or :class:`_StochasticSteps`) asks the shards for candidates;
         returns the stop reason."""
@@ -267,7 +267,7 @@ class _Run:
                 return "exhausted"
             _, g, o, c = best
             local, score, delta, base, align, conflict, q = c
-            if omega > 0.0 and t >= 1 and delta <= omega * p["gains"][0]:
+            if early_stop > 0.0 and t >= 1 and delta <= early_stop * p["gains"][0]:
                 return "early_stop"
             for f, v in zip(_PICK_FIELDS, (g, q, score, delta, base, align, conflict)):
                 p[f].append(v)

@@ -101,8 +101,8 @@ def _partition(
         won, idx, src = merge, union[merge.indices], "merge"
     else:
         won, idx, src = outs[b][3], outs[b][0], f"part {b}"
-    lam, omega = float(kw["conflict_penalty"]), kw["early_stop"]
-    if lam > 0 or omega is not None or kw["method"] == "stochastic":
+    conflict_penalty, early_stop = float(kw["conflict_penalty"]), kw["early_stop"]
+    if conflict_penalty > 0 or early_stop is not None or kw["method"] == "stochastic":
         factor = float("nan")
         note = "partition (RandGreeDi) with a penalty, early stop or stochastic parts: no factor"
     else:
