@@ -333,6 +333,28 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
         sd.select(G, 5, shards=2, alpha=2.0, checkpoint=ck)
 
 
+def test_options_object_gives_the_keywords_picks(ray_local):
+    G = clustered(11, 600, 16).astype(np.float32)
+    kw = dict(alpha=0.5, conflict_penalty=0.3, early_stop=0.4, seed=3)
+    by_keywords = sd.select(G, 40, shards=2, **kw)
+    by_options = sd.select(G, 40, shards=2, options=spice.SelectOptions(**kw))
+    assert_same(by_options, by_keywords)
+    assert by_options.params["conflict_penalty"] == 0.3
+    assert by_options.params["early_stop"] == 0.4
+
+
+def test_options_object_is_refused_with_keywords_or_unit_rows():
+    G = gaussian(4, 50, 4)
+    with pytest.raises(TypeError, match="alpha"):
+        sd.select(G, 5, shards=2, alpha=1.0, options=spice.SelectOptions())
+    with pytest.raises(ValueError, match="normalize"):
+        sd.select(G, 5, shards=2, options=spice.SelectOptions(normalize="unit"))
+    with pytest.raises(TypeError, match="spill_dir"):
+        sd.select(G, 5, shards=2, spill_dir="/tmp", options=spice.SelectOptions(spill_dir="/tmp"))
+    with pytest.raises(ValueError, match="conflict_penalty"):
+        sd.select(G, 5, shards=2, conflict_penalty=-1.0)
+
+
 def test_unsupported_options_are_refused_before_any_work():
     G = gaussian(4, 50, 4)
     with pytest.raises(ValueError, match="mode"):

@@ -13,8 +13,8 @@ import numpy as np
 
 from .._inputs import progress_says_continue
 from ..constraints import Constraints, guarantee
-from ..options import check_options
-from ..selection import Selection
+from ..options import DEFAULT, SelectOptions, check_options
+from ..selection import Selection, _options_of
 from .checkpoint import _PICK_FIELDS, _load_checkpoint, _run_key
 from .connect import _connect, _placed, _start
 from .coordinator import _ExactSteps, _Run, _StochasticSteps
@@ -33,16 +33,16 @@ def select(
     mode: str = "exact",
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_every: float = 30.0,
-    alpha: float = 1.0,
-    conflict_penalty: float = 0.1,
-    early_stop: float | None = None,
-    method: str = "lazy",
-    seed: int = 0,
-    threads: int | None = None,
-    objective: str = "logdet",
-    stochastic_eps: float = 0.01,
+    alpha: float = DEFAULT,
+    conflict_penalty: float = DEFAULT,
+    early_stop: float | None = DEFAULT,
+    method: str = DEFAULT,
+    seed: int = DEFAULT,
+    threads: int | None = DEFAULT,
+    objective: str = DEFAULT,
+    stochastic_eps: float = DEFAULT,
     progress: Any = None,
-    bf16: bool = False,
+    bf16: bool = DEFAULT,
     device: str | None = None,
     base_out: np.ndarray | None = None,
     spill_dir: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
@@ -51,6 +51,7 @@ def select(
     groups: Any = None,
     quotas: Any = None,
     shard_timeout: float | None = 600.0,
+    options: SelectOptions | None = None,
     _fail_at: tuple | None = None,
 ) -> Selection:
     """Select ``k`` rows of ``source`` with the rows spread over ``shards`` Ray actors.
@@ -124,6 +125,14 @@ def select(
         Accepted for a signature like :func:`spice.select`'s: method ``"lazy"`` or ``"naive"``
         (the same picks), the log-det objective on CPUs; a budget, quotas and ``base_out`` are
         not supported here yet (ValueError).
+    options : SelectOptions or None
+        The settings as one object, as :func:`spice.select` takes them (alpha,
+        conflict_penalty, early_stop, method, seed, threads, objective, stochastic_eps, bf16,
+        spill_dir); refused (TypeError) together with any of those keywords. Unit rows
+        (``normalize='unit'``) are not supported here (ValueError). Left out, the keywords
+        not given take SelectOptions' defaults (alpha 1.0, conflict_penalty 0.1, early_stop
+        None, method "lazy", seed 0, threads None, objective "logdet", stochastic_eps 0.01,
+        bf16 False).
 
     Returns
     -------
@@ -145,6 +154,30 @@ def select(
         Ray is not installed.
     """
     t_start = time.perf_counter()
+    if options is not None and spill_dir is not None and options.spill_dir is not None:
+        raise TypeError("select() got spill_dir= and options.spill_dir: give one of them")
+    o = _options_of(
+        options,
+        alpha=alpha,
+        conflict_penalty=conflict_penalty,
+        early_stop=early_stop,
+        method=method,
+        seed=seed,
+        threads=threads,
+        objective=objective,
+        stochastic_eps=stochastic_eps,
+        bf16=bf16,
+    )
+    if o.normalize != "none":
+        raise ValueError(
+            f"normalize={o.normalize!r} is not supported by spice.distributed (its shards "
+            "score raw rows); use spice.select for unit rows"
+        )
+    alpha, conflict_penalty, early_stop = o.alpha, o.conflict_penalty, o.early_stop
+    method, seed, threads, objective = o.method, o.seed, o.threads, o.objective
+    stochastic_eps, bf16 = o.stochastic_eps, o.bf16
+    if spill_dir is None:
+        spill_dir = o.spill_dir
     _check_args(
         mode=mode,
         method=method,
