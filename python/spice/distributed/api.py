@@ -13,7 +13,7 @@ import numpy as np
 
 from .._inputs import progress_says_continue
 from ..constraints import Constraints, guarantee
-from ..options import DEFAULT, SelectOptions, check_options
+from ..options import DEFAULT, SelectOptions, resolve_k
 from ..selection import Selection, _options_of
 from .checkpoint import _PICK_FIELDS, _load_checkpoint, _run_key
 from .connect import _connect, _placed, _start
@@ -173,15 +173,11 @@ def select(
             f"normalize={o.normalize!r} is not supported by spice.distributed (its shards "
             "score raw rows); use spice.select for unit rows"
         )
-    alpha, conflict_penalty, early_stop = o.alpha, o.conflict_penalty, o.early_stop
-    method, seed, threads, objective = o.method, o.seed, o.threads, o.objective
-    stochastic_eps, bf16 = o.stochastic_eps, o.bf16
-    if spill_dir is None:
-        spill_dir = o.spill_dir
+    spill_dir = o.spill_dir if spill_dir is None else spill_dir
     _check_args(
         mode=mode,
-        method=method,
-        objective=objective,
+        method=o.method,
+        objective=o.objective,
         device=device,
         base_out=base_out,
         budget=budget,
@@ -189,25 +185,14 @@ def select(
         groups=groups,
         quotas=quotas,
         k=k,
-        threads=threads,
+        threads=o.threads,
         shard_timeout=shard_timeout,
         checkpoint_every=checkpoint_every,
     )
     cb = _progress_callable(progress)
 
-    specs, n, d, code, what = _plan(source, shards, bf16)
-    # early_stop stays the caller's (None when off, for params); the core takes 0.0 for off
-    kk, a, conflict_penalty, early_stop_or_0, seps, seed64 = check_options(
-        n,
-        k,
-        alpha=alpha,
-        conflict_penalty=conflict_penalty,
-        early_stop=early_stop,
-        method="lazy",
-        objective=objective,
-        stochastic_eps=stochastic_eps,
-        seed=seed,
-    )
+    specs, n, d, code, what = _plan(source, shards, o.bf16)
+    kk = resolve_k(k, n)
     spills = _spill_dirs(spill_dir, len(specs), mode)
     if mode == "stochastic" and checkpoint is not None:
         raise ValueError(
@@ -225,21 +210,21 @@ def select(
             code,
             kk,
             dict(
-                alpha=a,
-                conflict_penalty=conflict_penalty,
-                early_stop=early_stop,
-                method=method,
-                seed=seed,
-                stochastic_eps=seps,
-                bf16=bf16,
+                alpha=o.alpha,
+                conflict_penalty=o.conflict_penalty,
+                early_stop=o.early_stop,
+                method=o.method,
+                seed=o.seed,
+                stochastic_eps=o.stochastic_eps,
+                bf16=o.bf16,
                 spill_dir=spill_dir,
             ),
             address,
-            threads,
+            o.threads,
             t_start,
             what,
         )
-    key = _run_key(n, d, code, a, conflict_penalty, early_stop_or_0)
+    key = _run_key(n, d, code, o.alpha, o.conflict_penalty, o.core_early_stop)
     ckpt = Path(_abs(checkpoint)) if checkpoint is not None else None
     kept: dict[str, list] = {f: [] for f in _PICK_FIELDS}
     if ckpt is not None and ckpt.exists():
@@ -249,37 +234,35 @@ def select(
 
     ray, how = _connect(address)
     s_count = len(specs)
-    cpus, nthreads, strategy = _fit_cpus(_node_cpus(ray), s_count, threads)
+    cpus, nthreads, strategy = _fit_cpus(_node_cpus(ray), s_count, o.threads)
     options = dict(
         k=kk,
-        alpha=a,
-        conflict_penalty=conflict_penalty,
-        early_stop=early_stop_or_0,
+        alpha=o.alpha,
+        conflict_penalty=o.conflict_penalty,
+        early_stop=o.core_early_stop,
         threads=nthreads,
     )
     with _placed(ray, s_count, cpus, strategy) as (pg, actors):
         run = _Run(ray, actors, specs, ckpt, key, checkpoint_every, shard_timeout)
         run.kept = kept
         run.resumable = mode == "exact"
-        infos, isa = _start(run, pg, specs, cpus, bf16, options, spills, _fail_at, a, code)
+        infos, isa = _start(run, pg, specs, cpus, o.bf16, options, spills, _fail_at, o.alpha, code)
         if mode == "exact":
             steps: Any = _ExactSteps(run)
         else:
-            steps = _StochasticSteps(run, n, kk, seps, seed64)
+            steps = _StochasticSteps(run, n, kk, o.stochastic_eps, o.seed64)
         stop, tops, stats, t_ready, t_loop = _run_greedy(
-            run, done, steps, kk, early_stop_or_0, cb, t_start
+            run, done, steps, kk, o.core_early_stop, cb, t_start
         )
 
-    if mode == "stochastic":
-        method = "stochastic"
     params = dict(
-        alpha=a,
-        conflict_penalty=conflict_penalty,
-        early_stop=early_stop,
-        method=method,
-        objective=objective,
-        seed=int(seed),
-        stochastic_eps=seps,
+        alpha=o.alpha,
+        conflict_penalty=o.conflict_penalty,
+        early_stop=o.early_stop,
+        method="stochastic" if mode == "stochastic" else o.method,
+        objective=o.objective,
+        seed=int(o.seed),
+        stochastic_eps=o.stochastic_eps,
         backend="ray",
         mode=mode,
         shards=s_count,
@@ -301,7 +284,7 @@ def select(
         picks_s=t_loop,  # seconds of the greedy loop
     )
     return _selection(
-        run.picks, tops, stats, stop, n, kk, conflict_penalty, early_stop_or_0, params, t_start
+        run.picks, tops, stats, stop, n, kk, o.conflict_penalty, o.core_early_stop, params, t_start
     )
 
 
