@@ -47,7 +47,7 @@ def record_groups(data: Any, field: str, *, split: str | None = None) -> np.ndar
             integer, or that is not an object (invalid JSON); the message names its file and
             line (or row).
     """
-    from ..features.records.readers import _Bad, _iter_json_array, _iter_jsonl, _iter_parquet
+    from ..features.records.readers import _Bad, iter_file_items
     from ..hfdata import iter_source_rows, resolve_source, source_name
 
     items: Any
@@ -56,17 +56,12 @@ def record_groups(data: Any, field: str, *, split: str | None = None) -> np.ndar
         items = iter_source_rows(source, source_name(data, split))
     elif isinstance(data, (str, os.PathLike)):
         path = Path(data)
-        suffix = path.suffix.lower()
-        if suffix == ".parquet":
-            items = _iter_parquet(path)
-        elif suffix == ".json":
-            with open(path, "rb") as f:
-                head = f.read(4096).lstrip()
-            items = _iter_json_array(path) if head.startswith(b"[") else _iter_jsonl(path)
-        elif suffix in (".jsonl", ".ndjson"):
-            items = _iter_jsonl(path)
-        else:
-            raise PipelineError(f"{path}: cannot read a group field from a {suffix!r} file")
+        found = iter_file_items(path)
+        if found is None:
+            raise PipelineError(
+                f"{path}: cannot read a group field from a {path.suffix.lower()!r} file"
+            )
+        items = found
     else:
         items = ((obj, f"records[{i}]") for i, obj in enumerate(data))
     labels = []

@@ -108,6 +108,21 @@ def _iter_json_array(path: Path) -> Iterable[tuple[Any, str]]:
         raise RecordError(f"{path}:{line(i)}: expected ',' or ']' in the JSON array")
 
 
+def iter_file_items(path: Path) -> Iterable[tuple[Any, str]] | None:
+    """The raw items of a JSONL, JSON (array or lines) or Parquet file, each with where it sits
+    (file:line or file:row), by the file's suffix; None for any other suffix."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return _iter_parquet(path)
+    if suffix == ".json":
+        with open(path, "rb") as f:
+            head = f.read(4096).lstrip()
+        return _iter_json_array(path) if head.startswith(b"[") else _iter_jsonl(path)
+    if suffix in (".jsonl", ".ndjson"):
+        return _iter_jsonl(path)
+    return None
+
+
 def _iter_parquet(path: Path) -> Iterable[tuple[Any, str]]:
     try:
         import pyarrow.parquet as pq
@@ -183,20 +198,15 @@ def load_records(
         if not path.is_file():
             raise FileNotFoundError(f"no data file at {path}")
         suffix = path.suffix.lower()
-        if suffix == ".parquet":
-            items = _iter_parquet(path)
-            table_names = _parquet_columns(path)
-        elif suffix == ".json":
-            with open(path, "rb") as f:
-                head = f.read(4096).lstrip()
-            items = _iter_json_array(path) if head.startswith(b"[") else _iter_jsonl(path)
-        elif suffix in (".jsonl", ".ndjson"):
-            items = _iter_jsonl(path)
-        else:
+        found = iter_file_items(path)
+        if found is None:
             raise RecordError(
                 f"{path}: unknown data file type {suffix!r} (jsonl, json, "
                 "parquet, arrow, or a datasets save_to_disk folder)"
             )
+        items = found
+        if suffix == ".parquet":
+            table_names = _parquet_columns(path)
     elif isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
         items = ((obj, f"records[{i}]") for i, obj in enumerate(data))
     else:
