@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
+from ._flags import field_doc
 from ._flags import setting as _setting
 from ._numerics import MAX_ALPHA_NORM2
 
@@ -212,17 +213,7 @@ def setting_names() -> tuple[str, ...]:
     return tuple(f.name for f in fields(SelectOptions))
 
 
-def _field_doc() -> str:
-    """One line per field for the class docstring, from the fields' own help."""
-    lines = ["", "    Fields", "    ------"]
-    for f in fields(SelectOptions):
-        default = f.default if f.default is not MISSING else None
-        lines.append(f"    {f.name} [{default!r}]")
-        lines.append(f"        {f.metadata['help']}.")
-    return "\n".join(lines) + "\n"
-
-
-SelectOptions.__doc__ = (SelectOptions.__doc__ or "") + _field_doc()
+SelectOptions.__doc__ = (SelectOptions.__doc__ or "") + field_doc(SelectOptions)
 
 
 class _Default:
